@@ -1,0 +1,11 @@
+//! Portable memory core of mipsvisor.
+//!
+//! Everything here is plain `no_std` Rust with no register access: it is compiled and tested
+//! on the host and linked unchanged into the MIPS firmware. Hardware effects (TLB flushes,
+//! frame memory) reach this crate only through small traits that the firmware implements.
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod addr;

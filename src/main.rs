@@ -1,0 +1,2 @@
+//! mipsvisor firmware entry (placeholder until the MIPS boot path lands).
+fn main() {}
