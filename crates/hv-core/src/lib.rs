@@ -9,3 +9,6 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod frame_pool;
+pub mod shootdown;
+pub mod sync;
