@@ -9,6 +9,8 @@ pub mod abi;
 pub mod branch;
 pub mod cp0;
 pub mod decode;
+pub mod emulate;
 pub mod exception;
 pub mod guest_tlb;
+pub mod hypercall;
 pub mod regs;
