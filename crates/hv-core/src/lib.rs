@@ -9,3 +9,7 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod flush;
+pub mod gpa_table;
+pub mod pte;
+pub mod table_frames;
