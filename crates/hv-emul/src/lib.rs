@@ -4,3 +4,7 @@
 //! guest state; this crate decides what the instruction does and returns the outcome.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
+
+pub mod cp0;
+pub mod decode;
+pub mod regs;
