@@ -190,6 +190,11 @@ mod tests {
     }
 
     #[test]
+    fn impossible_bitmap_is_out_of_memory_not_a_panic() {
+        assert_eq!(DirtyBitmap::new(u64::MAX), Err(OutOfMemory));
+    }
+
+    #[test]
     #[should_panic(expected = "beyond the slot")]
     fn marking_past_the_end_is_a_bug() {
         DirtyBitmap::new(10).unwrap().mark(10);

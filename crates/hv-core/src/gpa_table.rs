@@ -638,12 +638,19 @@ mod tests {
         assert_eq!(frames.live_tables(), 0, "every table frame freed");
     }
 
+    /// Entries per table, and the frames one middle-level entry spans.
+    const E: u64 = TABLE_ENTRIES as u64;
+    const MID: u64 = 1 << (2 * INDEX_BITS);
+
     #[test]
-    fn geometry_for_4k_pages() {
-        assert_eq!(INDEX_BITS, 9);
-        assert_eq!(LEVELS, 3);
-        assert_eq!(GPA_BITS, 39);
-        assert_eq!(GFN_LIMIT, Gfn::new(1 << 27));
+    fn geometry() {
+        // Enough levels to reach MIN_GPA_BITS, and not one more.
+        assert!(GPA_BITS >= MIN_GPA_BITS);
+        assert!(GPA_BITS - INDEX_BITS < MIN_GPA_BITS);
+        assert_eq!(GFN_LIMIT, Gfn::new(1 << GFN_BITS));
+        if PAGE_SHIFT == 12 {
+            assert_eq!((INDEX_BITS, LEVELS, GPA_BITS), (9, 3, 39));
+        }
     }
 
     #[test]
@@ -671,7 +678,7 @@ mod tests {
     fn frames_at_table_boundaries() {
         let (mut t, mut f) = setup();
         let last = GFN_LIMIT.raw() - 1;
-        let gfns = [0, 511, 512, 513, (1 << 18) - 1, 1 << 18, last];
+        let gfns = [0, E - 1, E, E + 1, MID - 1, MID, last];
         for (i, &g) in gfns.iter().enumerate() {
             t.set(Gfn::new(g), pte(1000 + i as u64), &mut f)
                 .unwrap()
@@ -709,26 +716,26 @@ mod tests {
     #[test]
     fn unmap_range_is_half_open_and_frees_empty_tables() {
         let (mut t, mut f) = setup();
-        for g in 500..1100 {
+        for g in E - 12..2 * E + 76 {
             t.set(Gfn::new(g), pte(g).mkyoung(), &mut f)
                 .unwrap()
                 .defer();
         }
-        // Leaf tables for 0..512, 512..1024, 1024..1536, plus one middle table and the root.
+        // Leaf tables for 0..E, E..2E, 2E..3E, plus one middle table and the root.
         assert_eq!(t.table_count(), 5);
-        let tok = t.unmap_range(r(512, 1024), &mut f);
-        assert_eq!(tok.defer(), FlushScope::Gfns(r(512, 1024)));
-        assert_eq!(t.lookup(Gfn::new(511), &f), Some(pte(511).mkyoung()));
-        assert_eq!(t.lookup(Gfn::new(512), &f), None);
-        assert_eq!(t.lookup(Gfn::new(1023), &f), None);
-        assert_eq!(t.lookup(Gfn::new(1024), &f), Some(pte(1024).mkyoung()));
+        let tok = t.unmap_range(r(E, 2 * E), &mut f);
+        assert_eq!(tok.defer(), FlushScope::Gfns(r(E, 2 * E)));
+        assert_eq!(t.lookup(Gfn::new(E - 1), &f), Some(pte(E - 1).mkyoung()));
+        assert_eq!(t.lookup(Gfn::new(E), &f), None);
+        assert_eq!(t.lookup(Gfn::new(2 * E - 1), &f), None);
+        assert_eq!(t.lookup(Gfn::new(2 * E), &f), Some(pte(2 * E).mkyoung()));
         assert_eq!(t.table_count(), 4, "the emptied leaf table is freed");
         assert_eq!(f.live_tables(), 4);
         t.check_invariants(&f).unwrap();
         // Partial unmap keeps the partly used table.
-        t.unmap_range(r(1024, 1025), &mut f).defer();
+        t.unmap_range(r(2 * E, 2 * E + 1), &mut f).defer();
         assert_eq!(t.table_count(), 4);
-        t.unmap_range(r(0, 2000), &mut f).defer();
+        t.unmap_range(r(0, 4 * E), &mut f).defer();
         assert_eq!(t.table_count(), 1, "only the root stays");
         assert_eq!(t.present_count(), 0);
         teardown(t, f);
@@ -802,9 +809,9 @@ mod tests {
         t.set(Gfn::new(8), pte(80), &mut f).unwrap().defer();
         assert_eq!(t.pair(Gfn::new(9), &f), (pte(80), pte(90)));
         // The pair at a leaf-table end stays within one table.
-        t.set(Gfn::new(511), pte(5), &mut f).unwrap().defer();
-        assert_eq!(t.pair(Gfn::new(510), &f), (GpaPte::NONE, pte(5)));
-        assert_eq!(t.pair(Gfn::new(512), &f), (GpaPte::NONE, GpaPte::NONE));
+        t.set(Gfn::new(E - 1), pte(5), &mut f).unwrap().defer();
+        assert_eq!(t.pair(Gfn::new(E - 2), &f), (GpaPte::NONE, pte(5)));
+        assert_eq!(t.pair(Gfn::new(E), &f), (GpaPte::NONE, GpaPte::NONE));
         assert_eq!(
             t.pair(GFN_LIMIT, &f),
             (GpaPte::NONE, GpaPte::NONE),
@@ -861,7 +868,7 @@ mod tests {
             let live = f.live_tables();
             let tables = t.table_count();
             f.fail_allocation(Some(f.allocation_attempts() + fail));
-            let far = Gfn::new(1 << 20);
+            let far = Gfn::new(MID);
             assert_eq!(t.set(far, pte(2), &mut f), Err(GpaTableError::OutOfMemory));
             assert_eq!(f.live_tables(), live, "nothing leaked");
             assert_eq!(t.table_count(), tables);
@@ -880,13 +887,63 @@ mod tests {
     }
 
     #[test]
+    fn failure_at_each_allocation_of_a_workload() {
+        let gfns = [0, 1, E, MID, MID + E, GFN_LIMIT.raw() - 1, 5 * MID + 3];
+        let run = |f: &mut ArenaTableFrames| -> Option<(GpaTable, Option<usize>)> {
+            let mut t = GpaTable::new(f).ok()?;
+            let mut failed = None;
+            for (i, &g) in gfns.iter().enumerate() {
+                let (live, count) = (f.live_tables(), t.table_count());
+                match t.set(Gfn::new(g), pte(i as u64), f) {
+                    Ok(tok) => {
+                        tok.defer();
+                    }
+                    Err(e) => {
+                        assert_eq!(e, GpaTableError::OutOfMemory);
+                        assert!(failed.is_none(), "only one injected failure");
+                        assert_eq!((f.live_tables(), t.table_count()), (live, count));
+                        assert_eq!(t.lookup(Gfn::new(g), f), None);
+                        failed = Some(i);
+                    }
+                }
+                t.check_invariants(f).unwrap();
+            }
+            Some((t, failed))
+        };
+        let mut f = ArenaTableFrames::new();
+        let (t, failed) = run(&mut f).unwrap();
+        assert_eq!(failed, None);
+        let total = f.allocation_attempts();
+        teardown(t, f);
+        assert!(
+            total > gfns.len() as u64,
+            "workload allocates middle tables too"
+        );
+        for fail_at in 0..total {
+            let mut f = ArenaTableFrames::new();
+            f.fail_allocation(Some(fail_at));
+            let Some((t, failed)) = run(&mut f) else {
+                assert_eq!(fail_at, 0, "only the root allocation can fail new()");
+                assert_eq!(f.live_tables(), 0);
+                continue;
+            };
+            let failed = failed.expect("the injected failure hit a set");
+            for (i, &g) in gfns.iter().enumerate() {
+                let want = (i != failed).then(|| pte(i as u64));
+                assert_eq!(t.lookup(Gfn::new(g), &f), want);
+            }
+            teardown(t, f);
+        }
+    }
+
+    #[test]
     fn destroy_asks_full_flush_only_if_something_was_valid() {
         let (mut t, mut f) = setup();
         t.set(Gfn::new(1), pte(1), &mut f).unwrap().defer();
         assert!(t.destroy(&mut f).is_empty());
         assert_eq!(f.live_tables(), 0);
         let mut t = GpaTable::new(&mut f).unwrap();
-        t.set(Gfn::new(1 << 20), pte(1).mkyoung(), &mut f)
+        t.set(Gfn::new(MID), pte(1).mkyoung(), &mut f)
             .unwrap()
             .defer();
         assert_eq!(t.destroy(&mut f).defer(), FlushScope::All);

@@ -401,8 +401,8 @@ mod tests {
         assert!(!pte.is_writable() && !pte.is_young() && !pte.is_dirty());
         assert_eq!(pte.hfn(), Some(Hfn::new(0x1234)));
         assert_eq!(pte.cca(), Some(Cca::CACHED_NONCOHERENT));
-        // PFN 0x1234 at bit 6, C=3 at bits 3..=5, G=V=D=0.
-        assert_eq!(pte.entrylo(), (0x1234 << 6) | (3 << 3));
+        // PFN (in 4 KiB units) at bit 6, C=3 at bits 3..=5, G=V=D=0.
+        assert_eq!(pte.entrylo(), (0x1234 << (6 + PAGE_SHIFT - 12)) | (3 << 3));
         assert_eq!(pte.check(), Ok(()));
     }
 
@@ -415,7 +415,7 @@ mod tests {
         assert_ne!(elo & entrylo::D, 0);
         assert_eq!((elo & entrylo::C_MASK) >> entrylo::C_SHIFT, 3);
         assert_eq!(elo >> entrylo::PFN_SHIFT, 0x1234 << (PAGE_SHIFT - 12));
-        assert_eq!(elo, (0x1234 << 6) | (3 << 3) | 0b110);
+        assert_eq!(elo, (0x1234 << (6 + PAGE_SHIFT - 12)) | (3 << 3) | 0b110);
     }
 
     #[test]
