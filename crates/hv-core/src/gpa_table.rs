@@ -48,6 +48,8 @@ pub const DIR_PRESENT: u64 = 1;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 // A table must be exactly one page of 8-byte entries.
 const _: () = assert!(TABLE_ENTRIES == 1 << INDEX_BITS);
+// Enough levels to reach MIN_GPA_BITS, and not one more.
+const _: () = assert!(GPA_BITS >= MIN_GPA_BITS && GPA_BITS - INDEX_BITS < MIN_GPA_BITS);
 
 /// Errors from GPA table operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -644,9 +646,6 @@ mod tests {
 
     #[test]
     fn geometry() {
-        // Enough levels to reach MIN_GPA_BITS, and not one more.
-        assert!(GPA_BITS >= MIN_GPA_BITS);
-        assert!(GPA_BITS - INDEX_BITS < MIN_GPA_BITS);
         assert_eq!(GFN_LIMIT, Gfn::new(1 << GFN_BITS));
         if PAGE_SHIFT == 12 {
             assert_eq!((INDEX_BITS, LEVELS, GPA_BITS), (9, 3, 39));
