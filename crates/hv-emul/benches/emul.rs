@@ -45,7 +45,8 @@ fn main() {
     println!("BENCH decode_ns={decode_ns:.1} ns");
 
     let mut cpu = GuestCpu::new(Cp0Config::default(), 0x4000_0000).expect("default config");
-    cpu.cp0.set_status(Status::IE | Status::from_bits_retain(0xff00));
+    cpu.cp0
+        .set_status(Status::IE | Status::from_bits_retain(0xff00));
     // mtc0 a0, EntryLo0 with a changing value.
     let mtc0 = 0x4084_1000;
     let trap = TrapInfo::default();
