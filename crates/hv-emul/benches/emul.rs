@@ -53,7 +53,7 @@ fn main() {
     let mtc0_ns = time_per_call(ITERS, |i| {
         cpu.gprs.set(Gpr::A0, u64::from(i));
         cpu.pc = 0x4000_0000;
-        black_box(emulate(black_box(mtc0), &mut cpu, &trap));
+        let _ = black_box(emulate(black_box(mtc0), &mut cpu, &trap));
     });
     println!("BENCH mtc0_emul_ns={mtc0_ns:.1} ns");
 
