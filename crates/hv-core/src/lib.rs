@@ -9,6 +9,12 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod dirty_log;
+pub mod flush;
 pub mod frame_pool;
+pub mod gpa_table;
+pub mod memslot;
+pub mod pte;
 pub mod shootdown;
 pub mod sync;
+pub mod table_frames;
