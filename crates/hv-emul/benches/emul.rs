@@ -45,14 +45,15 @@ fn main() {
     println!("BENCH decode_ns={decode_ns:.1} ns");
 
     let mut cpu = GuestCpu::new(Cp0Config::default(), 0x4000_0000).expect("default config");
-    cpu.cp0.set_status(Status::IE | Status::from_bits_retain(0xff00));
+    cpu.cp0
+        .set_status(Status::IE | Status::from_bits_retain(0xff00));
     // mtc0 a0, EntryLo0 with a changing value.
     let mtc0 = 0x4084_1000;
     let trap = TrapInfo::default();
     let mtc0_ns = time_per_call(ITERS, |i| {
         cpu.gprs.set(Gpr::A0, u64::from(i));
         cpu.pc = 0x4000_0000;
-        black_box(emulate(black_box(mtc0), &mut cpu, &trap));
+        let _ = black_box(emulate(black_box(mtc0), &mut cpu, &trap));
     });
     println!("BENCH mtc0_emul_ns={mtc0_ns:.1} ns");
 
