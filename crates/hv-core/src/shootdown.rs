@@ -46,22 +46,31 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::GfnRange;
+use crate::flush::{DerivedInvalidator, FlushScope};
 use crate::sync::{spin_wait, AtomicU64, Ordering};
 
-/// What a remote flush must invalidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushScope {
-    /// Translations of these guest frames.
-    Gfns(GfnRange),
-    /// Every translation derived from this VM's GPA table.
-    All,
-}
-
-/// Invalidation of derived translations on other CPUs; implemented by the firmware.
+/// Invalidation of derived translations on every CPU; implemented by the firmware.
+///
+/// Takes `&self` because many CPUs flush through the same VM at once.
 pub trait RemoteFlush {
     /// Makes every CPU that might hold a translation in `scope` drop it, and returns only when
     /// all of them have acknowledged. An implementation may flush more than asked.
+    /// [`FlushScope::Nothing`] must return at once.
     fn flush_remote(&self, scope: FlushScope);
+}
+
+/// Adapter applying [`FlushToken`](crate::flush::FlushToken)s through a [`RemoteFlush`].
+#[derive(Debug)]
+pub struct RemoteInvalidator<'a, R: ?Sized>(pub &'a R);
+
+impl<R: RemoteFlush + ?Sized> DerivedInvalidator for RemoteInvalidator<'_, R> {
+    fn invalidate_gfns(&mut self, gfns: GfnRange) {
+        self.0.flush_remote(FlushScope::Gfns(gfns));
+    }
+
+    fn invalidate_all(&mut self) {
+        self.0.flush_remote(FlushScope::All);
+    }
 }
 
 /// Errors from the quiescence tracker.
@@ -229,7 +238,10 @@ impl QuiescenceTracker {
 /// Waits for every CPU (none is excluded: the caller is in the hypervisor, so its own CPU is
 /// outside the guest and will flush at its next entry).
 impl RemoteFlush for QuiescenceTracker {
-    fn flush_remote(&self, _scope: FlushScope) {
+    fn flush_remote(&self, scope: FlushScope) {
+        if scope == FlushScope::Nothing {
+            return;
+        }
         // The tracker carries no scope: CPUs flush all of the VM's derived state.
         let pending = self.request(None).expect("no requester CPU to validate");
         self.wait(pending);
