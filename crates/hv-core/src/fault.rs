@@ -183,6 +183,11 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
         &self.host
     }
 
+    /// The remote-flush implementation the VM was built with.
+    pub fn remote_flush(&self) -> &R {
+        &self.flush
+    }
+
     /// The notifier sequence/count.
     pub fn notifier_seq(&self) -> &NotifierSeq {
         &self.seq
