@@ -217,9 +217,10 @@ proptest! {
             match op {
                 Op::Set(g, p) => {
                     let old = model.insert(g, p).unwrap_or(GpaPte::NONE);
-                    let got = take(table.set(Gfn::new(g), p, &mut frames).unwrap());
+                    let (got_old, tok) = table.replace(Gfn::new(g), p, &mut frames).unwrap();
+                    prop_assert_eq!(got_old, old);
                     let want = if model_needs_flush(old, p) { scope_of(&[g]) } else { FlushScope::Nothing };
-                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(take(tok), want);
                 }
                 Op::SetFailing(g, p, nth) => {
                     let live = frames.live_tables();
