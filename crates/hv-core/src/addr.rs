@@ -358,7 +358,7 @@ mod tests {
             Err(RangeError::Unaligned)
         );
         assert_eq!(
-            GfnRange::from_gpa_len(Gpa::new(u64::MAX & !PAGE_OFFSET_MASK), 0x2000),
+            GfnRange::from_gpa_len(Gpa::new(!PAGE_OFFSET_MASK), 0x2000),
             Err(RangeError::Overflow)
         );
         let s = GfnRange::from_gpa_len(Gpa::new(0x4000), 0x3000).unwrap();

@@ -9,3 +9,9 @@
 extern crate alloc;
 
 pub mod addr;
+pub mod dirty_log;
+pub mod flush;
+pub mod gpa_table;
+pub mod memslot;
+pub mod pte;
+pub mod table_frames;
