@@ -256,12 +256,24 @@ impl GpaTable {
         pte: GpaPte,
         frames: &mut impl TableFrames,
     ) -> Result<FlushToken, GpaTableError> {
+        self.replace(gfn, pte, frames).map(|(_, flush)| flush)
+    }
+
+    /// Like [`GpaTable::set`], also returning the entry it replaced ([`GpaPte::NONE`] if none),
+    /// e.g. to learn which host frame the page no longer maps.
+    pub fn replace(
+        &mut self,
+        gfn: Gfn,
+        pte: GpaPte,
+        frames: &mut impl TableFrames,
+    ) -> Result<(GpaPte, FlushToken), GpaTableError> {
         if gfn >= GFN_LIMIT {
             return Err(GpaTableError::BeyondReach(gfn));
         }
         if !pte.is_present() {
+            let old = self.lookup(gfn, frames).unwrap_or(GpaPte::NONE);
             let range = GfnRange::single(gfn)?;
-            return Ok(self.unmap_range(range, frames));
+            return Ok((old, self.unmap_range(range, frames)));
         }
         let g = gfn.raw();
         // Walk down as far as tables exist.
@@ -302,11 +314,12 @@ impl GpaTable {
         if !old.is_present() {
             self.present += 1;
         }
-        Ok(if old.flush_needed_for(pte) {
+        let flush = if old.flush_needed_for(pte) {
             FlushToken::gfn(gfn)
         } else {
             FlushToken::none()
-        })
+        };
+        Ok((old, flush))
     }
 
     /// Applies `f` to the present entry for `gfn` in place (the fault fast path). Never
@@ -841,6 +854,26 @@ mod tests {
         u.flush.defer();
         assert_eq!(t.lookup(Gfn::new(3), &f), None);
         assert_eq!(t.table_count(), 1);
+        teardown(t, f);
+    }
+
+    #[test]
+    fn replace_returns_the_old_entry() {
+        let (mut t, mut f) = setup();
+        let (old, tok) = t.replace(Gfn::new(3), pte(30), &mut f).unwrap();
+        assert_eq!(old, GpaPte::NONE);
+        assert!(tok.is_empty());
+        let (old, tok) = t.replace(Gfn::new(3), pte(31).mkyoung(), &mut f).unwrap();
+        assert_eq!(old, pte(30));
+        assert!(tok.is_empty());
+        let (old, tok) = t.replace(Gfn::new(3), GpaPte::NONE, &mut f).unwrap();
+        assert_eq!(old, pte(31).mkyoung());
+        assert_eq!(tok.defer(), FlushScope::Gfns(r(3, 4)));
+        assert_eq!(t.table_count(), 1);
+        assert_eq!(
+            t.replace(GFN_LIMIT, pte(1), &mut f).err(),
+            Some(GpaTableError::BeyondReach(GFN_LIMIT))
+        );
         teardown(t, f);
     }
 

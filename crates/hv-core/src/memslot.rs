@@ -22,7 +22,7 @@ use core::ops::Range;
 
 use bitflags::bitflags;
 
-use crate::addr::{Gfn, GfnRange, RangeError};
+use crate::addr::{Gfn, GfnRange, Gpa, RangeError, PAGE_OFFSET_MASK, PAGE_SHIFT};
 use crate::dirty_log::DirtyBitmap;
 use crate::flush::FlushToken;
 use crate::gpa_table::{GpaTable, GFN_LIMIT};
@@ -312,6 +312,24 @@ impl Memslots {
         Ok(id)
     }
 
+    /// [`Memslots::insert`] from byte values, as a VMM's "set memory region" call gives them:
+    /// `size_bytes` of guest physical memory at `start`, backed from byte `backing_offset_bytes`
+    /// of `backing`. All three must be page aligned ([`RangeError::Unaligned`]).
+    pub fn insert_gpa(
+        &mut self,
+        start: Gpa,
+        size_bytes: u64,
+        backing: BackingId,
+        backing_offset_bytes: u64,
+        flags: SlotFlags,
+    ) -> Result<SlotId, MemslotError> {
+        let gfns = GfnRange::from_gpa_len(start, size_bytes)?;
+        if backing_offset_bytes & PAGE_OFFSET_MASK != 0 {
+            return Err(MemslotError::Range(RangeError::Unaligned));
+        }
+        self.insert(gfns, backing, backing_offset_bytes >> PAGE_SHIFT, flags)
+    }
+
     /// Removes a slot; the update unmaps its range.
     pub fn remove(&mut self, id: SlotId) -> Result<(Memslot, SlotUpdate), MemslotError> {
         let i = self.index_of(id)?;
@@ -452,7 +470,7 @@ impl Memslots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::{Gpa, Hfn};
+    use crate::addr::{Hfn, PAGE_SIZE};
     use crate::flush::FlushScope;
     use crate::pte::{Cca, GpaPte};
     use crate::table_frames::ArenaTableFrames;
@@ -515,16 +533,42 @@ mod tests {
             m.insert(r(30, 40), B, u64::MAX - 5, SlotFlags::empty()),
             Err(MemslotError::BackingOverflow)
         );
-        // Byte ranges come through GfnRange and its errors convert.
-        let bad: Result<GfnRange, MemslotError> =
-            GfnRange::from_gpa_len(Gpa::new(0x1800), 0x1000).map_err(Into::into);
-        assert_eq!(bad, Err(MemslotError::Range(RangeError::Unaligned)));
         let missing = SlotId(999);
         assert_eq!(
             m.remove(missing).err(),
             Some(MemslotError::NoSuchSlot(missing))
         );
         assert_eq!(m.len(), 3);
+    }
+
+    #[test]
+    fn byte_level_insert_checks_alignment() {
+        let mut m = Memslots::new();
+        let ps = PAGE_SIZE;
+        let id = m
+            .insert_gpa(Gpa::new(16 * ps), 4 * ps, B, 2 * ps, SlotFlags::empty())
+            .unwrap();
+        let s = m.get(id).unwrap();
+        assert_eq!(s.gfns(), r(16, 20));
+        assert_eq!(s.backing_pages(), 2..6);
+        let unaligned = Err(MemslotError::Range(RangeError::Unaligned));
+        let e = SlotFlags::empty();
+        assert_eq!(m.insert_gpa(Gpa::new(ps + 1), ps, B, 0, e), unaligned);
+        assert_eq!(m.insert_gpa(Gpa::new(ps), ps / 2, B, 0, e), unaligned);
+        assert_eq!(m.insert_gpa(Gpa::new(ps), ps, B, 8, e), unaligned);
+        assert_eq!(
+            m.insert_gpa(Gpa::new(ps), 0, B, 0, e),
+            Err(MemslotError::Range(RangeError::Empty))
+        );
+        assert_eq!(
+            m.insert_gpa(Gpa::new(!(ps - 1)), 2 * ps, B, 0, e),
+            Err(MemslotError::Range(RangeError::Overflow))
+        );
+        assert_eq!(
+            m.insert_gpa(Gpa::new(17 * ps), ps, B, 0, e),
+            Err(MemslotError::Overlap(id))
+        );
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

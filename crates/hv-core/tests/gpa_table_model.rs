@@ -196,8 +196,16 @@ fn take(token: FlushToken) -> FlushScope {
     token.defer()
 }
 
+/// Case count: 256 by default (well under a second), `PROPTEST_CASES` to run more.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn table_matches_model(ops in prop::collection::vec(op_strategy(), 1..48),
@@ -209,9 +217,10 @@ proptest! {
             match op {
                 Op::Set(g, p) => {
                     let old = model.insert(g, p).unwrap_or(GpaPte::NONE);
-                    let got = take(table.set(Gfn::new(g), p, &mut frames).unwrap());
+                    let (got_old, tok) = table.replace(Gfn::new(g), p, &mut frames).unwrap();
+                    prop_assert_eq!(got_old, old);
                     let want = if model_needs_flush(old, p) { scope_of(&[g]) } else { FlushScope::Nothing };
-                    prop_assert_eq!(got, want);
+                    prop_assert_eq!(take(tok), want);
                 }
                 Op::SetFailing(g, p, nth) => {
                     let live = frames.live_tables();

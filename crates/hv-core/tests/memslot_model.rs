@@ -114,8 +114,16 @@ fn check(
     }
 }
 
+/// Case count: 256 by default (well under a second), `PROPTEST_CASES` to run more.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn memslots_match_model(ops in prop::collection::vec(op_strategy(), 1..40)) {

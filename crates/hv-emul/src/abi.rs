@@ -64,8 +64,50 @@ pub const fn kseg0_address(phys: u64) -> u64 {
     GUEST_KSEG0_BASE | (phys & GUEST_KSEG_PHYS_MASK)
 }
 
+/// A guest translation with the permission the guest granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestTranslation {
+    /// The guest physical address.
+    pub gpa: Gpa,
+    /// The guest allows stores (the unmapped window, or a TLB entry with D = 1). A host
+    /// mapping derived from a translation with `writable == false` must be read-only, so the
+    /// guest's first store reaches the hypervisor and becomes a guest TLB Modified exception.
+    pub writable: bool,
+    /// Translated through the guest TLB (its mapping changes with TLB writes and ASIDs).
+    pub via_tlb: bool,
+}
+
 /// Translates `gva` the way the guest's own MMU would: the unmapped window directly, the
 /// mapped segments through `tlb` under `asid`. A failure is the exception to deliver.
+pub fn translate_access(
+    gva: Gva,
+    mode: GuestMode,
+    asid: u8,
+    tlb: &GuestTlb,
+    access: Access,
+) -> Result<GuestTranslation, GuestException> {
+    let bad_vaddr = gva.raw();
+    match classify(gva, mode) {
+        Segment::KernelUnmapped(gpa) => Ok(GuestTranslation {
+            gpa,
+            writable: true,
+            via_tlb: false,
+        }),
+        Segment::Forbidden => Err(GuestException::AddressError { bad_vaddr, access }),
+        Segment::UserMapped | Segment::KernelMapped => match tlb.lookup(gva, asid, access) {
+            Ok(hit) => Ok(GuestTranslation {
+                gpa: hit.gpa,
+                writable: hit.dirty,
+                via_tlb: true,
+            }),
+            Err(TlbFault::Refill) => Err(GuestException::TlbRefill { bad_vaddr, access }),
+            Err(TlbFault::Invalid) => Err(GuestException::TlbInvalid { bad_vaddr, access }),
+            Err(TlbFault::Modified) => Err(GuestException::TlbModified { bad_vaddr }),
+        },
+    }
+}
+
+/// [`translate_access`], keeping only the guest physical address.
 pub fn translate(
     gva: Gva,
     mode: GuestMode,
@@ -73,17 +115,7 @@ pub fn translate(
     tlb: &GuestTlb,
     access: Access,
 ) -> Result<Gpa, GuestException> {
-    let bad_vaddr = gva.raw();
-    match classify(gva, mode) {
-        Segment::KernelUnmapped(gpa) => Ok(gpa),
-        Segment::Forbidden => Err(GuestException::AddressError { bad_vaddr, access }),
-        Segment::UserMapped | Segment::KernelMapped => match tlb.lookup(gva, asid, access) {
-            Ok(hit) => Ok(hit.gpa),
-            Err(TlbFault::Refill) => Err(GuestException::TlbRefill { bad_vaddr, access }),
-            Err(TlbFault::Invalid) => Err(GuestException::TlbInvalid { bad_vaddr, access }),
-            Err(TlbFault::Modified) => Err(GuestException::TlbModified { bad_vaddr }),
-        },
-    }
+    translate_access(gva, mode, asid, tlb, access).map(|t| t.gpa)
 }
 
 #[cfg(test)]

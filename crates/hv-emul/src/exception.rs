@@ -207,6 +207,19 @@ pub fn deliver(exception: GuestException, cp0: &mut Cp0, site: FaultSite) -> u64
     vector_base(cp0) + offset
 }
 
+/// Delivers a pending, unmasked interrupt (see [`Cp0::interrupt_deliverable`]) to a guest
+/// about to run the instruction at `pc`. Returns the handler address, or `None` when no
+/// interrupt can be taken now.
+pub fn deliver_pending_interrupt(cp0: &mut Cp0, pc: u64) -> Option<u64> {
+    cp0.interrupt_deliverable().then(|| {
+        let site = FaultSite {
+            pc,
+            in_delay_slot: false,
+        };
+        deliver(GuestException::Interrupt, cp0, site)
+    })
+}
+
 /// Loads EntryHi.VPN2/R, Context.BadVPN2 and XContext.R/BadVPN2 from a faulting address.
 fn load_tlb_context(cp0: &mut Cp0, va: u64) {
     const VPN2_R: u64 = 0xc000_00ff_ffff_e000;
@@ -435,6 +448,24 @@ mod tests {
             ),
             0x4000_1200
         );
+    }
+
+    #[test]
+    fn pending_interrupt_delivery() {
+        let mut cp0 = running_user();
+        assert_eq!(deliver_pending_interrupt(&mut cp0, 0x3000), None);
+        cp0.raise_timer();
+        // IM7 is clear: still nothing.
+        assert_eq!(deliver_pending_interrupt(&mut cp0, 0x3000), None);
+        cp0.set_status(cp0.status() | Status::from_bits_retain(0x8000));
+        assert_eq!(
+            deliver_pending_interrupt(&mut cp0, 0x3000),
+            Some(0x4000_1180)
+        );
+        assert_eq!(cp0.get(Cp0Reg::EPC), 0x3000);
+        assert_eq!(cp0.cause().exc_code(), Some(ExcCode::Int));
+        // EXL is now set: no nested interrupt.
+        assert_eq!(deliver_pending_interrupt(&mut cp0, 0x4000_1180), None);
     }
 
     #[test]

@@ -14,3 +14,4 @@ pub mod exception;
 pub mod guest_tlb;
 pub mod hypercall;
 pub mod regs;
+pub mod timer;
