@@ -188,7 +188,7 @@ fn dir_child(entry: u64) -> Hfn {
     Hfn::new(entry >> PAGE_SHIFT)
 }
 
-/// Whether every gfn is below the reach; callers outside the crate use [`GFN_LIMIT`].
+/// `range` clipped to the table's reach as raw `start..end`, or `None` if nothing is left.
 fn clip(range: GfnRange) -> Option<(u64, u64)> {
     let start = range.start().raw();
     let end = range.end().raw().min(GFN_LIMIT.raw());
