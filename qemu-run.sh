@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
+#
+#   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
+#                 [--no-build] [-- extra QEMU arguments]
+#
+# Defaults: scenario boot, CPU MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
+# expected CPU count and RAM size reach the firmware on the boot command line (-append),
+# so no rebuild is needed to switch. Missing packages are installed on Debian 12.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tools/deps.sh
+. "$ROOT/tools/deps.sh"
+
+SCENARIOS=(boot panic-selftest fault-selftest)
+CPUS=(MIPS64R2-generic 5KEc Loongson-3A4000 Octeon68XX)
+
+usage() {
+    cat <<USAGE
+usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
+  --scenario NAME   one of: ${SCENARIOS[*]} (default boot)
+  --cpu MODEL       one of: ${CPUS[*]} (default MIPS64R2-generic)
+  --smp N           CPUs, 1..8 (default 2)
+  --mem MiB         RAM in MiB, 64..2048 (default 512)
+  --icount          deterministic instruction counting (-icount shift=0)
+  --gdb             wait for gdb-multiarch on localhost:1234 before starting
+  --no-build        boot the last build in out/ without rebuilding
+  -h, --help        this text
+USAGE
+}
+
+die_usage() {
+    echo "qemu-run.sh: $1" >&2
+    usage >&2
+    exit 2
+}
+
+contains() { # $1 = needle, rest = haystack
+    local needle=$1 item
+    shift
+    for item in "$@"; do [ "$item" = "$needle" ] && return 0; done
+    return 1
+}
+
+SCENARIO=boot CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1
+EXTRA=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --scenario | --cpu | --smp | --mem)
+        [ $# -ge 2 ] || die_usage "$1 needs a value"
+        case "$1" in
+        --scenario) SCENARIO=$2 ;;
+        --cpu) CPU=$2 ;;
+        --smp) SMP=$2 ;;
+        --mem) MEM=$2 ;;
+        esac
+        shift 2
+        ;;
+    --icount) ICOUNT=1; shift ;;
+    --gdb) GDB=1; shift ;;
+    --no-build) BUILD=0; shift ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) die_usage "unknown option '$1'" ;;
+    esac
+done
+
+contains "$SCENARIO" "${SCENARIOS[@]}" \
+    || die_usage "unknown scenario '$SCENARIO'; valid scenarios: ${SCENARIOS[*]}"
+if ! contains "$CPU" "${CPUS[@]}"; then
+    case "$CPU" in
+    I6400 | I6500)
+        die_usage "$CPU is MIPS64 Release 6 (other encodings, Boston board): it needs an R6 build, which mipsvisor does not have yet; valid CPUs: ${CPUS[*]}" ;;
+    *) die_usage "unknown CPU '$CPU'; valid CPUs: ${CPUS[*]}" ;;
+    esac
+fi
+[[ "$SMP" =~ ^[0-9]+$ ]] && [ "$SMP" -ge 1 ] && [ "$SMP" -le 8 ] \
+    || die_usage "--smp must be a number from 1 to 8, not '$SMP'"
+[[ "$MEM" =~ ^[0-9]+$ ]] && [ "$MEM" -ge 64 ] && [ "$MEM" -le 2048 ] \
+    || die_usage "--mem must be a number of MiB from 64 to 2048, not '$MEM'"
+
+mipsvisor_ensure_deps firmware
+[ $GDB -eq 1 ] && mipsvisor_ensure_deps gdb
+
+OUT=${MIPSVISOR_OUT:-$ROOT/out}
+if [ $BUILD -eq 1 ]; then
+    "$ROOT/tools/build-fw.sh" >&2
+fi
+[ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 2; }
+
+QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
+      -semihosting -kernel "$OUT/mipsvisor.elf"
+      -append "scenario=$SCENARIO cpus=$SMP mem=$MEM")
+[ $ICOUNT -eq 1 ] && QEMU+=(-icount shift=0)
+if [ $GDB -eq 1 ]; then
+    QEMU+=(-s -S)
+    echo "qemu-run.sh: waiting for gdb: gdb-multiarch $OUT/mipsvisor.elf -ex 'target remote :1234'" >&2
+fi
+exec "${QEMU[@]}" "${EXTRA[@]}"

@@ -1,0 +1,149 @@
+//! Boot entry glue: assembles boot.s, brings each CPU into a known state, hands over to
+//! `boot_main` (CPU 0) or `secondary_main` (the others), and reads the loader's arguments.
+
+use super::{addr, cp0, tlb, trap, MAX_CPUS};
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU32, Ordering};
+use hv_core::addr::Hpa;
+
+/// log2 of the boot stack size of each CPU (32 KiB).
+const STACK_SHIFT: u32 = 15;
+
+/// Status at entry: CU0 | BEV | KX | UX; everything else (IE, EXL, ERL, KSU, IM) clear.
+const STATUS_BOOT: u32 = (1 << 28) | (1 << 22) | (1 << 7) | (1 << 5);
+
+/// Set to 1 by CPU 0 once the secondaries may run Rust code. Lives in .data, not .bss:
+/// CPU 0 clears .bss while the secondaries already poll this word.
+#[link_section = ".data.secondary_release"]
+static SECONDARY_RELEASE: AtomicU32 = AtomicU32::new(0);
+
+global_asm!(
+    include_str!("boot.s"),
+    status_boot = const STATUS_BOOT,
+    max_cpus = const MAX_CPUS,
+    stack_shift = const STACK_SHIFT,
+    release = sym SECONDARY_RELEASE,
+    rust_entry = sym rust_entry,
+);
+
+extern "C" {
+    static exception_vectors: u8;
+    static __image_start: u8;
+    static __image_end: u8;
+}
+
+/// What the boot loader passed to CPU 0 (raw register values).
+#[derive(Debug, Clone, Copy)]
+pub struct LoaderRegs {
+    /// a1: argv, an array of 32-bit sign-extended string pointers.
+    pub argv: u64,
+    /// a2: envp, same format, name and value in consecutive entries.
+    pub envp: u64,
+    /// a3: RAM size below the I/O hole, as the loader saw it.
+    pub low_ram_bytes: u64,
+}
+
+/// First Rust code of every CPU, called from boot.s with this CPU's stack set up.
+extern "C" fn rust_entry(cpu: usize, argv: u64, envp: u64, low_ram: u64, stack_top: u64) -> ! {
+    trap::set_kernel_stack(cpu, stack_top);
+    init_this_cpu();
+    if cpu == 0 {
+        crate::boot_main(LoaderRegs {
+            argv,
+            envp,
+            low_ram_bytes: low_ram,
+        })
+    } else {
+        crate::secondary_main(cpu)
+    }
+}
+
+/// Per-CPU hardware set-up: our exception vectors, BEV off, a clean TLB.
+fn init_this_cpu() {
+    let vectors = &raw const exception_vectors as u64;
+    // SAFETY: boot.s left BEV set, and `exception_vectors` is the 4 KiB aligned vector
+    // block of vectors.s, part of the image for its whole lifetime.
+    unsafe { cp0::EBase::set_base(vectors) };
+    // SAFETY: the vectors at EBase are now ours, so exceptions may use them; only BEV
+    // changes.
+    unsafe { cp0::Status::read().difference(cp0::Status::BEV).write() };
+    tlb::flush_all();
+}
+
+/// Lets the secondary CPUs leave boot.s. Called once by CPU 0 when console, vectors and
+/// memory are ready.
+pub fn release_secondaries() {
+    // Release: everything CPU 0 set up before is visible to a CPU that sees the 1
+    // (pairs with the `sync` after the poll loop in boot.s).
+    SECONDARY_RELEASE.store(1, Ordering::Release);
+}
+
+/// Physical range the firmware image occupies (text, data, bss, stacks), half-open.
+pub fn image_range() -> (Hpa, Hpa) {
+    let start = &raw const __image_start as u64;
+    let end = &raw const __image_end as u64;
+    (addr::kseg0_to_phys(start), addr::kseg0_to_phys(end))
+}
+
+/// The loader's strings live in the first MiB of RAM, which the firmware never allocates.
+const LOADER_AREA_END: u64 = 0x10_0000;
+/// Longest string read from the loader area.
+const MAX_LOADER_STRING: usize = 1024;
+/// Most argv/envp entries looked at.
+const MAX_LOADER_ENTRIES: usize = 64;
+
+/// Reads entry `index` of a loader pointer array and returns the string it points to, or
+/// `None` for a null entry or anything outside the loader area.
+fn loader_string(array: u64, index: usize) -> Option<&'static str> {
+    let slot = array.checked_add(4 * index as u64)?;
+    let slot_pa = addr::virt_to_phys(slot)?;
+    if slot_pa.raw() + 4 > LOADER_AREA_END || slot % 4 != 0 {
+        return None;
+    }
+    // SAFETY: `slot` is an aligned KSEG0/xkphys address of RAM below 1 MiB, which exists
+    // on every Malta, holds only loader data and is never handed to Rust allocations.
+    let raw = unsafe { core::ptr::read_volatile(slot as *const i32) };
+    if raw == 0 {
+        return None;
+    }
+    let string = raw as i64 as u64;
+    let string_pa = addr::virt_to_phys(string)?;
+    if string_pa.raw() >= LOADER_AREA_END {
+        return None;
+    }
+    let room = (LOADER_AREA_END - string_pa.raw()) as usize;
+    let limit = room.min(MAX_LOADER_STRING);
+    // SAFETY: [string, string + limit) lies in the loader area (same argument as above);
+    // the area is not written after boot, so a shared 'static slice is sound.
+    let bytes = unsafe { core::slice::from_raw_parts(string as *const u8, limit) };
+    let len = bytes.iter().position(|&b| b == 0)?;
+    core::str::from_utf8(&bytes[..len]).ok()
+}
+
+/// The loader's argv[1] (the kernel command line) or "" if there is none.
+pub fn loader_cmdline(regs: &LoaderRegs) -> &'static str {
+    if regs.argv == 0 {
+        return "";
+    }
+    loader_string(regs.argv, 1).unwrap_or("")
+}
+
+/// Looks up `name` in the loader environment: YAMON-style name/value entry pairs, or a
+/// single `name=value` entry.
+pub fn loader_env(regs: &LoaderRegs, name: &str) -> Option<&'static str> {
+    if regs.envp == 0 {
+        return None;
+    }
+    let mut index = 0;
+    while index < MAX_LOADER_ENTRIES {
+        let entry = loader_string(regs.envp, index)?;
+        if let Some(value) = entry.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return Some(value);
+        }
+        if entry == name {
+            return loader_string(regs.envp, index + 1);
+        }
+        index += if entry.contains('=') { 1 } else { 2 };
+    }
+    None
+}

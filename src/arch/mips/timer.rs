@@ -1,0 +1,62 @@
+//! CP0 Count/Compare timer on every CPU.
+//!
+//! Malta has no inter-processor interrupts, so this per-CPU tick is what later work uses
+//! for scheduling and to notice that every CPU passed a quiescent point (TLB shootdown).
+//! Writing Compare acknowledges the interrupt (PRA 9.28).
+
+use super::cp0::{self, Status};
+use super::trap::TrapCause;
+use super::{cpu_id, irq, MAX_CPUS};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// Count ticks between timer interrupts (a few ms at QEMU Malta's Count rate).
+pub const INTERVAL_TICKS: u32 = 400_000;
+
+/// Timer interrupts taken, per CPU.
+static TICKS: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Starts the periodic timer on this CPU and enables interrupts.
+pub fn start_this_cpu() {
+    let line = cp0::timer_ip_line();
+    arm_next_tick();
+    let status = Status::read();
+    let im = Status::from_bits_retain(1 << (8 + u32::from(line)));
+    // SAFETY: only the timer line is unmasked, and its handler (below) is ready.
+    unsafe {
+        status.union(im).write();
+        irq::enable();
+    }
+}
+
+/// Sets Compare one interval ahead of Count.
+///
+/// The interrupt fires only when Count *reaches* Compare, so a target that Count has
+/// already passed when it is written means no tick for a whole 2^32-tick wrap. That happens
+/// under QEMU whenever the host deschedules this vCPU between reading Count and writing
+/// Compare; re-check after the write and re-arm until the target is still ahead.
+fn arm_next_tick() {
+    loop {
+        let target = cp0::count().wrapping_add(INTERVAL_TICKS);
+        cp0::set_compare(target);
+        // Signed distance: positive while Count has not reached the target yet.
+        if target.wrapping_sub(cp0::count()) as i32 > 0 {
+            return;
+        }
+    }
+}
+
+/// Interrupt handler part: re-arms Compare and counts the tick if the timer fired.
+pub fn handle_interrupt(cause: TrapCause) -> bool {
+    let line = cp0::timer_ip_line();
+    if !cause.timer_pending && cause.pending & (1 << line) == 0 {
+        return false;
+    }
+    arm_next_tick();
+    TICKS[cpu_id()].fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Timer interrupts `cpu` has taken so far.
+pub fn ticks(cpu: usize) -> u64 {
+    TICKS[cpu].load(Ordering::Relaxed)
+}

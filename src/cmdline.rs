@@ -1,0 +1,80 @@
+//! Boot command line parsing: `scenario=NAME cpus=N mem=MiB`, other words ignored.
+//!
+//! QEMU passes `-append` text as argv[1] (after `rd_start=`/`rd_size=` when an initrd is
+//! given); YAMON and U-Boot pass their command line the same way. Words that are not ours
+//! (console=, rd_start=, ...) are skipped so a real loader's line does not break the boot.
+
+use core::fmt;
+
+/// Scenario run when the command line names none.
+pub const DEFAULT_SCENARIO: &str = "boot";
+
+/// Options the firmware takes from the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootOptions<'a> {
+    /// Scenario to run.
+    pub scenario: &'a str,
+    /// Number of CPUs the host started (`cpus=`), checked by the boot scenario.
+    pub expect_cpus: Option<usize>,
+    /// RAM size in MiB the host configured (`mem=`), checked by the boot scenario.
+    pub expect_mem_mib: Option<u64>,
+}
+
+/// Command line errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CmdlineError<'a> {
+    /// A numeric option has a value that is not a number.
+    BadNumber {
+        /// The option name.
+        key: &'a str,
+        /// The text given.
+        value: &'a str,
+    },
+    /// `scenario=` with nothing after it.
+    EmptyScenario,
+}
+
+impl fmt::Display for CmdlineError<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadNumber { key, value } => write!(f, "{key}={value}: not a number"),
+            Self::EmptyScenario => write!(f, "scenario= needs a name"),
+        }
+    }
+}
+
+/// Parses a decimal or `0x` hexadecimal number.
+pub fn parse_number(text: &str) -> Option<u64> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+/// Parses the command line.
+pub fn parse(cmdline: &str) -> Result<BootOptions<'_>, CmdlineError<'_>> {
+    let mut options = BootOptions {
+        scenario: DEFAULT_SCENARIO,
+        expect_cpus: None,
+        expect_mem_mib: None,
+    };
+    for word in cmdline.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        match key {
+            "scenario" if value.is_empty() => return Err(CmdlineError::EmptyScenario),
+            "scenario" => options.scenario = value,
+            "cpus" => {
+                let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
+                options.expect_cpus = Some(n as usize);
+            }
+            "mem" => {
+                let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
+                options.expect_mem_mib = Some(n);
+            }
+            _ => {}
+        }
+    }
+    Ok(options)
+}

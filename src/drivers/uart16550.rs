@@ -1,0 +1,78 @@
+//! Polled driver for a 16550-compatible UART (transmit side).
+//!
+//! Register offsets are in units of `stride` bytes (1 on Malta's PIIX4 SuperIO). Only what
+//! the console needs: 8N1 set-up and polled transmit (LSR.THRE before each byte).
+
+use core::ptr::NonNull;
+use volatile::VolatilePtr;
+
+/// Transmit holding register (write) / receive buffer (read), DLAB = 0.
+const THR: usize = 0;
+/// Interrupt enable register, DLAB = 0; divisor latch high byte with DLAB = 1.
+const IER: usize = 1;
+/// FIFO control register (write).
+const FCR: usize = 2;
+/// Line control register.
+const LCR: usize = 3;
+/// Modem control register.
+const MCR: usize = 4;
+/// Line status register.
+const LSR: usize = 5;
+/// LSR bit: transmit holding register empty.
+const LSR_THRE: u8 = 1 << 5;
+/// LCR bit: divisor latch access.
+const LCR_DLAB: u8 = 1 << 7;
+/// LCR value for 8 data bits, no parity, 1 stop bit.
+const LCR_8N1: u8 = 0x03;
+
+/// One 16550 register block.
+#[derive(Debug)]
+pub struct Uart16550 {
+    base: NonNull<u8>,
+    stride: usize,
+}
+
+// SAFETY: the driver only does single-byte volatile MMIO accesses; callers serialise whole
+// lines with the console lock, and interleaved bytes from two CPUs are harmless.
+unsafe impl Send for Uart16550 {}
+// SAFETY: as for Send.
+unsafe impl Sync for Uart16550 {}
+
+impl Uart16550 {
+    /// Creates the driver for the register block at `base`.
+    ///
+    /// # Safety
+    /// `base` must be the uncached virtual address of a 16550 register block whose
+    /// registers are `stride` bytes apart, mapped for the life of the program, and not
+    /// driven by anyone else in a conflicting way.
+    pub unsafe fn new(base: u64, stride: usize) -> Self {
+        let base = NonNull::new(base as *mut u8).expect("UART base must not be null");
+        Self { base, stride }
+    }
+
+    fn register(&self, index: usize) -> VolatilePtr<'_, u8> {
+        // SAFETY: `new`'s contract makes base + index * stride a valid device register for
+        // every index below 8, which is all this driver uses.
+        unsafe { VolatilePtr::new(self.base.add(index * self.stride)) }
+    }
+
+    /// Programs 8N1 at divisor 1 (115200 baud with the usual 1.8432 MHz clock), enables and
+    /// clears the FIFOs, masks the UART's interrupts.
+    pub fn init(&self) {
+        self.register(IER).write(0);
+        self.register(LCR).write(LCR_DLAB);
+        self.register(THR).write(1);
+        self.register(IER).write(0);
+        self.register(LCR).write(LCR_8N1);
+        self.register(FCR).write(0x07);
+        self.register(MCR).write(0x03);
+    }
+
+    /// Sends one byte, waiting until the transmitter can take it.
+    pub fn write_byte(&self, byte: u8) {
+        while self.register(LSR).read() & LSR_THRE == 0 {
+            core::hint::spin_loop();
+        }
+        self.register(THR).write(byte);
+    }
+}

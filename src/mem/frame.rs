@@ -1,0 +1,235 @@
+//! Physical frame allocator: 4 KiB frames over probed RAM minus the image, as a bitmap.
+//!
+//! RAM comes in a few disjoint regions (on Malta: below the I/O hole, and above 256 MiB
+//! through the high alias). Each region owns a contiguous run of bits; bit set = frame in
+//! use. Allocation hands out an [`OwnedFrame`], a non-copyable token; freeing consumes it,
+//! so a double free cannot be written. The bitmap has room for the largest Malta (2 GiB).
+
+use crate::arch::addr::phys_to_virt;
+use core::fmt;
+use hv_core::addr::{Hfn, Hpa, PAGE_SIZE};
+use spin::Mutex;
+
+/// Most regions the allocator manages.
+const MAX_REGIONS: usize = 4;
+/// Most frames the allocator manages (2 GiB of 4 KiB frames).
+const MAX_FRAMES: usize = (2 << 30) / PAGE_SIZE as usize;
+const BITMAP_WORDS: usize = MAX_FRAMES / 64;
+/// 64-bit words in one frame.
+pub const WORDS_PER_FRAME: usize = PAGE_SIZE as usize / 8;
+
+/// Frame allocator errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Every managed frame is in use.
+    OutOfFrames,
+    /// Region table or bitmap is full.
+    CapacityExceeded,
+    /// A region is empty, unaligned or overlaps one already added.
+    BadRegion,
+    /// A freed frame does not belong to any region.
+    NotManaged(Hfn),
+    /// A freed frame was not allocated (allocator state and token disagree).
+    NotAllocated(Hfn),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OutOfFrames => write!(f, "out of physical frames"),
+            Self::CapacityExceeded => write!(f, "frame allocator capacity exceeded"),
+            Self::BadRegion => write!(f, "empty, unaligned or overlapping RAM region"),
+            Self::NotManaged(hfn) => write!(f, "frame {hfn} is not managed"),
+            Self::NotAllocated(hfn) => write!(f, "frame {hfn} was not allocated"),
+        }
+    }
+}
+
+/// One frame of RAM owned by whoever holds this token.
+#[derive(Debug)]
+pub struct OwnedFrame {
+    hfn: Hfn,
+}
+
+impl OwnedFrame {
+    /// The frame number.
+    pub fn hfn(&self) -> Hfn {
+        self.hfn
+    }
+
+    /// The frame's physical address.
+    pub fn hpa(&self) -> Hpa {
+        self.hfn
+            .checked_addr()
+            .expect("managed frames have valid addresses")
+    }
+
+    fn word_ptr(&self, index: usize) -> *mut u64 {
+        assert!(index < WORDS_PER_FRAME, "word {index} is outside a frame");
+        (phys_to_virt(self.hpa()) as *mut u64).wrapping_add(index)
+    }
+
+    /// Writes 64-bit word `index` of the frame.
+    pub fn write_u64(&mut self, index: usize, value: u64) {
+        // SAFETY: the frame is RAM that the allocator handed out exactly once, to this
+        // token, so nothing else accesses it; the pointer is aligned and inside the frame.
+        unsafe { core::ptr::write_volatile(self.word_ptr(index), value) }
+    }
+
+    /// Reads 64-bit word `index` of the frame.
+    pub fn read_u64(&self, index: usize) -> u64 {
+        // SAFETY: as for write_u64.
+        unsafe { core::ptr::read_volatile(self.word_ptr(index)) }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Region {
+    start: Hfn,
+    npages: u64,
+    first_bit: usize,
+}
+
+/// The allocator state (see the module notes).
+pub struct FrameAllocator {
+    regions: [Region; MAX_REGIONS],
+    region_count: usize,
+    bitmap: [u64; BITMAP_WORDS],
+    total_frames: usize,
+    free_frames: usize,
+    /// Word where the next search starts.
+    hint: usize,
+}
+
+impl fmt::Debug for FrameAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FrameAllocator")
+            .field("regions", &&self.regions[..self.region_count])
+            .field("total_frames", &self.total_frames)
+            .field("free_frames", &self.free_frames)
+            .finish()
+    }
+}
+
+impl FrameAllocator {
+    const fn new() -> Self {
+        Self {
+            regions: [Region {
+                start: Hfn::new(0),
+                npages: 0,
+                first_bit: 0,
+            }; MAX_REGIONS],
+            region_count: 0,
+            bitmap: [0; BITMAP_WORDS],
+            total_frames: 0,
+            free_frames: 0,
+            hint: 0,
+        }
+    }
+
+    /// Adds the whole frames inside `[start, end)` as free memory.
+    pub fn add_region(&mut self, start: Hpa, end: Hpa) -> Result<(), FrameError> {
+        let first = start
+            .checked_page_align_up()
+            .ok_or(FrameError::BadRegion)?
+            .frame();
+        let last = end.page_align_down().frame();
+        let npages = last
+            .checked_distance_from(first)
+            .ok_or(FrameError::BadRegion)?;
+        if npages == 0 {
+            return Err(FrameError::BadRegion);
+        }
+        for region in &self.regions[..self.region_count] {
+            let region_end = region.start.raw() + region.npages;
+            if first.raw() < region_end && region.start.raw() < last.raw() {
+                return Err(FrameError::BadRegion);
+            }
+        }
+        if self.region_count == MAX_REGIONS || self.total_frames + npages as usize > MAX_FRAMES {
+            return Err(FrameError::CapacityExceeded);
+        }
+        self.regions[self.region_count] = Region {
+            start: first,
+            npages,
+            first_bit: self.total_frames,
+        };
+        self.region_count += 1;
+        self.total_frames += npages as usize;
+        self.free_frames += npages as usize;
+        Ok(())
+    }
+
+    fn bit_to_hfn(&self, bit: usize) -> Hfn {
+        let region = self.regions[..self.region_count]
+            .iter()
+            .find(|r| bit >= r.first_bit && bit < r.first_bit + r.npages as usize)
+            .expect("bit below total_frames belongs to a region");
+        Hfn::new(region.start.raw() + (bit - region.first_bit) as u64)
+    }
+
+    fn hfn_to_bit(&self, hfn: Hfn) -> Option<usize> {
+        self.regions[..self.region_count].iter().find_map(|r| {
+            let offset = hfn.checked_distance_from(r.start)?;
+            (offset < r.npages).then(|| r.first_bit + offset as usize)
+        })
+    }
+
+    /// Takes a free frame.
+    pub fn alloc(&mut self) -> Result<OwnedFrame, FrameError> {
+        if self.free_frames == 0 {
+            return Err(FrameError::OutOfFrames);
+        }
+        let words = self.total_frames.div_ceil(64);
+        for step in 0..words {
+            let word = (self.hint + step) % words;
+            let bits = self.bitmap[word];
+            if bits == u64::MAX {
+                continue;
+            }
+            let bit = word * 64 + (!bits).trailing_zeros() as usize;
+            if bit >= self.total_frames {
+                continue;
+            }
+            self.bitmap[word] |= 1 << (bit % 64);
+            self.free_frames -= 1;
+            self.hint = word;
+            return Ok(OwnedFrame {
+                hfn: self.bit_to_hfn(bit),
+            });
+        }
+        Err(FrameError::OutOfFrames)
+    }
+
+    /// Returns a frame.
+    pub fn free(&mut self, frame: OwnedFrame) -> Result<(), FrameError> {
+        let hfn = frame.hfn;
+        let bit = self.hfn_to_bit(hfn).ok_or(FrameError::NotManaged(hfn))?;
+        let mask = 1 << (bit % 64);
+        if self.bitmap[bit / 64] & mask == 0 {
+            return Err(FrameError::NotAllocated(hfn));
+        }
+        self.bitmap[bit / 64] &= !mask;
+        self.free_frames += 1;
+        self.hint = self.hint.min(bit / 64);
+        Ok(())
+    }
+
+    /// Frames currently free.
+    pub fn free_frames(&self) -> usize {
+        self.free_frames
+    }
+
+    /// Frames currently handed out.
+    pub fn used_frames(&self) -> usize {
+        self.total_frames - self.free_frames
+    }
+
+    /// Frames managed in total.
+    pub fn total_frames(&self) -> usize {
+        self.total_frames
+    }
+}
+
+/// The system's frame allocator.
+pub static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator::new());

@@ -1,0 +1,76 @@
+# Sourced by qemu-run.sh and tools/test.sh: installs missing build/run dependencies on a
+# Debian 12 machine (apt), and only what is missing. Nothing is installed when everything
+# is already there.
+#
+#   mipsvisor_ensure_deps firmware   toolchain + QEMU (qemu-run.sh)
+#   mipsvisor_ensure_deps test       the above plus clippy and rustfmt (tools/test.sh)
+#   mipsvisor_ensure_deps gdb        gdb-multiarch (qemu-run.sh --gdb)
+
+mipsvisor_has_rust_src() { # $1 = rustc
+    local sysroot
+    sysroot=$("$1" --print sysroot 2>/dev/null) || return 1
+    [ -f "$sysroot/lib/rustlib/src/rust/library/core/Cargo.toml" ]
+}
+
+mipsvisor_have_nightly_src() {
+    command -v rustup >/dev/null 2>&1 || return 1
+    local rustc
+    rustc=$(rustup which --toolchain nightly rustc 2>/dev/null) || return 1
+    mipsvisor_has_rust_src "$rustc"
+}
+
+mipsvisor_ensure_deps() {
+    local need=() what
+    for what in "$@"; do
+        case "$what" in
+        firmware | test)
+            command -v qemu-system-mips64el >/dev/null 2>&1 || need+=(qemu-system-mips)
+            if ! { [ -x /usr/bin/rustc ] && mipsvisor_has_rust_src /usr/bin/rustc; } \
+                && ! mipsvisor_have_nightly_src; then
+                need+=(rustc-web cargo-web rust-web-src)
+            fi
+            command -v ld.lld >/dev/null 2>&1 || need+=(lld)
+            command -v mips64el-linux-gnuabi64-objcopy >/dev/null 2>&1 \
+                || need+=(binutils-mips64el-linux-gnuabi64)
+            command -v timeout >/dev/null 2>&1 || need+=(coreutils)
+            ;;&
+        test)
+            # Host checks use whatever cargo is on PATH if it has clippy and rustfmt,
+            # otherwise Debian's (which then needs its clippy and rustfmt packages).
+            if ! { cargo clippy --version && cargo fmt --version; } >/dev/null 2>&1; then
+                [ -x /usr/bin/cargo ] || need+=(cargo-web)
+                [ -x /usr/bin/cargo-clippy ] || need+=(rust-web-clippy)
+                command -v rustfmt >/dev/null 2>&1 || need+=(rustfmt-web)
+            fi
+            [ -x /usr/bin/clippy-driver ] || mipsvisor_have_nightly_src || need+=(rust-web-clippy)
+            ;;
+        gdb)
+            command -v gdb-multiarch >/dev/null 2>&1 || need+=(gdb-multiarch)
+            ;;
+        esac
+    done
+    [ ${#need[@]} -eq 0 ] && return 0
+    # De-duplicate while keeping order.
+    local unique=() p q seen
+    for p in "${need[@]}"; do
+        seen=0
+        for q in "${unique[@]}"; do [ "$p" = "$q" ] && seen=1; done
+        [ $seen -eq 0 ] && unique+=("$p")
+    done
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "mipsvisor: missing ${unique[*]} and no apt-get to install them" >&2
+        return 1
+    fi
+    local sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null 2>&1 || {
+            echo "mipsvisor: need root or sudo to install ${unique[*]}" >&2
+            return 1
+        }
+        sudo=(sudo)
+    fi
+    echo "mipsvisor: installing ${unique[*]}" >&2
+    "${sudo[@]}" apt-get update -q >&2 || return 1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${unique[@]}" >&2
+}
