@@ -64,6 +64,10 @@ pub enum GuestException {
     Break,
     /// An instruction the guest CPU does not implement.
     ReservedInstruction,
+    /// A trap instruction (TEQ, TGEI, ...) whose condition held.
+    Trap,
+    /// Integer overflow (ADD, ADDI, SUB, DADD, ...).
+    Overflow,
     /// A coprocessor instruction with the coprocessor disabled.
     CoprocessorUnusable {
         /// The coprocessor number (Cause.CE).
@@ -89,6 +93,8 @@ impl GuestException {
             GuestException::Syscall => ExcCode::Sys,
             GuestException::Break => ExcCode::Bp,
             GuestException::ReservedInstruction => ExcCode::Ri,
+            GuestException::Trap => ExcCode::Tr,
+            GuestException::Overflow => ExcCode::Ov,
             GuestException::CoprocessorUnusable { .. } => ExcCode::CpU,
         }
     }

@@ -8,6 +8,7 @@
 //! - [`cp0`], [`guest_tlb`], [`timer`]: the guest's coprocessor 0, TLB and Count/Compare.
 //! - [`branch`]: finishing a branch whose delay-slot instruction trapped.
 //! - [`exception`]: delivering exceptions to the guest's own vectors.
+//! - [`exit`]: sorting a host exception taken from a guest into the next action.
 //! - [`abi`], [`hypercall`]: the guest address layout and hypercall interface
 //!   (`docs/guest-abi.md`).
 #![cfg_attr(not(test), no_std)]
@@ -20,6 +21,7 @@ pub mod cp0;
 pub mod decode;
 pub mod emulate;
 pub mod exception;
+pub mod exit;
 pub mod guest_tlb;
 pub mod hypercall;
 pub mod regs;
