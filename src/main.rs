@@ -81,7 +81,7 @@ mod firmware {
 
         let line = boot::loader_cmdline(&regs);
         println!("cmdline: {line}");
-        let options = match cmdline::parse(line) {
+        let options = match cmdline::parse(line.args()) {
             Ok(options) => options,
             Err(error) => {
                 scenario::abort_run(ExitCode::Fail, format_args!("bad command line: {error}"))

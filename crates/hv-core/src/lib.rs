@@ -10,10 +10,13 @@ extern crate alloc;
 
 pub mod addr;
 pub mod dirty_log;
+pub mod fault;
 pub mod flush;
 pub mod frame_pool;
 pub mod gpa_table;
+pub mod host_mem;
 pub mod memslot;
+pub mod notifier;
 pub mod pte;
 pub mod shootdown;
 pub mod sync;

@@ -1,0 +1,537 @@
+//! The host memory layer: what backs each page of guest RAM (our stand-in for Linux's HVAs).
+//!
+//! A VM's RAM is one or more *backing objects* ([`BackingId`]); memslots map guest frames onto
+//! page ranges of them. Each backing page is in one [`PageState`]: never touched (reads as
+//! zero), resident in a private frame, resident in a frame shared read-only with other pages
+//! (after a merge of identical pages), swapped out, or ballooned (given back to the host).
+//! Frames come from a reference-counted [`FramePool`].
+//!
+//! Every change to a backing entry goes through an [`MmuNotifier`] before any frame is
+//! released: removals are bracketed by `invalidate_range_start`/`_end`, replacements go
+//! through `set_entry`. The layer's own lock is held across each whole change, and it is
+//! always taken *before* the VM's MMU lock, never while holding it.
+//!
+//! [`HostMem::resolve`] is the fault slow path's "get user page": it makes the page resident
+//! (allocating, zero-filling, swapping in or breaking sharing as needed) and returns the frame
+//! with an extra reference, which the caller drops with [`HostMem::release`] once it has
+//! installed (or abandoned) the mapping.
+
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Range;
+
+use crate::addr::Hfn;
+use crate::frame_pool::{FrameEpochs, FrameMemory, FramePool, PoolError, FRAME_BYTES};
+use crate::memslot::BackingId;
+use crate::notifier::{HostEntry, MmuNotifier};
+use crate::sync::{Mutex, MutexGuard};
+
+/// Index of a saved page in the swap store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapSlot(pub u32);
+
+/// State of one backing page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    /// Never touched: reads as zero, no frame yet.
+    NotTouched,
+    /// Resident in a frame this page owns (one reference).
+    Private(Hfn),
+    /// Resident in a frame shared read-only with other pages (one reference per page).
+    Shared(Hfn),
+    /// Contents saved in the swap store; no frame.
+    SwappedOut(SwapSlot),
+    /// Given back to the host; reads as zero when touched again.
+    Ballooned,
+}
+
+impl PageState {
+    /// The frame, if resident.
+    pub fn frame(self) -> Option<Hfn> {
+        match self {
+            PageState::Private(h) | PageState::Shared(h) => Some(h),
+            _ => None,
+        }
+    }
+}
+
+/// Errors from the host memory layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostMemError {
+    /// No backing object with this id.
+    NoSuchBacking,
+    /// The page index is past the end of the backing object.
+    PageOutOfRange,
+    /// The page range is empty or reversed.
+    EmptyRange,
+    /// No frame (or no swap store) could be allocated.
+    OutOfMemory,
+    /// The operation needs a resident page.
+    NotResident,
+    /// A byte range does not fit inside one page.
+    BadOffset,
+}
+
+impl fmt::Display for HostMemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostMemError::NoSuchBacking => "no such backing object",
+            HostMemError::PageOutOfRange => "page index beyond the backing object",
+            HostMemError::EmptyRange => "empty page range",
+            HostMemError::OutOfMemory => "out of host memory",
+            HostMemError::NotResident => "page is not resident",
+            HostMemError::BadOffset => "byte range does not fit in a page",
+        })
+    }
+}
+
+impl From<PoolError> for HostMemError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Exhausted => HostMemError::OutOfMemory,
+            PoolError::BadOffset => HostMemError::BadOffset,
+            // The layer only passes frames it holds references to.
+            PoolError::BadFrame | PoolError::NotAllocated | PoolError::RefcountOverflow => {
+                panic!("host memory layer broke a frame invariant: {e}")
+            }
+        }
+    }
+}
+
+/// A frame returned by [`HostMem::resolve`], holding one reference until released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "release the frame's reference with HostMem::release"]
+pub struct Resolved {
+    /// The frame now backing the page.
+    pub hfn: Hfn,
+    /// Whether the page may be mapped writable (private to this page).
+    pub writable: bool,
+}
+
+/// Everything behind the layer's lock.
+#[derive(Debug)]
+pub struct HostState<M> {
+    pool: FramePool<M>,
+    backings: Vec<Option<Vec<PageState>>>,
+    swap: Vec<Option<Vec<u8>>>,
+}
+
+impl<M: FrameMemory> HostState<M> {
+    /// The frame pool.
+    pub fn pool(&self) -> &FramePool<M> {
+        &self.pool
+    }
+
+    /// The frame pool, for fail injection in tests.
+    pub fn pool_mut(&mut self) -> &mut FramePool<M> {
+        &mut self.pool
+    }
+
+    /// The state of one backing page.
+    pub fn page(&self, backing: BackingId, page: u64) -> Result<PageState, HostMemError> {
+        let pages = self.pages(backing)?;
+        let index = usize::try_from(page).map_err(|_| HostMemError::PageOutOfRange)?;
+        pages
+            .get(index)
+            .copied()
+            .ok_or(HostMemError::PageOutOfRange)
+    }
+
+    /// Number of pages in a backing object.
+    pub fn backing_len(&self, backing: BackingId) -> Result<u64, HostMemError> {
+        Ok(self.pages(backing)?.len() as u64)
+    }
+
+    /// Ids of every live backing object.
+    pub fn backing_ids(&self) -> impl Iterator<Item = BackingId> + '_ {
+        self.backings
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_some())
+            .map(|(i, _)| BackingId(i as u32))
+    }
+
+    /// Every page state of a backing object.
+    pub fn pages_of(&self, backing: BackingId) -> Result<&[PageState], HostMemError> {
+        Ok(self.pages(backing)?)
+    }
+
+    /// Number of pages in the swap store.
+    pub fn swapped_pages(&self) -> usize {
+        self.swap.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn pages(&self, backing: BackingId) -> Result<&Vec<PageState>, HostMemError> {
+        self.backings
+            .get(backing.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(HostMemError::NoSuchBacking)
+    }
+
+    fn check_range(&self, backing: BackingId, pages: &Range<u64>) -> Result<(), HostMemError> {
+        if pages.start >= pages.end {
+            return Err(HostMemError::EmptyRange);
+        }
+        if pages.end > self.backing_len(backing)? {
+            return Err(HostMemError::PageOutOfRange);
+        }
+        Ok(())
+    }
+
+    fn set_page(&mut self, backing: BackingId, page: u64, state: PageState) {
+        let pages = self.backings[backing.0 as usize]
+            .as_mut()
+            .expect("checked backing");
+        pages[page as usize] = state;
+    }
+
+    /// Drops whatever a page holds (frame reference or swap copy) and sets `state`.
+    /// Caller must have unmapped the page from every guest and flushed.
+    fn drop_page(&mut self, backing: BackingId, page: u64, state: PageState) {
+        match self.page(backing, page).expect("checked page") {
+            PageState::Private(h) | PageState::Shared(h) => {
+                self.pool.put(h).expect("page held a reference");
+            }
+            PageState::SwappedOut(slot) => {
+                self.swap[slot.0 as usize] = None;
+            }
+            PageState::NotTouched | PageState::Ballooned => {}
+        }
+        self.set_page(backing, page, state);
+    }
+
+    fn save_to_swap(&mut self, hfn: Hfn) -> Result<SwapSlot, HostMemError> {
+        let mut copy = Vec::new();
+        copy.try_reserve_exact(FRAME_BYTES)
+            .map_err(|_| HostMemError::OutOfMemory)?;
+        copy.resize(FRAME_BYTES, 0);
+        self.pool.read(hfn, 0, &mut copy)?;
+        let index = match self.swap.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.swap
+                    .try_reserve(1)
+                    .map_err(|_| HostMemError::OutOfMemory)?;
+                self.swap.push(None);
+                self.swap.len() - 1
+            }
+        };
+        self.swap[index] = Some(copy);
+        Ok(SwapSlot(
+            u32::try_from(index).map_err(|_| HostMemError::OutOfMemory)?,
+        ))
+    }
+}
+
+/// The host memory layer of one VM (or of several VMs sharing a pool).
+pub struct HostMem<M> {
+    state: Mutex<HostState<M>>,
+    epochs: Arc<FrameEpochs>,
+}
+
+impl<M> fmt::Debug for HostMem<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HostMem { .. }")
+    }
+}
+
+impl<M: FrameMemory> HostMem<M> {
+    /// A layer allocating frames from `pool`, with no backing objects yet.
+    pub fn new(pool: FramePool<M>) -> Self {
+        let epochs = pool.epochs();
+        Self {
+            state: Mutex::new(HostState {
+                pool,
+                backings: Vec::new(),
+                swap: Vec::new(),
+            }),
+            epochs,
+        }
+    }
+
+    /// Takes the layer's lock (for inspection; lock order: this before the MMU lock).
+    pub fn lock(&self) -> MutexGuard<'_, HostState<M>> {
+        self.state.lock()
+    }
+
+    /// The frames' free epochs, readable without any lock.
+    pub fn epochs(&self) -> &FrameEpochs {
+        &self.epochs
+    }
+
+    /// Consumes the layer, returning its pool (to check that every frame came back).
+    pub fn into_pool(self) -> FramePool<M> {
+        self.state.into_inner().pool
+    }
+
+    /// A new backing object of `npages` untouched pages.
+    pub fn create_backing(&self, npages: u64) -> Result<BackingId, HostMemError> {
+        let len = usize::try_from(npages).map_err(|_| HostMemError::OutOfMemory)?;
+        let mut pages = Vec::new();
+        pages
+            .try_reserve_exact(len)
+            .map_err(|_| HostMemError::OutOfMemory)?;
+        pages.resize(len, PageState::NotTouched);
+        let mut st = self.state.lock();
+        let id = u32::try_from(st.backings.len()).map_err(|_| HostMemError::OutOfMemory)?;
+        st.backings
+            .try_reserve(1)
+            .map_err(|_| HostMemError::OutOfMemory)?;
+        st.backings.push(Some(pages));
+        Ok(BackingId(id))
+    }
+
+    /// Makes `page` resident and returns its frame with an extra reference. A write breaks
+    /// sharing (copy, then `set_entry` the private copy). Untouched and ballooned pages get a
+    /// zeroed private frame; swapped-out pages are read back in.
+    pub fn resolve(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        page: u64,
+        write: bool,
+    ) -> Result<Resolved, HostMemError> {
+        let mut st = self.state.lock();
+        let resolved = match st.page(backing, page)? {
+            PageState::Private(hfn) => Resolved {
+                hfn,
+                writable: true,
+            },
+            PageState::Shared(hfn) if !write => Resolved {
+                hfn,
+                writable: false,
+            },
+            PageState::Shared(shared) => {
+                let copy = st.pool.alloc()?;
+                st.pool.copy(copy, shared)?;
+                // The guest mapping must move to the copy before this page's reference to the
+                // shared frame is dropped.
+                notifier.set_entry(
+                    backing,
+                    page,
+                    HostEntry {
+                        hfn: copy,
+                        writable: true,
+                        dirty: true,
+                    },
+                );
+                st.set_page(backing, page, PageState::Private(copy));
+                st.pool.put(shared)?;
+                Resolved {
+                    hfn: copy,
+                    writable: true,
+                }
+            }
+            PageState::NotTouched | PageState::Ballooned => {
+                let hfn = st.pool.alloc_zeroed()?;
+                st.set_page(backing, page, PageState::Private(hfn));
+                Resolved {
+                    hfn,
+                    writable: true,
+                }
+            }
+            PageState::SwappedOut(slot) => {
+                let hfn = st.pool.alloc()?;
+                let saved = st.swap[slot.0 as usize]
+                    .take()
+                    .expect("swapped-out page has a swap copy");
+                st.pool.write(hfn, 0, &saved)?;
+                st.set_page(backing, page, PageState::Private(hfn));
+                Resolved {
+                    hfn,
+                    writable: true,
+                }
+            }
+        };
+        // Becoming resident needs no notification: no guest mapping of this page can exist
+        // while it has no frame (removal unmapped it).
+        st.pool.get(resolved.hfn)?;
+        Ok(resolved)
+    }
+
+    /// Drops the reference [`HostMem::resolve`] returned.
+    pub fn release(&self, resolved: Resolved) {
+        let mut st = self.state.lock();
+        st.pool
+            .put(resolved.hfn)
+            .expect("released frame holds the resolve reference");
+    }
+
+    /// Writes host-side data into a page (the VMM writing guest RAM through its own mapping):
+    /// resolves it for writing, then copies `data` in.
+    pub fn write(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        page: u64,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), HostMemError> {
+        match offset.checked_add(data.len()) {
+            Some(end) if end <= FRAME_BYTES => {}
+            _ => return Err(HostMemError::BadOffset),
+        }
+        let resolved = self.resolve(notifier, backing, page, true)?;
+        let mut st = self.state.lock();
+        // Still ours: we hold a reference, and only a notifier-bracketed change could have
+        // replaced it, which cannot free a referenced frame.
+        let result = st.pool.write(resolved.hfn, offset, data);
+        st.pool.put(resolved.hfn).expect("resolve reference");
+        result.map_err(HostMemError::from)
+    }
+
+    /// Reads a page's current contents (zeroes if it has no frame or swap copy).
+    pub fn read(
+        &self,
+        backing: BackingId,
+        page: u64,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), HostMemError> {
+        match offset.checked_add(buf.len()) {
+            Some(end) if end <= FRAME_BYTES => {}
+            _ => return Err(HostMemError::BadOffset),
+        }
+        let st = self.state.lock();
+        match st.page(backing, page)? {
+            PageState::Private(h) | PageState::Shared(h) => st.pool.read(h, offset, buf)?,
+            PageState::SwappedOut(slot) => {
+                let saved = st.swap[slot.0 as usize].as_ref().expect("swap copy");
+                buf.copy_from_slice(&saved[offset..offset + buf.len()]);
+            }
+            PageState::NotTouched | PageState::Ballooned => buf.fill(0),
+        }
+        Ok(())
+    }
+
+    /// Saves a resident page to the swap store and frees its frame reference. Returns whether
+    /// the page was resident (others are left alone).
+    pub fn swap_out(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        page: u64,
+    ) -> Result<bool, HostMemError> {
+        let mut st = self.state.lock();
+        let Some(hfn) = st.page(backing, page)?.frame() else {
+            return Ok(false);
+        };
+        // Reserve the swap copy first: nothing may fail once the notifier has run.
+        let slot = st.save_to_swap(hfn)?;
+        let pages = page..page + 1;
+        notifier.invalidate_range_start(backing, pages.clone());
+        st.drop_page(backing, page, PageState::SwappedOut(slot));
+        notifier.invalidate_range_end(backing, pages);
+        Ok(true)
+    }
+
+    /// Gives `pages` back to the host (balloon inflation): every frame and swap copy is
+    /// dropped and the pages read as zero afterwards.
+    pub fn balloon(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        pages: Range<u64>,
+    ) -> Result<(), HostMemError> {
+        let mut st = self.state.lock();
+        st.check_range(backing, &pages)?;
+        notifier.invalidate_range_start(backing, pages.clone());
+        for page in pages.clone() {
+            st.drop_page(backing, page, PageState::Ballooned);
+        }
+        notifier.invalidate_range_end(backing, pages);
+        Ok(())
+    }
+
+    /// Merges two resident pages with identical contents onto one shared frame (the frame of
+    /// `(to, to_page)`), the way a same-page merger would. Returns whether a merge happened
+    /// (false if either page is not resident, they differ, or they already share a frame).
+    pub fn merge(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        from: (BackingId, u64),
+        to: (BackingId, u64),
+    ) -> Result<bool, HostMemError> {
+        let mut st = self.state.lock();
+        let (Some(from_hfn), Some(to_hfn)) = (
+            st.page(from.0, from.1)?.frame(),
+            st.page(to.0, to.1)?.frame(),
+        ) else {
+            return Ok(false);
+        };
+        if from == to || from_hfn == to_hfn || !st.pool.same_contents(from_hfn, to_hfn)? {
+            return Ok(false);
+        }
+        let shared = HostEntry {
+            hfn: to_hfn,
+            writable: false,
+            dirty: false,
+        };
+        // Write-protect the surviving page's mappings first, then move `from` over to it.
+        notifier.set_entry(to.0, to.1, shared);
+        st.set_page(to.0, to.1, PageState::Shared(to_hfn));
+        st.pool.get(to_hfn)?;
+        notifier.set_entry(from.0, from.1, shared);
+        st.set_page(from.0, from.1, PageState::Shared(to_hfn));
+        st.pool.put(from_hfn)?;
+        Ok(true)
+    }
+
+    /// Ages `pages` in the guest mappings; returns whether any was young.
+    pub fn age(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        pages: Range<u64>,
+    ) -> Result<bool, HostMemError> {
+        let st = self.state.lock();
+        st.check_range(backing, &pages)?;
+        Ok(notifier.clear_young(backing, pages))
+    }
+
+    /// Whether `page` is young in the guest mappings (changes nothing).
+    pub fn test_age(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        page: u64,
+    ) -> Result<bool, HostMemError> {
+        let st = self.state.lock();
+        st.page(backing, page)?;
+        Ok(notifier.test_young(backing, page))
+    }
+
+    /// Frees every page of a backing object and the object itself. Memslots still naming
+    /// it fault with an error afterwards.
+    pub fn remove_backing(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+    ) -> Result<(), HostMemError> {
+        let mut st = self.state.lock();
+        let len = st.backing_len(backing)?;
+        if len > 0 {
+            notifier.invalidate_range_start(backing, 0..len);
+            for page in 0..len {
+                st.drop_page(backing, page, PageState::NotTouched);
+            }
+            notifier.invalidate_range_end(backing, 0..len);
+        }
+        st.backings[backing.0 as usize] = None;
+        Ok(())
+    }
+}
+
+/// How many references each frame gets from the page states `states` (for invariant checks).
+pub(crate) fn expected_refcounts(states: &[PageState]) -> Vec<(Hfn, u32)> {
+    let mut counts: Vec<(Hfn, u32)> = vec![];
+    for h in states.iter().filter_map(|s| s.frame()) {
+        match counts.iter_mut().find(|(f, _)| *f == h) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((h, 1)),
+        }
+    }
+    counts
+}
