@@ -53,6 +53,11 @@ ZFLAGS=(-Z build-std=core,alloc,compiler_builtins -Z build-std-features=compiler
 cd "$ROOT"
 case "$MODE" in
 build)
+    # Guest images are embedded by build.rs from out/guests: build them first when the
+    # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
+    if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
+        "$ROOT/tools/build-guests.sh" build >&2
+    fi
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor

@@ -6,9 +6,9 @@
 //! so a double free cannot be written. The bitmap has room for the largest Malta (2 GiB).
 
 use crate::arch::addr::phys_to_virt;
+use alloc::vec::Vec;
 use core::fmt;
 use hv_core::addr::{Hfn, Hpa, PAGE_SIZE};
-use alloc::vec::Vec;
 use spin::Mutex;
 
 /// Most regions the allocator manages.
@@ -208,7 +208,8 @@ impl FrameAllocator {
         if count == 0 || count > self.free_frames {
             return Err(FrameError::OutOfFrames);
         }
-        let is_free = |bitmap: &[u64; BITMAP_WORDS], bit: usize| bitmap[bit / 64] & (1 << (bit % 64)) == 0;
+        let is_free =
+            |bitmap: &[u64; BITMAP_WORDS], bit: usize| bitmap[bit / 64] & (1 << (bit % 64)) == 0;
         for region in &self.regions[..self.region_count] {
             let end = region.first_bit + region.npages as usize;
             let mut run_start = region.first_bit;

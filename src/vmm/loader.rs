@@ -86,8 +86,7 @@ fn u64_at(data: &[u8], at: u64) -> Result<u64, ImageError> {
 fn window_gpa(va: u64) -> Result<u64, ImageError> {
     let low = va & 0xffff_ffff;
     let sign_extended = low as u32 as i32 as i64 as u64;
-    if (va == low || va == sign_extended) && (GUEST_KSEG0_BASE..GUEST_KSEG23_BASE).contains(&low)
-    {
+    if (va == low || va == sign_extended) && (GUEST_KSEG0_BASE..GUEST_KSEG23_BASE).contains(&low) {
         Ok(low & GUEST_KSEG_PHYS_MASK)
     } else {
         Err(ImageError::BadAddress(va))

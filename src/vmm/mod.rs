@@ -17,7 +17,6 @@ pub mod sched;
 pub mod vcpu;
 pub mod vm;
 
-use crate::arch::guest;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -36,9 +35,10 @@ pub fn build_vms(specs: &[VmSpec<'_>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), Stri
         let vm = Vm::build(id, spec).map_err(|e| format!("VM {}: {e}", spec.name))?;
         let vm = Arc::new(vm);
         crate::log!(
-            "VM {} (id {id}): {} KiB RAM, entry {:#x}",
+            "VM {} (id {id}): {} KiB RAM, image up to GPA {:#x}, entry {:#x}",
             vm.name,
             vm.ram_bytes / 1024,
+            vm.image_end,
             vm.entry
         );
         vcpus.push(Vcpu::new(vm.clone(), 0, GUEST_TLB_ENTRIES)?);
@@ -101,9 +101,4 @@ pub fn report(vms: &[Arc<Vm>]) -> usize {
         );
     }
     passed
-}
-
-/// The host TLB size, which bounds nothing here but is shown in logs.
-pub fn host_tlb_entries() -> usize {
-    guest::tlb_entries()
 }

@@ -49,19 +49,13 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
             image,
         })
         .collect();
-    crate::log!(
-        "guests: {} VMs of {image_name} on {cpus} CPUs",
-        specs.len()
-    );
+    crate::log!("guests: {} VMs of {image_name} on {cpus} CPUs", specs.len());
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let passed = super::report(&vms);
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
-    crate::println!(
-        "STAT gpa_faults={}",
-        super::total(&vms, |s| &s.gpa_faults)
-    );
+    crate::println!("STAT gpa_faults={}", super::total(&vms, |s| &s.gpa_faults));
     crate::println!(
         "STAT guest_tlb_refills={}",
         super::total(&vms, |s| &s.guest_tlb_refills)
@@ -72,10 +66,13 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
         super::total(&vms, |s| &s.timer_interrupts)
     );
     crate::println!("STAT vcpu_migrations={}", sched::migrations());
-    let slices: Vec<String> = sched::slices(cpus)
+    crate::println!("STAT asid_rollovers={}", super::asid::rollovers());
+    let flushes: u64 = vms
         .iter()
-        .map(|n| format!("{n}"))
-        .collect();
+        .map(|vm| vm.memory.remote_flush().flushes())
+        .sum();
+    crate::println!("STAT remote_flushes={flushes}");
+    let slices: Vec<String> = sched::slices(cpus).iter().map(|n| format!("{n}")).collect();
     crate::println!("STAT slices_per_cpu={}", slices.join(","));
     if passed == vms.len() {
         Ok(())

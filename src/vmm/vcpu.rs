@@ -23,7 +23,7 @@ use hv_core::addr::{Gpa, Gva};
 use hv_core::fault::FaultError;
 use hv_emul::abi::{self, GuestTranslation};
 use hv_emul::cp0::{Cause, Cp0Config, Cp0Effect, Cp0Reg, ExcCode, GuestMode};
-use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioKind, MmioReq, TrapInfo};
+use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInfo};
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
@@ -160,7 +160,8 @@ impl Vcpu {
                 return SliceEnd::Waiting;
             }
             self.update_timer();
-            if let Some(handler) = exception::deliver_pending_interrupt(&mut self.cpu.cp0, self.cpu.pc)
+            if let Some(handler) =
+                exception::deliver_pending_interrupt(&mut self.cpu.cp0, self.cpu.pc)
             {
                 self.cpu.pc = handler;
             }
@@ -468,9 +469,7 @@ impl Vcpu {
                 }
             }
             EmulOutcome::Halt(reason) => self.stop(format!("guest halted: {reason:?}")),
-            EmulOutcome::Fail(error) => {
-                self.stop(format!("cannot emulate {word:#010x}: {error}"))
-            }
+            EmulOutcome::Fail(error) => self.stop(format!("cannot emulate {word:#010x}: {error}")),
         }
     }
 
@@ -554,9 +553,16 @@ impl Vcpu {
     fn console_write(&mut self, buf: Gva, len: u64) -> Result<u64, HypercallError> {
         let cp0 = &self.cpu.cp0;
         let mut pieces: Vec<(Gpa, u64)> = Vec::new();
-        hypercall::for_each_buffer_chunk(buf, len, cp0.mode(), cp0.asid(), &self.cpu.tlb, |gpa, n| {
-            pieces.push((gpa, n));
-        })?;
+        hypercall::for_each_buffer_chunk(
+            buf,
+            len,
+            cp0.mode(),
+            cp0.asid(),
+            &self.cpu.tlb,
+            |gpa, n| {
+                pieces.push((gpa, n));
+            },
+        )?;
         let mut bytes = alloc::vec![0u8; len as usize];
         let mut at = 0usize;
         for (gpa, n) in pieces {
@@ -569,14 +575,4 @@ impl Vcpu {
         self.vm.console_write(&bytes);
         Ok(len)
     }
-
-    /// The guest's registers and PC (for reports).
-    pub fn pc(&self) -> u64 {
-        self.cpu.pc
-    }
-}
-
-/// Loads and stores of a width the emulator produced, for device models.
-pub fn mmio_is_load(request: &MmioReq) -> bool {
-    matches!(request.kind, MmioKind::Load { .. })
 }

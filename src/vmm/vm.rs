@@ -6,7 +6,6 @@ use super::loader::{self, ImageError};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
@@ -120,6 +119,8 @@ pub struct Vm {
     pub ram_backing: BackingId,
     /// Guest entry point.
     pub entry: u64,
+    /// First guest physical address above every loaded segment.
+    pub image_end: u64,
     /// Number of vCPUs.
     pub vcpus: usize,
     /// Counters.
@@ -143,7 +144,7 @@ impl Vm {
     pub fn build(id: usize, spec: &VmSpec<'_>) -> Result<Self, VmBuildError> {
         let ram_bytes = spec.ram_bytes;
         if ram_bytes == 0
-            || ram_bytes % PAGE_SIZE != 0
+            || !ram_bytes.is_multiple_of(PAGE_SIZE)
             || ram_bytes > hv_emul::abi::GUEST_KSEG_WINDOW_BYTES / 2
         {
             return Err(VmBuildError::BadRamSize(ram_bytes));
@@ -178,6 +179,12 @@ impl Vm {
                 rest = &rest[take..];
             }
         }
+        let image_end = image
+            .segments
+            .iter()
+            .map(|s| s.gpa + s.mem_bytes)
+            .max()
+            .unwrap_or(0);
         let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
         Ok(Self {
             id,
@@ -186,6 +193,7 @@ impl Vm {
             memory: guest,
             ram_backing: backing,
             entry,
+            image_end,
             vcpus: 1,
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
@@ -207,7 +215,12 @@ impl Vm {
         }
         self.memory
             .host()
-            .read(self.ram_backing, page, (gpa.raw() % PAGE_SIZE) as usize, buf)
+            .read(
+                self.ram_backing,
+                page,
+                (gpa.raw() % PAGE_SIZE) as usize,
+                buf,
+            )
             .map_err(FaultError::from)
     }
 
@@ -257,10 +270,4 @@ impl Vm {
     pub fn outcome(&self) -> Option<VmOutcome> {
         self.outcome.lock().clone()
     }
-}
-
-/// Formats a list of VM names (for logs).
-pub fn names(vms: &[alloc::sync::Arc<Vm>]) -> String {
-    let names: Vec<&str> = vms.iter().map(|vm| vm.name.as_str()).collect();
-    names.join(",")
 }

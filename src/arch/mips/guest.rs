@@ -136,11 +136,6 @@ pub fn this_cpu() -> usize {
     cpu_id()
 }
 
-/// Number of TLB entries of this CPU.
-pub fn tlb_entries() -> usize {
-    super::tlb::entries()
-}
-
 /// Even/odd page pair base of a guest virtual address (EntryHi.VPN2).
 const PAIR_MASK: u64 = !0x1fff;
 

@@ -10,7 +10,7 @@ use super::addr::phys_to_virt;
 use crate::mem::frame::{FrameError, OwnedFrame, FRAMES};
 use alloc::vec::Vec;
 use core::fmt;
-use hv_core::addr::{Hfn, PAGE_SIZE};
+use hv_core::addr::Hfn;
 use hv_core::frame_pool::{FrameMemory, FRAME_BYTES};
 use hv_core::table_frames::{OutOfMemory, TableFrames, TablePage};
 
@@ -37,11 +37,6 @@ impl FwTableFrames {
     /// No tables yet.
     pub const fn new() -> Self {
         Self { frames: Vec::new() }
-    }
-
-    /// Number of table frames held.
-    pub fn count(&self) -> usize {
-        self.frames.len()
     }
 
     fn position(&self, hfn: Hfn) -> usize {
@@ -136,11 +131,6 @@ impl FwFrameMemory {
         self.frames.len()
     }
 
-    /// Whether the run is empty (never, once allocated).
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// Kernel address of byte `offset` of frame `hfn`, which must be one of ours.
     fn byte_va(&self, hfn: Hfn, offset: usize, len: usize) -> u64 {
         let index = hfn
@@ -148,7 +138,9 @@ impl FwFrameMemory {
             .filter(|&i| (i as usize) < self.frames.len())
             .unwrap_or_else(|| panic!("frame {hfn} is not guest RAM of this VM"));
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= FRAME_BYTES),
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= FRAME_BYTES),
             "byte range {offset}+{len} outside a frame"
         );
         frame_va(self.frames[index as usize].hfn()) + offset as u64
@@ -215,6 +207,3 @@ impl Drop for FwFrameMemory {
         }
     }
 }
-
-/// Bytes per page, for callers that index guest RAM by page.
-pub const GUEST_PAGE_BYTES: u64 = PAGE_SIZE;
