@@ -27,7 +27,13 @@ build)
     # Guest images are embedded by build.rs from out/guests: build them first when the
     # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
     if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
-        "$ROOT/tools/build-guests.sh" build >&2
+        GUEST_NAMES=()
+        for guest in hello testguest hostile; do
+            [ -f "$ROOT/guests/$guest/Cargo.toml" ] && GUEST_NAMES+=("$guest")
+        done
+        if [ ${#GUEST_NAMES[@]} -gt 0 ]; then
+            "$ROOT/tools/build-guests.sh" build "${GUEST_NAMES[@]}" >&2
+        fi
     fi
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
