@@ -51,14 +51,17 @@ pub fn parse_number(text: &str) -> Option<u64> {
     }
 }
 
-/// Parses the command line.
-pub fn parse(cmdline: &str) -> Result<BootOptions<'_>, CmdlineError<'_>> {
+/// Parses the command line, given as the loader's argument strings (each may hold several
+/// whitespace-separated words).
+pub fn parse<'a>(
+    args: impl IntoIterator<Item = &'a str>,
+) -> Result<BootOptions<'a>, CmdlineError<'a>> {
     let mut options = BootOptions {
         scenario: DEFAULT_SCENARIO,
         expect_cpus: None,
         expect_mem_mib: None,
     };
-    for word in cmdline.split_whitespace() {
+    for word in args.into_iter().flat_map(str::split_whitespace) {
         let Some((key, value)) = word.split_once('=') else {
             continue;
         };

@@ -40,6 +40,8 @@ mod scenario;
 mod selftest;
 #[cfg(target_arch = "mips64")]
 mod smp;
+#[cfg(target_arch = "mips64")]
+mod vmm;
 
 #[cfg(target_arch = "mips64")]
 pub use firmware::{boot_main, secondary_main};
@@ -81,7 +83,7 @@ mod firmware {
 
         let line = boot::loader_cmdline(&regs);
         println!("cmdline: {line}");
-        let options = match cmdline::parse(line) {
+        let options = match cmdline::parse(line.args()) {
             Ok(options) => options,
             Err(error) => {
                 scenario::abort_run(ExitCode::Fail, format_args!("bad command line: {error}"))

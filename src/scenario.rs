@@ -84,6 +84,16 @@ pub const SCENARIOS: &[Scenario] = &[
         run: panic_selftest,
     },
     Scenario {
+        name: "guests",
+        about: "several VMs run the test guest to completion by trap-and-emulate",
+        run: crate::vmm::scenarios::guests,
+    },
+    Scenario {
+        name: "vcpu-selftest",
+        about: "a built-in assembly guest checks each trap-and-emulate path",
+        run: crate::vmm::scenarios::vcpu_selftest,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,

@@ -35,6 +35,8 @@ extern "C" {
 /// What the boot loader passed to CPU 0 (raw register values).
 #[derive(Debug, Clone, Copy)]
 pub struct LoaderRegs {
+    /// a0: argc, if the loader set it (QEMU with -semihosting does not).
+    pub argc: i64,
     /// a1: argv, an array of 32-bit sign-extended string pointers.
     pub argv: u64,
     /// a2: envp, same format, name and value in consecutive entries.
@@ -44,11 +46,19 @@ pub struct LoaderRegs {
 }
 
 /// First Rust code of every CPU, called from boot.s with this CPU's stack set up.
-extern "C" fn rust_entry(cpu: usize, argv: u64, envp: u64, low_ram: u64, stack_top: u64) -> ! {
+extern "C" fn rust_entry(
+    cpu: usize,
+    argv: u64,
+    envp: u64,
+    low_ram: u64,
+    stack_top: u64,
+    argc: i64,
+) -> ! {
     trap::set_kernel_stack(cpu, stack_top);
     init_this_cpu();
     if cpu == 0 {
         crate::boot_main(LoaderRegs {
+            argc,
             argv,
             envp,
             low_ram_bytes: low_ram,
@@ -120,12 +130,64 @@ fn loader_string(array: u64, index: usize) -> Option<&'static str> {
     core::str::from_utf8(&bytes[..len]).ok()
 }
 
-/// The loader's argv[1] (the kernel command line) or "" if there is none.
-pub fn loader_cmdline(regs: &LoaderRegs) -> &'static str {
-    if regs.argv == 0 {
-        return "";
+/// Most command line words kept.
+const MAX_CMDLINE_WORDS: usize = 32;
+
+/// The loader's command line: argv[1..argc]. QEMU puts all of `-append` in argv[1];
+/// YAMON passes one word per entry. When argc is not usable (QEMU with -semihosting leaves
+/// a0 unset) only argv[1] is read, and entries from envp on are never taken for arguments.
+#[derive(Debug, Clone, Copy)]
+pub struct LoaderCmdline {
+    words: [&'static str; MAX_CMDLINE_WORDS],
+    count: usize,
+}
+
+impl LoaderCmdline {
+    /// The argument strings (each may hold several words).
+    pub fn args(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.words[..self.count].iter().copied()
     }
-    loader_string(regs.argv, 1).unwrap_or("")
+}
+
+impl core::fmt::Display for LoaderCmdline {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, word) in self.args().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            f.write_str(word)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the command line the loader passed (see [`LoaderCmdline`]).
+pub fn loader_cmdline(regs: &LoaderRegs) -> LoaderCmdline {
+    let mut cmdline = LoaderCmdline {
+        words: [""; MAX_CMDLINE_WORDS],
+        count: 0,
+    };
+    if regs.argv == 0 {
+        return cmdline;
+    }
+    let argc = match usize::try_from(regs.argc) {
+        Ok(n) if (2..=MAX_CMDLINE_WORDS).contains(&n) => n,
+        _ => 2,
+    };
+    for index in 1..argc {
+        let slot = regs.argv + 4 * index as u64;
+        if regs.envp > regs.argv && slot >= regs.envp {
+            break;
+        }
+        match loader_string(regs.argv, index) {
+            Some(word) => {
+                cmdline.words[cmdline.count] = word;
+                cmdline.count += 1;
+            }
+            None => break,
+        }
+    }
+    cmdline
 }
 
 /// Looks up `name` in the loader environment: YAMON-style name/value entry pairs, or a

@@ -2,9 +2,10 @@
 #
 # QEMU's Malta loader (and YAMON) start every CPU at the ELF entry with
 #   a1 = argv, a2 = envp (arrays of 32-bit sign-extended pointers), a3 = low RAM size.
-# a0 (argc) is not trusted: with -semihosting QEMU leaves it unset.
+# a0 = argc (YAMON, QEMU without -semihosting; with -semihosting QEMU leaves it unset).
 #
-# Register use: s0 = CPU number (EBase.CPUNum), s1..s3 = saved a1..a3 (boot CPU only),
+# Register use: s0 = CPU number (EBase.CPUNum), s1..s3 = saved a1..a3, s4 = saved a0
+# (boot CPU only),
 # k0/k1 = scratch. No stack exists until `enter_rust`.
 #
 # CPU 0 clears .bss, then enters Rust. The other CPUs spin on the release word (kept in
@@ -33,6 +34,7 @@ _start:
     move    $s1, $a1
     move    $s2, $a2
     move    $s3, $a3
+    move    $s4, $a0
 
     dla     $k0, __bss_start
     dla     $k1, __bss_end
@@ -47,6 +49,7 @@ wait_release:
     move    $s1, $zero
     move    $s2, $zero
     move    $s3, $zero
+    move    $s4, $zero
     dla     $k0, {release}
 2:  lw      $k1, 0($k0)
     beqz    $k1, 2b
@@ -64,6 +67,7 @@ enter_rust:
     move    $a2, $s2
     move    $a3, $s3
     move    $a4, $sp
+    move    $a5, $s4
     dla     $t9, {rust_entry}
     jalr    $t9
     nop

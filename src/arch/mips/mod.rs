@@ -8,12 +8,15 @@ pub mod addr;
 pub mod boot;
 pub mod cache;
 pub mod cp0;
+pub mod guest;
+pub mod guest_mem;
 pub mod irq;
 pub mod probe;
 pub mod semihost;
 pub mod timer;
 pub mod tlb;
 pub mod trap;
+pub mod vcpu_test_guest;
 
 /// Most CPUs the firmware brings up; further ones stay parked in boot.s.
 pub const MAX_CPUS: usize = 8;
