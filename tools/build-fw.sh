@@ -17,42 +17,24 @@ TARGET_NAME=mips64el-mipsvisor
 MODE=${1:-build}
 export CARGO_TARGET_DIR=${MIPSVISOR_TARGET_DIR:-$ROOT/target/fw}
 
-has_rust_src() { # $1 = rustc
-    local sysroot
-    sysroot=$("$1" --print sysroot 2>/dev/null) || return 1
-    [ -f "$sysroot/lib/rustlib/src/rust/library/core/Cargo.toml" ]
-}
-
-CARGO=()
-if [ -n "${MIPSVISOR_CARGO:-}" ]; then
-    CARGO=("$MIPSVISOR_CARGO")
-    export RUSTC_BOOTSTRAP=1
-elif [ -x /usr/bin/cargo ] && [ -x /usr/bin/rustc ] && has_rust_src /usr/bin/rustc; then
-    # Debian rustc-web: put /usr/bin first so cargo finds the matching rustc, clippy-driver
-    # and rustdoc rather than rustup's shims.
-    export PATH=/usr/bin:$PATH RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1
-    unset RUSTUP_TOOLCHAIN
-    CARGO=(/usr/bin/cargo)
-elif command -v rustup >/dev/null 2>&1 && rustup run nightly rustc --version >/dev/null 2>&1 \
-    && has_rust_src "$(rustup which --toolchain nightly rustc)"; then
-    CARGO=(rustup run nightly cargo)
-else
-    echo "build-fw: no Rust toolchain with library source (rust-src) found." >&2
-    echo "  Debian 12: apt-get install rustc-web cargo-web rust-web-src lld" >&2
-    echo "  rustup:    rustup toolchain install nightly --component rust-src" >&2
-    exit 1
-fi
-
-if ! command -v ld.lld >/dev/null 2>&1; then
-    echo "build-fw: ld.lld not found (Debian: apt-get install lld)" >&2
-    exit 1
-fi
-
-ZFLAGS=(-Z build-std=core,alloc,compiler_builtins -Z build-std-features=compiler-builtins-mem
-        -Z json-target-spec)
+# shellcheck source=tools/lib/toolchain.sh
+. "$ROOT/tools/lib/toolchain.sh"
+mipsvisor_select_toolchain build-fw || exit 1
+ZFLAGS=("${MIPSVISOR_ZFLAGS[@]}")
 cd "$ROOT"
 case "$MODE" in
 build)
+    # Guest images are embedded by build.rs from out/guests: build them first when the
+    # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
+    if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
+        GUEST_NAMES=()
+        for guest in hello testguest hostile; do
+            [ -f "$ROOT/guests/$guest/Cargo.toml" ] && GUEST_NAMES+=("$guest")
+        done
+        if [ ${#GUEST_NAMES[@]} -gt 0 ]; then
+            "$ROOT/tools/build-guests.sh" build "${GUEST_NAMES[@]}" >&2
+        fi
+    fi
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor
