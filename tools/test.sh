@@ -108,6 +108,27 @@ boot_case() {
     fi
 }
 
+# scenario_case NAME SCENARIO qemu-run.sh arguments...: must exit 0 with RESULT SCENARIO PASS.
+scenario_case() {
+    local name=$1 scenario=$2 log rc
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
+        >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why=""
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
 fail_case() {
     local name=$1 pattern=$2 log rc
@@ -144,6 +165,11 @@ run_qemu() {
     boot_case "boot-Loongson-3A4000-smp4-mem1024" --cpu Loongson-3A4000 --smp 4 --mem 1024
     boot_case "boot-Octeon68XX-smp3-mem512" --cpu Octeon68XX --smp 3 --mem 512
     boot_case "boot-icount-smp4-mem512" --icount --smp 4 --mem 512
+    scenario_case "vcpu-selftest-smp1" vcpu-selftest --smp 1
+    scenario_case "vcpu-selftest-smp4" vcpu-selftest --smp 4
+    scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
+    scenario_case "guests-smp4" guests --smp 4
+    scenario_case "guests-smp1" guests --smp 1
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
