@@ -40,6 +40,8 @@ mod scenario;
 mod selftest;
 #[cfg(target_arch = "mips64")]
 mod smp;
+#[cfg(target_arch = "mips64")]
+mod vmm;
 
 #[cfg(target_arch = "mips64")]
 pub use firmware::{boot_main, secondary_main};

@@ -84,6 +84,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: panic_selftest,
     },
     Scenario {
+        name: "guests",
+        about: "several VMs run the test guest to completion by trap-and-emulate",
+        run: crate::vmm::scenarios::guests,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,

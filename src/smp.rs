@@ -1,4 +1,5 @@
-//! SMP: waiting for the CPUs to check in, the idle loop, and mailbox pings.
+//! SMP: waiting for the CPUs to check in, the idle loop (which also joins the vCPU
+//! scheduler when it has work), and mailbox pings.
 
 use crate::arch::{self, cp0, timer, MAX_CPUS};
 use crate::percpu;
@@ -10,6 +11,7 @@ pub fn idle_loop() -> ! {
     let me = percpu::this();
     loop {
         arch::wait_for_interrupt();
+        crate::vmm::sched::idle_hook();
         let message = me.mailbox.load(Ordering::Acquire);
         if message != me.ack.load(Ordering::Relaxed) {
             // Release: pairs with the Acquire in `ping` so CPU 0 sees our earlier work.

@@ -24,6 +24,17 @@ ZFLAGS=("${MIPSVISOR_ZFLAGS[@]}")
 cd "$ROOT"
 case "$MODE" in
 build)
+    # Guest images are embedded by build.rs from out/guests: build them first when the
+    # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
+    if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
+        GUEST_NAMES=()
+        for guest in hello testguest hostile; do
+            [ -f "$ROOT/guests/$guest/Cargo.toml" ] && GUEST_NAMES+=("$guest")
+        done
+        if [ ${#GUEST_NAMES[@]} -gt 0 ]; then
+            "$ROOT/tools/build-guests.sh" build "${GUEST_NAMES[@]}" >&2
+        fi
+    fi
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor

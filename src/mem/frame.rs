@@ -6,6 +6,7 @@
 //! so a double free cannot be written. The bitmap has room for the largest Malta (2 GiB).
 
 use crate::arch::addr::phys_to_virt;
+use alloc::vec::Vec;
 use core::fmt;
 use hv_core::addr::{Hfn, Hpa, PAGE_SIZE};
 use spin::Mutex;
@@ -197,6 +198,38 @@ impl FrameAllocator {
             return Ok(OwnedFrame {
                 hfn: self.bit_to_hfn(bit),
             });
+        }
+        Err(FrameError::OutOfFrames)
+    }
+
+    /// Takes `count` physically consecutive free frames (first fit within one region), in
+    /// ascending order. Guest RAM pools need a contiguous run of frame numbers.
+    pub fn alloc_contiguous(&mut self, count: usize) -> Result<Vec<OwnedFrame>, FrameError> {
+        if count == 0 || count > self.free_frames {
+            return Err(FrameError::OutOfFrames);
+        }
+        let is_free =
+            |bitmap: &[u64; BITMAP_WORDS], bit: usize| bitmap[bit / 64] & (1 << (bit % 64)) == 0;
+        for region in &self.regions[..self.region_count] {
+            let end = region.first_bit + region.npages as usize;
+            let mut run_start = region.first_bit;
+            let mut bit = region.first_bit;
+            while bit < end {
+                if !is_free(&self.bitmap, bit) {
+                    run_start = bit + 1;
+                } else if bit + 1 - run_start == count {
+                    let mut frames = Vec::with_capacity(count);
+                    for taken in run_start..=bit {
+                        self.bitmap[taken / 64] |= 1 << (taken % 64);
+                        frames.push(OwnedFrame {
+                            hfn: Hfn::new(region.start.raw() + (taken - region.first_bit) as u64),
+                        });
+                    }
+                    self.free_frames -= count;
+                    return Ok(frames);
+                }
+                bit += 1;
+            }
         }
         Err(FrameError::OutOfFrames)
     }

@@ -21,5 +21,7 @@ extern crate alloc;
 pub mod bus;
 pub mod irq;
 pub mod uart16550;
+pub mod virtio_mmio;
+pub mod virtqueue;
 
 pub use hv_emul::decode::Width;

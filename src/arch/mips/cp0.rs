@@ -298,6 +298,16 @@ pub fn entry_hi() -> u64 {
     read64::<10, 0>()
 }
 
+/// EntryLo0 (CP0 2,0): the even half of the entry last read with TLBR.
+pub fn entry_lo0() -> u64 {
+    read64::<2, 0>()
+}
+
+/// EntryLo1 (CP0 3,0): the odd half of the entry last read with TLBR.
+pub fn entry_lo1() -> u64 {
+    read64::<3, 0>()
+}
+
 /// PageMask (CP0 5,0).
 pub fn page_mask() -> u64 {
     read64::<5, 0>()

@@ -8,6 +8,8 @@ pub mod addr;
 pub mod boot;
 pub mod cache;
 pub mod cp0;
+pub mod guest;
+pub mod guest_mem;
 pub mod irq;
 pub mod probe;
 pub mod semihost;

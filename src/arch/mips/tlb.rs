@@ -81,6 +81,32 @@ impl TlbWindow {
         cp0::ehb();
     }
 
+    /// Reads entry `index` (TLBR) and returns its EntryLo0 and EntryLo1.
+    pub fn read_indexed(&mut self, index: usize) -> (EntryLo, EntryLo) {
+        // SAFETY: TLBR only loads the staging registers (EntryHi, EntryLo0/1, PageMask) from
+        // the entry; interrupts are off and Drop restores EntryHi and PageMask.
+        unsafe {
+            cp0::set_index(index as u32);
+            // nomem: TLBR touches only CP0 state; nostack: no stack use.
+            asm!("tlbr", options(nomem, nostack));
+        }
+        cp0::ehb();
+        (
+            EntryLo::from_bits_retain(cp0::entry_lo0()),
+            EntryLo::from_bits_retain(cp0::entry_lo1()),
+        )
+    }
+
+    /// Replaces entry `index` with a unique entry that never matches.
+    pub fn invalidate_indexed(&mut self, index: usize) {
+        self.write_indexed(
+            index,
+            unique_entry_hi(index),
+            EntryLo::empty(),
+            EntryLo::empty(),
+        );
+    }
+
     /// Looks up `entry_hi` (VPN2 + ASID) with TLBP; returns the matching index.
     pub fn probe(&mut self, entry_hi: u64) -> Option<usize> {
         // SAFETY: TLBP only reads the TLB and sets Index; EntryHi is restored on drop.

@@ -9,7 +9,9 @@
 #
 # Register use: k0/k1 are the only registers free on entry. A kernel-mode exception pushes
 # the frame below the interrupted sp (so nesting-free kernel code keeps its stack); a
-# user-mode one (guests, later) uses this CPU's kernel stack top from the kstack table.
+# user-mode one is a guest exit and leaves through guest.s (see exc_general_entry). The
+# user-mode branch of SAVE_FRAME (kernel stack top from the kstack table) stays as a
+# fallback that nothing reaches.
 # Handlers run with Status.EXL still set: interrupts stay off and a nested exception would
 # not update EPC, so Rust handlers must not fault (trap.rs reports it if one does).
 
@@ -101,9 +103,25 @@ exception_vectors:
     nop
     .org 0x280
 
+# An exception from user mode comes from a guest (the firmware runs nothing else in user
+# mode): it leaves through guest.s, which needs the guest's k0 parked in ErrorEPC first.
 exc_general_entry:
+    .set noat
+    dmtc0   $k0, $30
+    mfc0    $k0, $12
+    andi    $k0, $k0, 0x18
+    bnez    $k0, guest_exit_general
+    nop
+    .set at
     SAVE_FRAME {kind_general}
 exc_refill_entry:
+    .set noat
+    dmtc0   $k0, $30
+    mfc0    $k0, $12
+    andi    $k0, $k0, 0x18
+    bnez    $k0, guest_exit_refill
+    nop
+    .set at
     SAVE_FRAME {kind_refill}
 exc_cache_error_entry:
     SAVE_FRAME {kind_cache_error}

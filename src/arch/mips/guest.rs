@@ -1,0 +1,182 @@
+//! Running guest code: the register context, `run_guest` (guest.s), and the root-TLB
+//! operations on guest mappings (host ASIDs 1..=255, never global).
+//!
+//! A guest runs in host user mode with Status.UX set, so its addresses (all below
+//! 0x8000_0000) lie in xuseg and every TLB miss comes to the XTLB refill vector. Any
+//! exception from user mode ends [`run_guest`], which then returns with the exit registers in
+//! the context; the caller (the vCPU loop) decides what to do and calls it again.
+
+use super::cp0::{self, EntryLo, Status};
+use super::tlb::TlbWindow;
+use super::{cpu_id, MAX_CPUS};
+use core::arch::global_asm;
+use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
+
+/// Guest registers and exit state, shared with guest.s (layout fixed by the offsets below).
+#[repr(C)]
+#[derive(Debug, Clone)]
+pub struct GuestContext {
+    /// General registers by number ($0 reads as 0), k0/k1 included.
+    pub gpr: [u64; 32],
+    /// HI.
+    pub hi: u64,
+    /// LO.
+    pub lo: u64,
+    /// Entry: where the guest resumes. Exit: EPC of the exception.
+    pub pc: u64,
+    /// Status to ERET with (user mode, EXL, UX, IE and the host's interrupt mask).
+    pub entry_status: u64,
+    /// EntryHi to run with (the host ASID of the guest's current mode).
+    pub entry_hi: u64,
+    /// Status at the exit.
+    pub exit_status: u64,
+    /// Cause at the exit.
+    pub exit_cause: u64,
+    /// BadVAddr at the exit.
+    pub exit_bad_vaddr: u64,
+    /// Which vector the exit came through ([`EXIT_GENERAL`] or [`EXIT_REFILL`]).
+    pub exit_kind: u64,
+    /// Host s0..s7, s8, gp, sp, ra and Status, saved by `run_guest`.
+    host: [u64; 13],
+    _pad: u64,
+}
+
+/// Exit through the general exception vector.
+pub const EXIT_GENERAL: u64 = 0;
+/// Exit through the (X)TLB refill vector.
+pub const EXIT_REFILL: u64 = 1;
+
+impl GuestContext {
+    /// A context with every register zero, starting at `pc`.
+    pub const fn new(pc: u64) -> Self {
+        Self {
+            gpr: [0; 32],
+            hi: 0,
+            lo: 0,
+            pc,
+            entry_status: 0,
+            entry_hi: 0,
+            exit_status: 0,
+            exit_cause: 0,
+            exit_bad_vaddr: 0,
+            exit_kind: 0,
+            host: [0; 13],
+            _pad: 0,
+        }
+    }
+}
+
+/// The context each CPU is running (or last ran), read by the exit path in guest.s.
+static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+extern "C" {
+    fn run_guest(ctx: *mut GuestContext);
+}
+
+global_asm!(
+    include_str!("guest.s"),
+    guest_ctx = sym GUEST_CTX,
+    off_hi = const offset_of!(GuestContext, hi),
+    off_lo = const offset_of!(GuestContext, lo),
+    off_pc = const offset_of!(GuestContext, pc),
+    off_entry_status = const offset_of!(GuestContext, entry_status),
+    off_entry_hi = const offset_of!(GuestContext, entry_hi),
+    off_exit_status = const offset_of!(GuestContext, exit_status),
+    off_exit_cause = const offset_of!(GuestContext, exit_cause),
+    off_exit_bad_vaddr = const offset_of!(GuestContext, exit_bad_vaddr),
+    off_exit_kind = const offset_of!(GuestContext, exit_kind),
+    off_host = const offset_of!(GuestContext, host),
+    kind_general = const EXIT_GENERAL,
+    kind_refill = const EXIT_REFILL,
+);
+
+const _: () = assert!(offset_of!(GuestContext, hi) == 256);
+
+/// Status bits a guest never runs with: kernel/supervisor mode selection, ERL, BEV, and
+/// the coprocessor enables (CU0 makes COP0 instructions trap, CU1 off: no FPU).
+const GUEST_STATUS_CLEAR: u32 = Status::KSU_MASK.bits()
+    | Status::EXL.bits()
+    | Status::ERL.bits()
+    | Status::BEV.bits()
+    | Status::CU0.bits()
+    | Status::CU1.bits()
+    | Status::IE.bits();
+
+/// The Status a guest runs with: the host's interrupt mask and 64-bit segment enables, user
+/// mode, UX (xuseg, so n64 code works), IE (host interrupts preempt the guest) and EXL for
+/// the ERET.
+pub fn guest_entry_status() -> u64 {
+    let host = Status::read().bits();
+    let status = (host & !GUEST_STATUS_CLEAR)
+        | Status::KSU_USER.bits()
+        | Status::UX.bits()
+        | Status::EXL.bits()
+        | Status::IE.bits();
+    u64::from(status)
+}
+
+/// Runs the guest described by `ctx` on this CPU until its next exception.
+///
+/// `ctx.entry_status` must come from [`guest_entry_status`] and `ctx.entry_hi` must carry an
+/// ASID in 1..=255 whose root-TLB entries were all built from this guest's translations.
+pub fn enter(ctx: &mut GuestContext) {
+    debug_assert!(ctx.entry_status & u64::from(Status::KSU_USER.bits()) != 0);
+    debug_assert!(ctx.entry_hi & 0xff != 0);
+    // SAFETY: run_guest saves and restores every callee-saved register, sp, gp, ra and
+    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode
+    // with the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which
+    // the caller built from copies of this VM's GPA entries, and every exception returns
+    // here through guest.s.
+    unsafe { run_guest(ctx) }
+}
+
+/// The CPU this code runs on (for the guest ASID bookkeeping).
+pub fn this_cpu() -> usize {
+    cpu_id()
+}
+
+/// Even/odd page pair base of a guest virtual address (EntryHi.VPN2).
+const PAIR_MASK: u64 = !0x1fff;
+
+/// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo` (G
+/// forced off), keeping the other half of an existing entry for the same pair.
+pub fn install_guest_page(gva: u64, asid: u8, lo: u64) {
+    let lo = EntryLo::from_bits_retain(lo).difference(EntryLo::G);
+    let entry_hi = (gva & PAIR_MASK) | u64::from(asid);
+    let odd = gva & 0x1000 != 0;
+    let mut window = TlbWindow::open();
+    match window.probe(entry_hi) {
+        Some(index) => {
+            let (old0, old1) = window.read_indexed(index);
+            let (lo0, lo1) = if odd { (old0, lo) } else { (lo, old1) };
+            window.write_indexed(index, entry_hi, lo0, lo1);
+        }
+        None => {
+            let (lo0, lo1) = if odd {
+                (EntryLo::empty(), lo)
+            } else {
+                (lo, EntryLo::empty())
+            };
+            window.write_random(entry_hi, lo0, lo1);
+        }
+    }
+}
+
+/// Removes root-TLB entries of `asid` covering `[start, end)` (guest virtual, any size).
+pub fn invalidate_guest_range(asid: u8, start: u64, end: u64) {
+    let mut window = TlbWindow::open();
+    let mut pair = start & PAIR_MASK;
+    while pair < end {
+        let entry_hi = pair | u64::from(asid);
+        if let Some(index) = window.probe(entry_hi) {
+            window.invalidate_indexed(index);
+        }
+        pair += 0x2000;
+    }
+}
+
+/// Reads Count (the host timer) for guest Count emulation.
+pub fn host_count() -> u32 {
+    cp0::count()
+}

@@ -1,0 +1,209 @@
+//! The memory core's frame traits on real memory: GPA-table frames ([`FwTableFrames`]) and
+//! guest RAM frames ([`FwFrameMemory`]), both reached through the unmapped segments.
+//!
+//! These are the only places where a host frame number becomes a pointer for guest
+//! memory. Each type owns the frames it hands out (as [`OwnedFrame`] tokens from the frame
+//! allocator), so nothing else in the firmware can reach them, and it checks every frame
+//! number it is given against that set before touching memory.
+
+use super::addr::phys_to_virt;
+use crate::mem::frame::{FrameError, OwnedFrame, FRAMES};
+use alloc::vec::Vec;
+use core::fmt;
+use hv_core::addr::Hfn;
+use hv_core::frame_pool::{FrameMemory, FRAME_BYTES};
+use hv_core::table_frames::{OutOfMemory, TableFrames, TablePage};
+
+/// Kernel virtual address of the first byte of frame `hfn`.
+fn frame_va(hfn: Hfn) -> u64 {
+    phys_to_virt(hfn.checked_addr().expect("allocated frames have addresses"))
+}
+
+/// GPA-table frames from the firmware's frame allocator (one VM's tables).
+pub struct FwTableFrames {
+    /// Owned table frames, sorted by frame number.
+    frames: Vec<OwnedFrame>,
+}
+
+impl fmt::Debug for FwTableFrames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FwTableFrames")
+            .field("tables", &self.frames.len())
+            .finish()
+    }
+}
+
+impl FwTableFrames {
+    /// No tables yet.
+    pub const fn new() -> Self {
+        Self { frames: Vec::new() }
+    }
+
+    fn position(&self, hfn: Hfn) -> usize {
+        self.frames
+            .binary_search_by_key(&hfn.raw(), |f| f.hfn().raw())
+            .unwrap_or_else(|_| panic!("frame {hfn} is not a GPA-table frame of this VM"))
+    }
+}
+
+impl Default for FwTableFrames {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TableFrames for FwTableFrames {
+    fn alloc_table(&mut self) -> Result<Hfn, OutOfMemory> {
+        let frame = FRAMES.lock().alloc().map_err(|_| OutOfMemory)?;
+        let hfn = frame.hfn();
+        let at = self
+            .frames
+            .binary_search_by_key(&hfn.raw(), |f| f.hfn().raw())
+            .unwrap_err();
+        self.frames.insert(at, frame);
+        self.table_mut(hfn).fill(0);
+        Ok(hfn)
+    }
+
+    fn free_table(&mut self, hfn: Hfn) {
+        let frame = self.frames.remove(self.position(hfn));
+        if let Err(error) = FRAMES.lock().free(frame) {
+            panic!("GPA-table frame {hfn} could not be freed: {error}");
+        }
+    }
+
+    fn table(&self, hfn: Hfn) -> &TablePage {
+        let index = self.position(hfn);
+        let va = frame_va(self.frames[index].hfn());
+        // SAFETY: the frame is RAM owned by this object (checked above), 4 KiB aligned and
+        // reached through the cached unmapped segment; the shared borrow of `self` keeps
+        // every mutable view (`table_mut`) away while the reference lives.
+        unsafe { &*(va as *const TablePage) }
+    }
+
+    fn table_mut(&mut self, hfn: Hfn) -> &mut TablePage {
+        let index = self.position(hfn);
+        let va = frame_va(self.frames[index].hfn());
+        // SAFETY: as in `table`; the exclusive borrow of `self` makes this the only view.
+        unsafe { &mut *(va as *mut TablePage) }
+    }
+}
+
+impl Drop for FwTableFrames {
+    fn drop(&mut self) {
+        let mut allocator = FRAMES.lock();
+        for frame in self.frames.drain(..) {
+            let _ = allocator.free(frame);
+        }
+    }
+}
+
+/// One VM's guest RAM frames: a physically contiguous run, owned for the VM's lifetime.
+pub struct FwFrameMemory {
+    frames: Vec<OwnedFrame>,
+    base: Hfn,
+}
+
+impl fmt::Debug for FwFrameMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FwFrameMemory")
+            .field("base", &self.base)
+            .field("frames", &self.frames.len())
+            .finish()
+    }
+}
+
+impl FwFrameMemory {
+    /// Takes `count` consecutive frames from the frame allocator.
+    pub fn allocate(count: usize) -> Result<Self, FrameError> {
+        let frames = FRAMES.lock().alloc_contiguous(count)?;
+        let base = frames.first().ok_or(FrameError::OutOfFrames)?.hfn();
+        Ok(Self { frames, base })
+    }
+
+    /// First frame number.
+    pub fn base(&self) -> Hfn {
+        self.base
+    }
+
+    /// Number of frames.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Kernel address of byte `offset` of frame `hfn`, which must be one of ours.
+    fn byte_va(&self, hfn: Hfn, offset: usize, len: usize) -> u64 {
+        let index = hfn
+            .checked_distance_from(self.base)
+            .filter(|&i| (i as usize) < self.frames.len())
+            .unwrap_or_else(|| panic!("frame {hfn} is not guest RAM of this VM"));
+        assert!(
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= FRAME_BYTES),
+            "byte range {offset}+{len} outside a frame"
+        );
+        frame_va(self.frames[index as usize].hfn()) + offset as u64
+    }
+}
+
+impl FrameMemory for FwFrameMemory {
+    fn zero(&mut self, hfn: Hfn) {
+        let va = self.byte_va(hfn, 0, FRAME_BYTES);
+        // SAFETY: a whole frame of guest RAM owned by this object (checked by byte_va); the
+        // exclusive borrow of `self` rules out other host views. The guest may access the
+        // frame concurrently through the TLB only once the memory core mapped it, which it
+        // does after zeroing.
+        unsafe { core::ptr::write_bytes(va as *mut u8, 0, FRAME_BYTES) };
+    }
+
+    fn copy(&mut self, dst: Hfn, src: Hfn) {
+        let to = self.byte_va(dst, 0, FRAME_BYTES);
+        let from = self.byte_va(src, 0, FRAME_BYTES);
+        if to == from {
+            return;
+        }
+        // SAFETY: two distinct whole frames of guest RAM owned by this object.
+        unsafe {
+            core::ptr::copy_nonoverlapping(from as *const u8, to as *mut u8, FRAME_BYTES);
+        }
+    }
+
+    fn same_contents(&self, a: Hfn, b: Hfn) -> bool {
+        let left = self.byte_va(a, 0, FRAME_BYTES);
+        let right = self.byte_va(b, 0, FRAME_BYTES);
+        // SAFETY: whole frames of guest RAM owned by this object, read as bytes (any value
+        // is a valid u8; a guest writing concurrently only changes the answer).
+        let (left, right) = unsafe {
+            (
+                core::slice::from_raw_parts(left as *const u8, FRAME_BYTES),
+                core::slice::from_raw_parts(right as *const u8, FRAME_BYTES),
+            )
+        };
+        left == right
+    }
+
+    fn read(&self, hfn: Hfn, offset: usize, buf: &mut [u8]) {
+        let va = self.byte_va(hfn, offset, buf.len());
+        // SAFETY: the range lies inside a frame of guest RAM owned by this object (checked by
+        // byte_va) and does not overlap `buf`, which is host memory.
+        unsafe {
+            core::ptr::copy_nonoverlapping(va as *const u8, buf.as_mut_ptr(), buf.len());
+        }
+    }
+
+    fn write(&mut self, hfn: Hfn, offset: usize, data: &[u8]) {
+        let va = self.byte_va(hfn, offset, data.len());
+        // SAFETY: as in `read`, in the other direction.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), va as *mut u8, data.len()) };
+    }
+}
+
+impl Drop for FwFrameMemory {
+    fn drop(&mut self) {
+        let mut allocator = FRAMES.lock();
+        for frame in self.frames.drain(..) {
+            let _ = allocator.free(frame);
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! A virtual CPU and its exit dispatcher.
+//!
+//! [`Vcpu::run_slice`] enters the guest (arch::guest), and for every exit decodes the host
+//! Cause into one named handler per ExcCode. Handlers use the portable emulator (hv-emul) for
+//! everything guest-visible and the memory core (`map_page`) for guest-physical memory; the
+//! only hardware they touch directly is the root TLB, through arch::guest.
+//!
+//! Root-TLB entries for a guest are built only from copies of GPA-table entries (the pair
+//! `map_page` returns), for a guest virtual page translated the guest's own way (KSEG0
+//! window or guest TLB): D is set only if both the GPA entry is dirty and the guest
+//! allows writes, and G is never set. They live under the vCPU's host ASIDs (asid.rs).
+
+use super::asid::{self, AsidPair};
+use super::flush;
+use super::vm::{Vm, VmOutcome, VmStats};
+use crate::arch::guest::{self, GuestContext, EXIT_REFILL};
+use crate::arch::timer;
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use hv_core::addr::{Gpa, Gva};
+use hv_core::fault::FaultError;
+use hv_emul::abi::{self, GuestTranslation};
+use hv_emul::cp0::{Cause, Cp0Config, Cp0Effect, Cp0Reg, ExcCode, GuestMode};
+use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInfo};
+use hv_emul::exception::{self, FaultSite, GuestException};
+use hv_emul::guest_tlb::{Access, TlbWrite};
+use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
+use hv_emul::regs::Gprs;
+use hv_emul::timer::GuestTimer;
+
+/// EntryLo.V.
+const ENTRY_LO_V: u64 = 1 << 1;
+/// EntryLo.D.
+const ENTRY_LO_D: u64 = 1 << 2;
+/// Largest guest TLB entry whose root-TLB copies are removed one pair at a time; bigger
+/// ones take fresh host ASIDs instead.
+const PRECISE_INVALIDATE_BYTES: u64 = 64 << 10;
+/// Identical exits in a row (same PC, same cause) after which the VM is stopped as stuck in
+/// an exception storm.
+pub const STORM_LIMIT: u32 = 20_000;
+
+/// How a time slice ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SliceEnd {
+    /// The host timer ticked: the slice is used up.
+    Preempted,
+    /// The guest yielded by hypercall.
+    Yielded,
+    /// The guest executes WAIT and no interrupt is pending.
+    Waiting,
+    /// The VM ended (exit hypercall, or stopped).
+    Finished,
+}
+
+/// What a handler wants next.
+enum Flow {
+    /// Re-enter the guest.
+    Resume,
+    /// Leave the slice.
+    End(SliceEnd),
+}
+
+/// A virtual CPU.
+pub struct Vcpu {
+    /// Its VM.
+    pub vm: Arc<Vm>,
+    /// Number within the VM.
+    pub index: usize,
+    /// CPU that ran the previous slice (scheduler bookkeeping).
+    pub last_cpu: Option<usize>,
+    ctx: GuestContext,
+    cpu: GuestCpu,
+    timer: GuestTimer,
+    last_timer_check: u32,
+    asids: Option<AsidPair>,
+    local_generation: u64,
+    waiting: bool,
+    last_exit: (u64, u32),
+    repeats: u32,
+}
+
+impl core::fmt::Debug for Vcpu {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Vcpu")
+            .field("vm", &self.vm.name)
+            .field("index", &self.index)
+            .field("pc", &self.cpu.pc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vcpu {
+    /// vCPU `index` of `vm`, in reset state at the VM's entry point.
+    pub fn new(vm: Arc<Vm>, index: usize, tlb_entries: usize) -> Result<Self, String> {
+        let config = Cp0Config {
+            tlb_entries,
+            cpu_num: index as u16,
+            ..Cp0Config::default()
+        };
+        let cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        let now = guest::host_count();
+        Ok(Self {
+            ctx: GuestContext::new(vm.entry),
+            vm,
+            index,
+            last_cpu: None,
+            cpu,
+            timer: GuestTimer::new(now, 0),
+            last_timer_check: now,
+            asids: None,
+            local_generation: 0,
+            waiting: false,
+            last_exit: (0, 0),
+            repeats: 0,
+        })
+    }
+
+    /// Whether the vCPU sits in WAIT with nothing to wake it yet.
+    pub fn is_waiting(&mut self) -> bool {
+        if self.waiting {
+            self.update_timer();
+            if self.wake_pending() {
+                self.waiting = false;
+            }
+        }
+        self.waiting
+    }
+
+    fn wake_pending(&self) -> bool {
+        self.cpu.cp0.cause().pending() & self.cpu.cp0.status().interrupt_mask() != 0
+    }
+
+    /// Raises the guest timer interrupt if the guest Count passed Compare since last look.
+    fn update_timer(&mut self) {
+        let now = guest::host_count();
+        let compare = self.cpu.cp0.get(Cp0Reg::COMPARE) as u32;
+        if self.timer.reached(compare, self.last_timer_check, now) {
+            self.cpu.cp0.raise_timer();
+            VmStats::bump(&self.vm.stats.timer_interrupts);
+        }
+        self.last_timer_check = now;
+    }
+
+    fn guest_count(&self) -> u32 {
+        self.timer.guest_count(guest::host_count())
+    }
+
+    /// Runs the guest on this CPU until the host timer ticks, or the guest yields, waits or
+    /// ends.
+    pub fn run_slice(&mut self) -> SliceEnd {
+        let cpu = guest::this_cpu();
+        let start_ticks = timer::ticks(cpu);
+        loop {
+            if self.vm.outcome().is_some() {
+                return SliceEnd::Finished;
+            }
+            if self.is_waiting() {
+                return SliceEnd::Waiting;
+            }
+            self.update_timer();
+            if let Some(handler) =
+                exception::deliver_pending_interrupt(&mut self.cpu.cp0, self.cpu.pc)
+            {
+                self.cpu.pc = handler;
+            }
+            self.ctx.gpr = *self.cpu.gprs.as_array();
+            self.ctx.pc = self.cpu.pc;
+            self.ctx.entry_status = guest::guest_entry_status();
+            let tracker = flush::tracker();
+            tracker
+                .enter_guest(cpu, || {})
+                .expect("CPU numbers are below MAX_CPUS");
+            let pair = asid::ensure(
+                self.asids,
+                cpu,
+                self.vm.memory.remote_flush().generation(),
+                self.local_generation,
+            );
+            self.asids = Some(pair);
+            self.ctx.entry_hi = u64::from(self.host_asid(pair));
+            guest::enter(&mut self.ctx);
+            tracker
+                .exit_guest(cpu)
+                .expect("CPU numbers are below MAX_CPUS");
+            self.cpu.gprs = Gprs::from_array(self.ctx.gpr);
+            self.cpu.pc = self.ctx.pc;
+            VmStats::bump(&self.vm.stats.exits);
+            if let Flow::End(end) = self.dispatch() {
+                return end;
+            }
+            if timer::ticks(cpu) != start_ticks {
+                VmStats::bump(&self.vm.stats.preemptions);
+                return SliceEnd::Preempted;
+            }
+        }
+    }
+
+    fn host_asid(&self, pair: AsidPair) -> u8 {
+        match self.cpu.cp0.mode() {
+            GuestMode::Kernel => pair.kernel,
+            GuestMode::User => pair.user,
+        }
+    }
+
+    /// Stops the VM with `why` and ends the slice.
+    fn stop(&mut self, why: String) -> Flow {
+        self.vm.console_flush();
+        self.vm.finish(VmOutcome::Stopped(format!(
+            "{why} (vcpu{} pc={:#x})",
+            self.index, self.cpu.pc
+        )));
+        Flow::End(SliceEnd::Finished)
+    }
+
+    /// The exit dispatcher: one handler per host ExcCode.
+    fn dispatch(&mut self) -> Flow {
+        let cause = Cause::from_bits_retain(self.ctx.exit_cause as u32);
+        let key = (self.ctx.pc, self.ctx.exit_cause as u32 & 0x7c);
+        if key == self.last_exit && cause.exc_code() != Some(ExcCode::Int) {
+            self.repeats += 1;
+            if self.repeats >= STORM_LIMIT {
+                return self.stop(format!(
+                    "exception storm: {STORM_LIMIT} identical exits (ExcCode {}) in a row",
+                    cause.exc_code_bits()
+                ));
+            }
+        } else {
+            self.last_exit = key;
+            self.repeats = 0;
+        }
+        let Some(code) = cause.exc_code() else {
+            return self.handle_fatal(cause);
+        };
+        match code {
+            ExcCode::Int => self.handle_interrupt(),
+            ExcCode::TlbL | ExcCode::TlbS if self.ctx.exit_kind == EXIT_REFILL => {
+                self.handle_tlb_refill(code)
+            }
+            ExcCode::TlbL => self.handle_tlb_load(),
+            ExcCode::TlbS => self.handle_tlb_store(),
+            ExcCode::Mod => self.handle_tlb_mod(),
+            ExcCode::AdEL | ExcCode::AdES => self.handle_address_error(code),
+            ExcCode::Sys => self.handle_syscall(cause),
+            ExcCode::Bp => self.handle_break(cause),
+            ExcCode::Ri => self.handle_reserved_instruction(cause),
+            ExcCode::CpU => self.handle_cop_unusable(cause),
+            ExcCode::Ov | ExcCode::Tr => self.handle_trap_or_overflow(code, cause),
+            _ => self.handle_fatal(cause),
+        }
+    }
+
+    /// Host interrupt while the guest ran: the host handler ran as soon as `run_guest`
+    /// restored Status; the guest just continues (or the slice ends on the tick).
+    fn handle_interrupt(&mut self) -> Flow {
+        Flow::Resume
+    }
+
+    /// Root-TLB refill (XTLB vector): the guest touched a page with no root entry yet.
+    fn handle_tlb_refill(&mut self, code: ExcCode) -> Flow {
+        let access = if code == ExcCode::TlbS {
+            Access::Store
+        } else {
+            Access::Load
+        };
+        self.memory_fault(access)
+    }
+
+    /// TLB load/fetch exception on an invalid root entry (the other half of a pair).
+    fn handle_tlb_load(&mut self) -> Flow {
+        self.memory_fault(Access::Load)
+    }
+
+    /// TLB store exception on an invalid root entry.
+    fn handle_tlb_store(&mut self) -> Flow {
+        self.memory_fault(Access::Store)
+    }
+
+    /// Store to a root entry without D: a clean page's first write, or a guest read-only
+    /// page (then the guest gets its own TLB Modified exception).
+    fn handle_tlb_mod(&mut self) -> Flow {
+        self.memory_fault(Access::Store)
+    }
+
+    /// Address error: a misaligned access or an address outside the guest's segments, which
+    /// the guest's CPU would report the same way.
+    fn handle_address_error(&mut self, code: ExcCode) -> Flow {
+        let access = if code == ExcCode::AdES {
+            Access::Store
+        } else {
+            Access::Load
+        };
+        self.reflect(GuestException::AddressError {
+            bad_vaddr: self.ctx.exit_bad_vaddr,
+            access,
+        })
+    }
+
+    /// SYSCALL: the guest's own business.
+    fn handle_syscall(&mut self, _cause: Cause) -> Flow {
+        self.reflect(GuestException::Syscall)
+    }
+
+    /// BREAK: the guest's own business.
+    fn handle_break(&mut self, _cause: Cause) -> Flow {
+        self.reflect(GuestException::Break)
+    }
+
+    /// Reserved instruction: RDHWR is emulated; anything else the emulator reflects.
+    fn handle_reserved_instruction(&mut self, cause: Cause) -> Flow {
+        self.emulate_trapping(cause)
+    }
+
+    /// Coprocessor Unusable: CE = 0 is a COP0 instruction, CACHE or HYPCALL (emulated);
+    /// other units (no FPU) go back to the guest.
+    fn handle_cop_unusable(&mut self, cause: Cause) -> Flow {
+        if cause.ce() == 0 {
+            self.emulate_trapping(cause)
+        } else {
+            self.reflect(GuestException::CoprocessorUnusable { unit: cause.ce() })
+        }
+    }
+
+    /// Trap and integer overflow: reflected.
+    fn handle_trap_or_overflow(&mut self, code: ExcCode, _cause: Cause) -> Flow {
+        self.reflect(if code == ExcCode::Tr {
+            GuestException::Trap
+        } else {
+            GuestException::Overflow
+        })
+    }
+
+    /// Anything the design does not expect from a guest (bus errors, machine check, ...).
+    fn handle_fatal(&mut self, cause: Cause) -> Flow {
+        self.stop(format!(
+            "unexpected guest exit: ExcCode {} BadVAddr={:#x}",
+            cause.exc_code_bits(),
+            self.ctx.exit_bad_vaddr
+        ))
+    }
+
+    fn in_delay_slot(&self) -> bool {
+        self.ctx.exit_cause & (1 << 31) != 0
+    }
+
+    /// Delivers `exception` to the guest at the exit's site.
+    fn reflect(&mut self, exception: GuestException) -> Flow {
+        let site = FaultSite::from_epc(self.ctx.pc, self.in_delay_slot());
+        if matches!(exception, GuestException::TlbRefill { .. }) {
+            VmStats::bump(&self.vm.stats.guest_tlb_refills);
+        }
+        VmStats::bump(&self.vm.stats.reflected);
+        self.cpu.pc = exception::deliver(exception, &mut self.cpu.cp0, site);
+        Flow::Resume
+    }
+
+    /// Translates `gva` the guest's way in its current mode.
+    fn translate(&self, gva: u64, access: Access) -> Result<GuestTranslation, GuestException> {
+        let cp0 = &self.cpu.cp0;
+        abi::translate_access(Gva::new(gva), cp0.mode(), cp0.asid(), &self.cpu.tlb, access)
+    }
+
+    /// A guest memory access missed in the root TLB (or hit a clean/invalid half).
+    fn memory_fault(&mut self, access: Access) -> Flow {
+        let gva = self.ctx.exit_bad_vaddr;
+        let translation = match self.translate(gva, access) {
+            Ok(t) => t,
+            Err(exception) => return self.reflect(exception),
+        };
+        match self.vm.map_page(translation.gpa, access == Access::Store) {
+            Ok((even, odd)) => {
+                let pte = if translation.gpa.frame().is_odd() {
+                    odd
+                } else {
+                    even
+                };
+                let mut lo = pte.entrylo();
+                if !translation.writable {
+                    lo &= !ENTRY_LO_D;
+                }
+                if lo & ENTRY_LO_V == 0 {
+                    return self.stop(format!(
+                        "memory core returned an invalid entry for GPA {:#x}",
+                        translation.gpa.raw()
+                    ));
+                }
+                let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
+                guest::install_guest_page(gva, asid, lo);
+                Flow::Resume
+            }
+            Err(FaultError::NoMemslot | FaultError::ReadOnlyWrite) => {
+                let fetch_pc = self.faulting_pc();
+                if gva == fetch_pc {
+                    return self.stop(format!(
+                        "instruction fetch from GPA {:#x}, which is not RAM",
+                        translation.gpa.raw()
+                    ));
+                }
+                self.emulate_trapping(Cause::from_bits_retain(self.ctx.exit_cause as u32))
+            }
+            Err(error) => self.stop(format!(
+                "guest memory at GPA {:#x}: {error}",
+                translation.gpa.raw()
+            )),
+        }
+    }
+
+    /// Address of the instruction that caused the exit (EPC, or EPC + 4 in a delay slot).
+    fn faulting_pc(&self) -> u64 {
+        if self.in_delay_slot() {
+            self.ctx.pc.wrapping_add(4)
+        } else {
+            self.ctx.pc
+        }
+    }
+
+    /// Reads the instruction word at guest virtual `pc` the way the guest fetched it.
+    fn fetch(&self, pc: u64) -> Result<u32, String> {
+        let t = self
+            .translate(pc, Access::Load)
+            .map_err(|e| format!("instruction at {pc:#x} no longer translates ({e:?})"))?;
+        let mut word = [0u8; 4];
+        self.vm
+            .read_ram(t.gpa, &mut word)
+            .map_err(|e| format!("instruction at GPA {:#x}: {e}", t.gpa.raw()))?;
+        Ok(u32::from_le_bytes(word))
+    }
+
+    /// Emulates the instruction that trapped (COP0, HYPCALL, CACHE, RDHWR, MMIO access).
+    fn emulate_trapping(&mut self, _cause: Cause) -> Flow {
+        let epc = self.ctx.pc;
+        let bd = self.in_delay_slot();
+        let word = match self.fetch(self.faulting_pc()) {
+            Ok(word) => word,
+            Err(why) => return self.stop(why),
+        };
+        let branch = if bd {
+            match self.fetch(epc) {
+                Ok(word) => Some(word),
+                Err(why) => return self.stop(why),
+            }
+        } else {
+            None
+        };
+        self.cpu.pc = epc;
+        let trap = TrapInfo {
+            branch,
+            guest_count: self.guest_count(),
+        };
+        VmStats::bump(&self.vm.stats.emulated);
+        match emulate::emulate(word, &mut self.cpu, &trap) {
+            EmulOutcome::Done(action) => self.host_action(action),
+            EmulOutcome::Mmio(request) => self.mmio(request),
+            EmulOutcome::Injected(exception) => {
+                if matches!(exception, GuestException::TlbRefill { .. }) {
+                    VmStats::bump(&self.vm.stats.guest_tlb_refills);
+                }
+                VmStats::bump(&self.vm.stats.reflected);
+                Flow::Resume
+            }
+            EmulOutcome::Hypercall(call) => self.hypercall(call),
+            EmulOutcome::Wait => {
+                self.waiting = true;
+                if self.is_waiting() {
+                    Flow::End(SliceEnd::Waiting)
+                } else {
+                    Flow::Resume
+                }
+            }
+            EmulOutcome::Halt(reason) => self.stop(format!("guest halted: {reason:?}")),
+            EmulOutcome::Fail(error) => self.stop(format!("cannot emulate {word:#010x}: {error}")),
+        }
+    }
+
+    /// Carries out what an emulated instruction left for the host.
+    fn host_action(&mut self, action: HostAction) -> Flow {
+        match action {
+            HostAction::Cp0(Cp0Effect::AsidChanged { .. }) => {
+                // Mapped-segment entries were derived for the old guest ASID.
+                self.local_generation += 1;
+            }
+            HostAction::Cp0(Cp0Effect::CountRebase { count }) => {
+                self.timer.rebase(guest::host_count(), count);
+            }
+            HostAction::Cp0(Cp0Effect::CauseChanged { old, new })
+                if old.contains(Cause::DC) != new.contains(Cause::DC) =>
+            {
+                self.timer
+                    .set_stopped(guest::host_count(), new.contains(Cause::DC));
+            }
+            HostAction::TlbWrite(write) => self.guest_tlb_written(write),
+            _ => {}
+        }
+        Flow::Resume
+    }
+
+    /// Drops root-TLB entries derived from the guest TLB entry that was just replaced.
+    fn guest_tlb_written(&mut self, write: TlbWrite) {
+        let old = write.old;
+        if !old.present || (old.entry_lo[0] | old.entry_lo[1]) & ENTRY_LO_V == 0 {
+            return;
+        }
+        let (start, end) = old.va_range();
+        let Some(pair) = self.asids else { return };
+        if end.wrapping_sub(start) > PRECISE_INVALIDATE_BYTES || end <= start {
+            self.local_generation += 1;
+            return;
+        }
+        // The pair is valid only on the CPU this vCPU runs on, so this CPU's TLB is the
+        // only one that can hold entries under it.
+        guest::invalidate_guest_range(pair.kernel, start, end);
+        guest::invalidate_guest_range(pair.user, start, end);
+    }
+
+    /// A device access (no memslot at the GPA, or a store to a read-only slot).
+    fn mmio(&mut self, request: MmioReq) -> Flow {
+        VmStats::bump(&self.vm.stats.mmio);
+        let value = match super::devices::access(&self.vm, &request) {
+            Ok(value) => value,
+            Err(why) => return self.stop(why),
+        };
+        emulate::complete_mmio(&mut self.cpu, &request, value);
+        Flow::Resume
+    }
+
+    /// Serves a validated hypercall.
+    fn hypercall(&mut self, call: Hypercall) -> Flow {
+        VmStats::bump(&self.vm.stats.hypercalls);
+        let result = match call {
+            Hypercall::ConsoleWrite { buf, len } => self.console_write(buf, len),
+            Hypercall::Exit { status } => {
+                self.vm.console_flush();
+                self.vm.finish(VmOutcome::Exited(status));
+                return Flow::End(SliceEnd::Finished);
+            }
+            Hypercall::VmInfo(key) => Ok(match key {
+                VmInfoKey::AbiVersion => hypercall::ABI_VERSION,
+                VmInfoKey::VcpuId => self.index as u64,
+                VmInfoKey::VcpuCount => self.vm.vcpus as u64,
+                VmInfoKey::RamBytes => self.vm.ram_bytes,
+                VmInfoKey::VmId => self.vm.id as u64,
+            }),
+            Hypercall::Yield => {
+                hypercall::set_result(&mut self.cpu.gprs, Ok(0));
+                return Flow::End(SliceEnd::Yielded);
+            }
+        };
+        hypercall::set_result(&mut self.cpu.gprs, result);
+        Flow::Resume
+    }
+
+    fn console_write(&mut self, buf: Gva, len: u64) -> Result<u64, HypercallError> {
+        let cp0 = &self.cpu.cp0;
+        let mut pieces: Vec<(Gpa, u64)> = Vec::new();
+        hypercall::for_each_buffer_chunk(
+            buf,
+            len,
+            cp0.mode(),
+            cp0.asid(),
+            &self.cpu.tlb,
+            |gpa, n| {
+                pieces.push((gpa, n));
+            },
+        )?;
+        let mut bytes = alloc::vec![0u8; len as usize];
+        let mut at = 0usize;
+        for (gpa, n) in pieces {
+            let n = n as usize;
+            self.vm
+                .read_ram(gpa, &mut bytes[at..at + n])
+                .map_err(|_| HypercallError::BadAddress)?;
+            at += n;
+        }
+        self.vm.console_write(&bytes);
+        Ok(len)
+    }
+}

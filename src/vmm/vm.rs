@@ -1,0 +1,273 @@
+//! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
+//! its name and console, its counters and its final result.
+
+use super::flush::FwRemoteFlush;
+use super::loader::{self, ImageError};
+use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
+use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
+use hv_core::frame_pool::FramePool;
+use hv_core::memslot::{BackingId, SlotFlags};
+use hv_emul::abi::GUEST_KSEG0_BASE;
+use spin::Mutex;
+
+/// The memory core's VM type as the firmware instantiates it.
+pub type GuestMemory = MemVm<FwTableFrames, FwFrameMemory, FwRemoteFlush>;
+
+/// Longest console line kept before it is printed anyway.
+const CONSOLE_LINE_MAX: usize = 200;
+/// Extra pool frames beyond RAM pages (copies when breaking shared pages).
+const POOL_SPARE_FRAMES: usize = 16;
+
+/// How a VM is built.
+#[derive(Debug, Clone)]
+pub struct VmSpec<'a> {
+    /// Name shown in console prefixes and results.
+    pub name: String,
+    /// Guest RAM in bytes (a multiple of the page size), at GPA 0.
+    pub ram_bytes: u64,
+    /// The guest image (ELF).
+    pub image: &'a [u8],
+}
+
+/// Why a VM could not be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmBuildError {
+    /// RAM size zero, unaligned or beyond the guest window.
+    BadRamSize(u64),
+    /// No host frames for the RAM pool.
+    NoFrames,
+    /// The memory core refused the set-up.
+    Memory(VmError),
+    /// The image is unusable.
+    Image(ImageError),
+    /// Copying the image into guest RAM failed.
+    Load(FaultError),
+}
+
+impl fmt::Display for VmBuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRamSize(bytes) => write!(f, "bad guest RAM size {bytes:#x}"),
+            Self::NoFrames => write!(f, "not enough contiguous host frames for guest RAM"),
+            Self::Memory(e) => write!(f, "memory core: {e}"),
+            Self::Image(e) => write!(f, "guest image: {e}"),
+            Self::Load(e) => write!(f, "loading the image: {e}"),
+        }
+    }
+}
+
+/// Per-VM counters.
+#[derive(Debug, Default)]
+pub struct VmStats {
+    /// Guest exits of any kind.
+    pub exits: AtomicU64,
+    /// Calls into the memory core's fault handler (`map_page`).
+    pub gpa_faults: AtomicU64,
+    /// TLB refills delivered to the guest's own refill handler.
+    pub guest_tlb_refills: AtomicU64,
+    /// Instructions emulated.
+    pub emulated: AtomicU64,
+    /// Hypercalls served (refused ones included).
+    pub hypercalls: AtomicU64,
+    /// Exceptions reflected to the guest (TLB refills included).
+    pub reflected: AtomicU64,
+    /// Guest timer interrupts raised.
+    pub timer_interrupts: AtomicU64,
+    /// Device (MMIO) accesses emulated.
+    pub mmio: AtomicU64,
+    /// Times a vCPU of this VM was preempted by the host timer.
+    pub preemptions: AtomicU64,
+}
+
+impl VmStats {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest called exit with this status.
+    Exited(u64),
+    /// The hypervisor stopped it (reason).
+    Stopped(String),
+}
+
+/// A virtual machine.
+pub struct Vm {
+    /// VM number (0-based), reported to the guest as VM info key 4.
+    pub id: usize,
+    /// Name used in console prefixes and results.
+    pub name: String,
+    /// Guest RAM size in bytes.
+    pub ram_bytes: u64,
+    /// Guest memory: GPA table, memslots, host backing.
+    pub memory: GuestMemory,
+    /// The backing object of guest RAM (memslot at GPA 0).
+    pub ram_backing: BackingId,
+    /// Guest entry point.
+    pub entry: u64,
+    /// First guest physical address above every loaded segment.
+    pub image_end: u64,
+    /// Number of vCPUs.
+    pub vcpus: usize,
+    /// Counters.
+    pub stats: VmStats,
+    console_line: Mutex<String>,
+    outcome: Mutex<Option<VmOutcome>>,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("ram_bytes", &self.ram_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vm {
+    /// Builds VM `id` from `spec`: RAM pool, GPA table, one memslot over all RAM, image loaded.
+    pub fn build(id: usize, spec: &VmSpec<'_>) -> Result<Self, VmBuildError> {
+        let ram_bytes = spec.ram_bytes;
+        if ram_bytes == 0
+            || !ram_bytes.is_multiple_of(PAGE_SIZE)
+            || ram_bytes > hv_emul::abi::GUEST_KSEG_WINDOW_BYTES / 2
+        {
+            return Err(VmBuildError::BadRamSize(ram_bytes));
+        }
+        let image = loader::parse(spec.image, ram_bytes).map_err(VmBuildError::Image)?;
+        let pages = ram_bytes / PAGE_SIZE;
+        let memory = FwFrameMemory::allocate(pages as usize + POOL_SPARE_FRAMES)
+            .map_err(|_| VmBuildError::NoFrames)?;
+        let (base, nframes) = (memory.base(), memory.len());
+        let pool = FramePool::new(memory, base, nframes);
+        let guest = GuestMemory::new(FwTableFrames::new(), pool, FwRemoteFlush::new())
+            .map_err(VmBuildError::Memory)?;
+        let backing = guest
+            .host()
+            .create_backing(pages)
+            .map_err(|e| VmBuildError::Memory(VmError::Backing(e)))?;
+        let range = GfnRange::from_start_len(Gfn::new(0), pages)
+            .map_err(|_| VmBuildError::BadRamSize(ram_bytes))?;
+        guest
+            .add_memslot(range, backing, 0, SlotFlags::empty())
+            .map_err(VmBuildError::Memory)?;
+        for segment in &image.segments {
+            let mut gpa = segment.gpa;
+            let mut rest = segment.file;
+            while !rest.is_empty() {
+                let offset = (gpa % PAGE_SIZE) as usize;
+                let take = rest.len().min(PAGE_SIZE as usize - offset);
+                guest
+                    .host_write(backing, gpa / PAGE_SIZE, offset, &rest[..take])
+                    .map_err(|e| VmBuildError::Load(e.into()))?;
+                gpa += take as u64;
+                rest = &rest[take..];
+            }
+        }
+        let image_end = image
+            .segments
+            .iter()
+            .map(|s| s.gpa + s.mem_bytes)
+            .max()
+            .unwrap_or(0);
+        let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
+        Ok(Self {
+            id,
+            name: spec.name.clone(),
+            ram_bytes,
+            memory: guest,
+            ram_backing: backing,
+            entry,
+            image_end,
+            vcpus: 1,
+            stats: VmStats::default(),
+            console_line: Mutex::new(String::new()),
+            outcome: Mutex::new(None),
+        })
+    }
+
+    /// Resolves a guest access to `gpa` through the memory core (counted as a GPA fault).
+    pub fn map_page(&self, gpa: Gpa, write: bool) -> Result<PtePair, FaultError> {
+        VmStats::bump(&self.stats.gpa_faults);
+        self.memory.map_page(gpa, write)
+    }
+
+    /// Reads guest RAM at `gpa` into `buf` (no page boundary crossing), as the guest sees it.
+    pub fn read_ram(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), FaultError> {
+        let page = gpa.raw() / PAGE_SIZE;
+        if gpa.raw() >= self.ram_bytes {
+            return Err(FaultError::NoMemslot);
+        }
+        self.memory
+            .host()
+            .read(
+                self.ram_backing,
+                page,
+                (gpa.raw() % PAGE_SIZE) as usize,
+                buf,
+            )
+            .map_err(FaultError::from)
+    }
+
+    /// Appends guest console output; whole lines go to the host console with the VM's name.
+    pub fn console_write(&self, bytes: &[u8]) {
+        let mut line = self.console_line.lock();
+        for &byte in bytes {
+            match byte {
+                b'\n' => {
+                    crate::println!("[{}] {}", self.name, line);
+                    line.clear();
+                }
+                b'\r' => {}
+                0x20..=0x7e | b'\t' => line.push(byte as char),
+                _ => line.push_str(&format!("\\x{byte:02x}")),
+            }
+            if line.len() >= CONSOLE_LINE_MAX {
+                crate::println!("[{}] {}", self.name, line);
+                line.clear();
+            }
+        }
+    }
+
+    /// Prints whatever partial console line is left.
+    pub fn console_flush(&self) {
+        let mut line = self.console_line.lock();
+        if !line.is_empty() {
+            crate::println!("[{}] {}", self.name, line);
+            line.clear();
+        }
+    }
+
+    /// Records how the VM ended (first outcome wins). Returns whether this call set it.
+    pub fn finish(&self, outcome: VmOutcome) -> bool {
+        let mut slot = self.outcome.lock();
+        if slot.is_some() {
+            return false;
+        }
+        if let VmOutcome::Stopped(why) = &outcome {
+            crate::log!("VM {} stopped: {why}", self.name);
+        }
+        *slot = Some(outcome);
+        true
+    }
+
+    /// How the VM ended, if it did.
+    pub fn outcome(&self) -> Option<VmOutcome> {
+        self.outcome.lock().clone()
+    }
+}
