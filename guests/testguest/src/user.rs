@@ -74,7 +74,7 @@ pub fn handle_user_exception(frame: &mut TrapFrame, info: &TrapInfo) {
 
 /// What mode 0 of the user program must exit with.
 fn expected_user_sum() -> u64 {
-    (0..USER_WORDS).fold(0u64, |s, i| s.rotate_left(1) ^ user_word(i))
+    (0..USER_WORDS).fold(0u64, |s, i| s.rotate_left(1).wrapping_add(user_word(i)))
 }
 
 fn user_word(i: u64) -> u64 {

@@ -4,7 +4,7 @@
 #
 # $a0 = mode:
 #   0  fill USER_WORDS words at USER_DATA_VA with w(i) = (i << 40) ^ (i << 20) ^ i ^ 0x5a5a,
-#      read them back into s = rotl(s, 1) ^ w, touch the stack, write a line by syscall 1,
+#      read them back into s = rotl(s, 1) + w, touch the stack, write a line by syscall 1,
 #      exit by syscall 2 with a0 = s
 #   1  load from the kernel window (0x4000_1000): must be an address error
 #   2  store into its own (read-only) code page: must be a TLB modified exception
@@ -41,7 +41,7 @@ testguest_user_prog:
     dsrl32  $t8, $v1, 31            # rotate left by 1
     dsll    $v1, $v1, 1
     or      $v1, $v1, $t8
-    xor     $v1, $v1, $t3
+    daddu   $v1, $v1, $t3
     daddiu  $t2, $t2, 1
     bne     $t2, $t1, 2b
     nop
