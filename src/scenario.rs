@@ -89,6 +89,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::scenarios::guests,
     },
     Scenario {
+        name: "vcpu-selftest",
+        about: "a built-in assembly guest checks each trap-and-emulate path",
+        run: crate::vmm::scenarios::vcpu_selftest,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,

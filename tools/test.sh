@@ -2,7 +2,8 @@
 # mipsvisor's test command (README; .ci/run calls it).
 #
 #   tools/test.sh          everything
-#   tools/test.sh host     fmt, host clippy, host tests, loom tests (portable crates)
+#   tools/test.sh host     fmt, host clippy, host tests (portable crates and the firmware's
+#                          register-free modules), loom tests if present
 #   tools/test.sh qemu     MIPS clippy, firmware build, every QEMU scenario
 #
 # Installs missing Debian packages first. Each step is judged on its own; the last line is
@@ -64,6 +65,10 @@ run_host() {
     step "cargo fmt --check" "${HOST_CARGO[@]}" fmt --all -- --check
     step "host clippy -D warnings" "${HOST_CARGO[@]}" clippy --all-targets -- -D warnings
     step "host cargo test --release" "${HOST_CARGO[@]}" test --release
+    # The firmware package on the host: its register-free modules' unit tests.
+    step "firmware host clippy -D warnings" \
+        "${HOST_CARGO[@]}" clippy -p mipsvisor --all-targets -- -D warnings
+    step "firmware host unit tests" "${HOST_CARGO[@]}" test -p mipsvisor --release
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -95,6 +100,27 @@ boot_case() {
     grep -q '^RESULT boot PASS' "$log" || why="${why:+$why, }no RESULT boot PASS"
     grep -q "^STAT cpus=$smp\$" "$log" || why="${why:+$why, }STAT cpus is not $smp"
     grep -q "^STAT ram_mib=$mem\$" "$log" || why="${why:+$why, }STAT ram_mib is not $mem"
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
+# scenario_case NAME SCENARIO qemu-run.sh arguments...: must exit 0 with RESULT SCENARIO PASS.
+scenario_case() {
+    local name=$1 scenario=$2 log rc
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
+        >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why=""
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     if [ -z "$why" ]; then
         pass "qemu $name [$((SECONDS - start))s]"
     else
@@ -139,6 +165,11 @@ run_qemu() {
     boot_case "boot-Loongson-3A4000-smp4-mem1024" --cpu Loongson-3A4000 --smp 4 --mem 1024
     boot_case "boot-Octeon68XX-smp3-mem512" --cpu Octeon68XX --smp 3 --mem 512
     boot_case "boot-icount-smp4-mem512" --icount --smp 4 --mem 512
+    scenario_case "vcpu-selftest-smp1" vcpu-selftest --smp 1
+    scenario_case "vcpu-selftest-smp4" vcpu-selftest --smp 4
+    scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
+    scenario_case "guests-smp4" guests --smp 4
+    scenario_case "guests-smp1" guests --smp 1
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest

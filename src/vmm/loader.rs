@@ -93,6 +93,27 @@ fn window_gpa(va: u64) -> Result<u64, ImageError> {
     }
 }
 
+/// A flat image: `data` loaded at guest physical `gpa`, entered at its first byte.
+pub fn flat(data: &[u8], gpa: u64, ram_bytes: u64) -> Result<Image<'_>, ImageError> {
+    let end = gpa
+        .checked_add(data.len() as u64)
+        .ok_or(ImageError::TooLarge(u64::MAX))?;
+    if end > ram_bytes || end > GUEST_KSEG_PHYS_MASK {
+        return Err(ImageError::TooLarge(end));
+    }
+    if data.is_empty() {
+        return Err(ImageError::Empty);
+    }
+    Ok(Image {
+        entry: GUEST_KSEG0_BASE | gpa,
+        segments: alloc::vec![Segment {
+            gpa,
+            file: data,
+            mem_bytes: data.len() as u64,
+        }],
+    })
+}
+
 /// Parses `data` as a guest ELF image for a VM with `ram_bytes` of RAM at GPA 0.
 pub fn parse(data: &[u8], ram_bytes: u64) -> Result<Image<'_>, ImageError> {
     if data.get(..4) != Some(b"\x7fELF".as_slice()) {

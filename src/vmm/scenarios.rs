@@ -1,6 +1,6 @@
 //! The guest scenarios: `guests` (several well-behaved VMs to completion).
 
-use super::vm::VmSpec;
+use super::vm::{ImageSource, VmSpec};
 use super::{images, sched};
 use crate::scenario::BootInfo;
 use crate::smp;
@@ -46,7 +46,7 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
         .map(|i| VmSpec {
             name: format!("vm{i}"),
             ram_bytes: DEFAULT_RAM_BYTES,
-            image,
+            image: ImageSource::Elf(image),
         })
         .collect();
     crate::log!("guests: {} VMs of {image_name} on {cpus} CPUs", specs.len());
@@ -74,6 +74,50 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
     crate::println!("STAT remote_flushes={flushes}");
     let slices: Vec<String> = sched::slices(cpus).iter().map(|n| format!("{n}")).collect();
     crate::println!("STAT slices_per_cpu={}", slices.join(","));
+    if passed == vms.len() {
+        Ok(())
+    } else {
+        Err(format!("{} of {} VMs passed", passed, vms.len()))
+    }
+}
+
+/// The `vcpu-selftest` scenario: the built-in assembly guest checks the trap-and-emulate
+/// paths (window, mapped kernel segment, guest refills, user mode, timer), twice over on
+/// two VMs so the scheduler and ASIDs see more than one guest.
+pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
+    let cpus = smp::wait_for_cpus(
+        info.options.expect_cpus,
+        CPU_TIMEOUT_TICKS,
+        CPU_SETTLE_TICKS,
+    );
+    let image = ImageSource::Flat {
+        bytes: crate::arch::vcpu_test_guest::image(),
+        gpa: crate::arch::vcpu_test_guest::LOAD_GPA,
+    };
+    let specs: Vec<VmSpec<'_>> = (0..2)
+        .map(|i| VmSpec {
+            name: format!("selftest{i}"),
+            ram_bytes: DEFAULT_RAM_BYTES,
+            image,
+        })
+        .collect();
+    let (vms, vcpus) = super::build_vms(&specs)?;
+    super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
+    let passed = super::report(&vms);
+    crate::println!("STAT vms={}", vms.len());
+    crate::println!("STAT cpus={cpus}");
+    crate::println!(
+        "STAT gpa_faults={}",
+        super::total(&vms, |s| &s.gpa_faults)
+    );
+    crate::println!(
+        "STAT guest_tlb_refills={}",
+        super::total(&vms, |s| &s.guest_tlb_refills)
+    );
+    crate::println!(
+        "STAT guest_timer_irqs={}",
+        super::total(&vms, |s| &s.timer_interrupts)
+    );
     if passed == vms.len() {
         Ok(())
     } else {

@@ -30,8 +30,22 @@ pub struct VmSpec<'a> {
     pub name: String,
     /// Guest RAM in bytes (a multiple of the page size), at GPA 0.
     pub ram_bytes: u64,
-    /// The guest image (ELF).
-    pub image: &'a [u8],
+    /// The guest image.
+    pub image: ImageSource<'a>,
+}
+
+/// Where a VM's image comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageSource<'a> {
+    /// An ELF file.
+    Elf(&'a [u8]),
+    /// A flat image loaded at a guest physical address and entered at its first byte.
+    Flat {
+        /// The bytes.
+        bytes: &'a [u8],
+        /// Guest physical load address.
+        gpa: u64,
+    },
 }
 
 /// Why a VM could not be built.
@@ -149,7 +163,11 @@ impl Vm {
         {
             return Err(VmBuildError::BadRamSize(ram_bytes));
         }
-        let image = loader::parse(spec.image, ram_bytes).map_err(VmBuildError::Image)?;
+        let image = match spec.image {
+            ImageSource::Elf(bytes) => loader::parse(bytes, ram_bytes),
+            ImageSource::Flat { bytes, gpa } => loader::flat(bytes, gpa, ram_bytes),
+        }
+        .map_err(VmBuildError::Image)?;
         let pages = ram_bytes / PAGE_SIZE;
         let memory = FwFrameMemory::allocate(pages as usize + POOL_SPARE_FRAMES)
             .map_err(|_| VmBuildError::NoFrames)?;

@@ -16,6 +16,7 @@ pub mod semihost;
 pub mod timer;
 pub mod tlb;
 pub mod trap;
+pub mod vcpu_test_guest;
 
 /// Most CPUs the firmware brings up; further ones stay parked in boot.s.
 pub const MAX_CPUS: usize = 8;
