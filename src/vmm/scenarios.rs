@@ -106,10 +106,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
     let passed = super::report(&vms);
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
-    crate::println!(
-        "STAT gpa_faults={}",
-        super::total(&vms, |s| &s.gpa_faults)
-    );
+    crate::println!("STAT gpa_faults={}", super::total(&vms, |s| &s.gpa_faults));
     crate::println!(
         "STAT guest_tlb_refills={}",
         super::total(&vms, |s| &s.guest_tlb_refills)
