@@ -7,6 +7,7 @@ use crate::smp;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hv_core::addr::Gpa;
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
@@ -47,6 +48,7 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
             name: format!("vm{i}"),
             ram_bytes: DEFAULT_RAM_BYTES,
             image: ImageSource::Elf(image),
+            swap_on_yield: None,
         })
         .collect();
     crate::log!("guests: {} VMs of {image_name} on {cpus} CPUs", specs.len());
@@ -99,6 +101,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             name: format!("selftest{i}"),
             ram_bytes: DEFAULT_RAM_BYTES,
             image,
+            swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
@@ -106,10 +109,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
     let passed = super::report(&vms);
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
-    crate::println!(
-        "STAT gpa_faults={}",
-        super::total(&vms, |s| &s.gpa_faults)
-    );
+    crate::println!("STAT gpa_faults={}", super::total(&vms, |s| &s.gpa_faults));
     crate::println!(
         "STAT guest_tlb_refills={}",
         super::total(&vms, |s| &s.guest_tlb_refills)
@@ -117,6 +117,15 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
     crate::println!(
         "STAT guest_timer_irqs={}",
         super::total(&vms, |s| &s.timer_interrupts)
+    );
+    let flushes: u64 = vms
+        .iter()
+        .map(|vm| vm.memory.remote_flush().flushes())
+        .sum();
+    crate::println!("STAT remote_flushes={flushes}");
+    crate::println!(
+        "STAT flushed_tlb_halves={}",
+        super::total(&vms, |s| &s.flushed_entries)
     );
     if passed == vms.len() {
         Ok(())

@@ -32,6 +32,9 @@ pub struct VmSpec<'a> {
     pub ram_bytes: u64,
     /// The guest image.
     pub image: ImageSource<'a>,
+    /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
+    /// which makes the memory core flush their derived translations.
+    pub swap_on_yield: Option<(Gpa, u64)>,
 }
 
 /// Where a VM's image comes from.
@@ -96,6 +99,8 @@ pub struct VmStats {
     pub mmio: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
+    /// Root-TLB halves removed because a flush token named their guest page.
+    pub flushed_entries: AtomicU64,
 }
 
 impl VmStats {
@@ -141,6 +146,7 @@ pub struct Vm {
     pub stats: VmStats,
     console_line: Mutex<String>,
     outcome: Mutex<Option<VmOutcome>>,
+    swap_on_yield: Mutex<Option<(Gpa, u64)>>,
 }
 
 impl fmt::Debug for Vm {
@@ -216,6 +222,7 @@ impl Vm {
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
             outcome: Mutex::new(None),
+            swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
     }
 
@@ -240,6 +247,28 @@ impl Vm {
                 buf,
             )
             .map_err(FaultError::from)
+    }
+
+    /// The guest yielded: runs the swap-out test knob once, if set. Returns pages swapped.
+    pub fn on_yield(&self) -> Result<u64, String> {
+        let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
+            return Ok(0);
+        };
+        let mut swapped = 0;
+        for page in gpa.raw() / PAGE_SIZE..gpa.raw() / PAGE_SIZE + count {
+            if self
+                .memory
+                .swap_out(self.ram_backing, page)
+                .map_err(|e| format!("swap-out of guest page {page:#x}: {e}"))?
+            {
+                swapped += 1;
+            }
+        }
+        crate::log!(
+            "VM {}: swapped out {swapped} of {count} pages on yield",
+            self.name
+        );
+        Ok(swapped)
     }
 
     /// Appends guest console output; whole lines go to the host console with the VM's name.
