@@ -23,5 +23,6 @@ pub mod irq;
 pub mod uart16550;
 pub mod virtio_mmio;
 pub mod virtqueue;
+pub mod vmconfig;
 
 pub use hv_emul::decode::Width;

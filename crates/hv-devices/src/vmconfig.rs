@@ -1,0 +1,1378 @@
+//! The VM layout as configuration data: a flattened device tree, parsed and validated.
+//!
+//! A layout lists the VMs to run. Each VM has a name (its node name under `/vms`), a guest
+//! image, one RAM range, an optional read-only range, a vCPU count, an optional host-CPU
+//! affinity, an optional trust group (dedup may merge pages across VMs of one group only)
+//! and its devices. The format is in `docs/devices.md`; `configs/*.dts` are examples, built
+//! by `tools/build-configs.sh`.
+//!
+//! Checking happens in three steps, each with its own clear error:
+//! 1. [`check_blob`]: the blob's structure, before the `fdt` crate sees it (that crate
+//!    panics on malformed blobs, and a configuration is operator input);
+//! 2. [`VmLayout::parse`]: types and required properties, per-VM rules (RAM not empty,
+//!    page-aligned, no two regions of a VM overlapping), unique names;
+//! 3. [`VmLayout::check_host`]: what only the running firmware knows: which guest images
+//!    exist and how many CPUs were probed.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use fdt::node::FdtNode;
+use fdt::Fdt;
+use hv_core::addr::{Gpa, PAGE_SIZE};
+
+use crate::bus::MmioWindow;
+
+/// Root `compatible` string of a configuration blob.
+pub const COMPATIBLE: &str = "mipsvisor,vm-config-v1";
+/// Most VMs in a layout.
+pub const MAX_VMS: usize = 16;
+/// Most vCPUs per VM.
+pub const MAX_VCPUS: u32 = 8;
+/// Most devices per VM.
+pub const MAX_DEVICES: usize = 8;
+/// Longest VM name (it prefixes console lines).
+pub const MAX_NAME_BYTES: usize = 15;
+/// Longest image name.
+pub const MAX_IMAGE_BYTES: usize = 31;
+/// Guest physical addresses are 36 bits wide (docs/guest-abi.md, section 2).
+pub const GUEST_PHYS_LIMIT: u64 = 1 << 36;
+/// Host CPUs an affinity mask can name.
+pub const MAX_HOST_CPUS: u32 = 64;
+
+const FDT_MAGIC: u32 = 0xd00d_feed;
+const FDT_BEGIN_NODE: u32 = 1;
+const FDT_END_NODE: u32 = 2;
+const FDT_PROP: u32 = 3;
+const FDT_END: u32 = 9;
+const FDT_HEADER_BYTES: usize = 40;
+/// Deepest node nesting accepted (a layout needs 4).
+const MAX_DEPTH: usize = 8;
+
+/// What is wrong with a blob's structure (devicetree specification v0.4, chapter 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobError {
+    /// Shorter than its header or its `totalsize`.
+    Truncated,
+    /// No `0xd00dfeed` magic.
+    BadMagic,
+    /// Not compatible with format version 17.
+    BadVersion(u32),
+    /// The structure or strings block lies outside the blob, or is misaligned.
+    BadBlocks,
+    /// The structure block is malformed at this byte offset into it.
+    BadStructure(usize),
+}
+
+impl fmt::Display for BlobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BlobError::Truncated => write!(f, "device tree blob is truncated"),
+            BlobError::BadMagic => write!(f, "not a device tree blob (bad magic)"),
+            BlobError::BadVersion(v) => write!(f, "device tree version {v} is not supported"),
+            BlobError::BadBlocks => write!(f, "device tree blocks lie outside the blob"),
+            BlobError::BadStructure(at) => {
+                write!(f, "device tree structure is malformed at offset {at:#x}")
+            }
+        }
+    }
+}
+
+fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Length of the NUL-terminated UTF-8 string at `bytes[at..]`, without the NUL.
+fn cstr_len(bytes: &[u8], at: usize) -> Option<usize> {
+    let rest = bytes.get(at..)?;
+    let len = rest.iter().position(|&b| b == 0)?;
+    core::str::from_utf8(&rest[..len]).ok()?;
+    Some(len)
+}
+
+fn align4(n: usize) -> Option<usize> {
+    n.checked_add(3).map(|v| v & !3)
+}
+
+/// Checks that `blob` is a well-formed flattened device tree in the strict shape `dtc`
+/// writes: one root node; per node, properties before children; no NOP tokens; every name
+/// a NUL-terminated UTF-8 string inside its block. The `fdt` crate may then parse it
+/// without panicking.
+pub fn check_blob(blob: &[u8]) -> Result<(), BlobError> {
+    if blob.len() < FDT_HEADER_BYTES {
+        return Err(BlobError::Truncated);
+    }
+    let field = |i: usize| be32(blob, 4 * i).map_or(0, |v| v as usize);
+    if field(0) != FDT_MAGIC as usize {
+        return Err(BlobError::BadMagic);
+    }
+    let total = field(1);
+    if total < FDT_HEADER_BYTES || total > blob.len() {
+        return Err(BlobError::Truncated);
+    }
+    let (version, last_compatible) = (field(5), field(6));
+    if version < 17 || last_compatible > 17 {
+        return Err(BlobError::BadVersion(version as u32));
+    }
+    let block = |off: usize, size: usize| -> Result<&[u8], BlobError> {
+        let end = off.checked_add(size).ok_or(BlobError::BadBlocks)?;
+        if off < FDT_HEADER_BYTES || end > total {
+            return Err(BlobError::BadBlocks);
+        }
+        Ok(&blob[off..end])
+    };
+    if field(2) % 4 != 0 {
+        return Err(BlobError::BadBlocks);
+    }
+    let structure = block(field(2), field(9))?;
+    let strings = block(field(3), field(8))?;
+
+    // children_started[d]: node at depth d already had a child (no more properties).
+    let mut children_started = [false; MAX_DEPTH];
+    let mut depth = 0usize;
+    let mut seen_root = false;
+    let mut pos = 0usize;
+    loop {
+        let bad = BlobError::BadStructure(pos);
+        let token = be32(structure, pos).ok_or(bad)?;
+        pos += 4;
+        match token {
+            FDT_BEGIN_NODE => {
+                if (depth == 0 && seen_root) || depth == MAX_DEPTH {
+                    return Err(bad);
+                }
+                let len = cstr_len(structure, pos).ok_or(bad)?;
+                pos = align4(pos + len + 1).ok_or(bad)?;
+                if depth > 0 {
+                    children_started[depth - 1] = true;
+                }
+                children_started[depth] = false;
+                depth += 1;
+                seen_root = true;
+            }
+            FDT_PROP => {
+                if depth == 0 || children_started[depth - 1] {
+                    return Err(bad);
+                }
+                let len = be32(structure, pos).ok_or(bad)? as usize;
+                let name_offset = be32(structure, pos + 4).ok_or(bad)? as usize;
+                pos += 8;
+                let end = pos.checked_add(len).ok_or(bad)?;
+                if end > structure.len() || name_offset >= strings.len() {
+                    return Err(bad);
+                }
+                cstr_len(strings, name_offset).ok_or(bad)?;
+                pos = align4(end).ok_or(bad)?;
+            }
+            FDT_END_NODE => {
+                if depth == 0 {
+                    return Err(bad);
+                }
+                depth -= 1;
+            }
+            FDT_END if depth == 0 && seen_root => return Ok(()),
+            _ => return Err(bad),
+        }
+    }
+}
+
+/// A VM region named in errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// The RAM range.
+    Ram,
+    /// The read-only range.
+    Rom,
+    /// Device number `n` of the VM.
+    Device(usize),
+}
+
+/// What is wrong with a configuration. `vm` is the VM's index in the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The blob's structure is broken.
+    Blob(BlobError),
+    /// The root node lacks `compatible = "mipsvisor,vm-config-v1"`.
+    NotAConfig,
+    /// No VMs (no `/vms` node or no children).
+    NoVms,
+    /// More than [`MAX_VMS`] VMs.
+    TooManyVms(usize),
+    /// A required property is missing.
+    MissingProperty {
+        /// VM index.
+        vm: usize,
+        /// Property name.
+        property: &'static str,
+    },
+    /// A property has the wrong size or is not a valid string.
+    BadProperty {
+        /// VM index.
+        vm: usize,
+        /// Property name.
+        property: &'static str,
+    },
+    /// A VM name that is empty, too long, or not made of letters, digits, `-` and `_`.
+    BadName {
+        /// VM index.
+        vm: usize,
+    },
+    /// An image name that is empty, too long or not printable.
+    BadImageName {
+        /// VM index.
+        vm: usize,
+    },
+    /// Two VMs with one name.
+    DuplicateName {
+        /// First VM with the name.
+        first: usize,
+        /// The other one.
+        second: usize,
+    },
+    /// A RAM size of zero.
+    ZeroRam {
+        /// VM index.
+        vm: usize,
+    },
+    /// A memory region that is empty, not page aligned, or beyond 36-bit guest physical.
+    BadRegion {
+        /// VM index.
+        vm: usize,
+        /// Which region.
+        region: Region,
+    },
+    /// Two regions of one VM overlap.
+    Overlap {
+        /// VM index.
+        vm: usize,
+        /// One region.
+        first: Region,
+        /// The other.
+        second: Region,
+    },
+    /// A vCPU count of zero or above [`MAX_VCPUS`].
+    BadVcpuCount {
+        /// VM index.
+        vm: usize,
+        /// The count given.
+        vcpus: u32,
+    },
+    /// An affinity that names no CPU, or a CPU number of [`MAX_HOST_CPUS`] or more.
+    BadAffinity {
+        /// VM index.
+        vm: usize,
+    },
+    /// A device node without a known `compatible`, or with bad properties.
+    BadDevice {
+        /// VM index.
+        vm: usize,
+        /// Device number in the VM.
+        device: usize,
+    },
+    /// More than [`MAX_DEVICES`] devices.
+    TooManyDevices {
+        /// VM index.
+        vm: usize,
+    },
+    /// The guest image is not one the firmware has.
+    UnknownImage {
+        /// VM index.
+        vm: usize,
+    },
+    /// The affinity names a CPU that was not found at boot.
+    AffinityToMissingCpu {
+        /// VM index.
+        vm: usize,
+        /// The CPU named.
+        cpu: u32,
+        /// CPUs present.
+        cpu_count: u32,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ConfigError::Blob(e) => write!(f, "{e}"),
+            ConfigError::NotAConfig => {
+                write!(f, "not a VM configuration (root compatible is not \"{COMPATIBLE}\")")
+            }
+            ConfigError::NoVms => write!(f, "the configuration has no VMs under /vms"),
+            ConfigError::TooManyVms(n) => write!(f, "{n} VMs; at most {MAX_VMS}"),
+            ConfigError::MissingProperty { vm, property } => {
+                write!(f, "vm {vm}: property \"{property}\" is missing")
+            }
+            ConfigError::BadProperty { vm, property } => {
+                write!(f, "vm {vm}: property \"{property}\" has the wrong size or type")
+            }
+            ConfigError::BadName { vm } => write!(
+                f,
+                "vm {vm}: name must be 1-{MAX_NAME_BYTES} letters, digits, '-' or '_'"
+            ),
+            ConfigError::BadImageName { vm } => {
+                write!(f, "vm {vm}: image name must be 1-{MAX_IMAGE_BYTES} printable characters")
+            }
+            ConfigError::DuplicateName { first, second } => {
+                write!(f, "vm {first} and vm {second} have the same name")
+            }
+            ConfigError::ZeroRam { vm } => write!(f, "vm {vm}: RAM size is zero"),
+            ConfigError::BadRegion { vm, region } => write!(
+                f,
+                "vm {vm}: {region:?} region is empty, not page aligned or beyond 36-bit guest physical"
+            ),
+            ConfigError::Overlap { vm, first, second } => {
+                write!(f, "vm {vm}: {first:?} region overlaps {second:?} region")
+            }
+            ConfigError::BadVcpuCount { vm, vcpus } => {
+                write!(f, "vm {vm}: {vcpus} vCPUs; 1 to {MAX_VCPUS} allowed")
+            }
+            ConfigError::BadAffinity { vm } => write!(
+                f,
+                "vm {vm}: cpu-affinity must name at least one CPU, each below {MAX_HOST_CPUS}"
+            ),
+            ConfigError::BadDevice { vm, device } => write!(
+                f,
+                "vm {vm}: device {device} has an unknown compatible or bad properties"
+            ),
+            ConfigError::TooManyDevices { vm } => {
+                write!(f, "vm {vm}: more than {MAX_DEVICES} devices")
+            }
+            ConfigError::UnknownImage { vm } => {
+                write!(f, "vm {vm}: the firmware has no guest image of that name")
+            }
+            ConfigError::AffinityToMissingCpu { vm, cpu, cpu_count } => write!(
+                f,
+                "vm {vm}: cpu-affinity names CPU {cpu}, but only {cpu_count} CPUs are present"
+            ),
+        }
+    }
+}
+
+impl From<BlobError> for ConfigError {
+    fn from(e: BlobError) -> Self {
+        ConfigError::Blob(e)
+    }
+}
+
+/// A set of host CPUs, `0..64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CpuSet(u64);
+
+impl CpuSet {
+    /// The CPUs in `cpus`; `None` if empty or a CPU is 64 or above.
+    pub fn from_cpus(cpus: &[u32]) -> Option<Self> {
+        let mut mask = 0u64;
+        for &cpu in cpus {
+            mask |= 1u64.checked_shl(cpu)?;
+        }
+        (mask != 0).then_some(Self(mask))
+    }
+
+    /// The set as a bit mask (bit n = CPU n).
+    pub fn mask(self) -> u64 {
+        self.0
+    }
+
+    /// Whether CPU `cpu` is in the set.
+    pub fn contains(self, cpu: u32) -> bool {
+        cpu < MAX_HOST_CPUS && self.0 & (1 << cpu) != 0
+    }
+
+    /// The highest CPU in the set (sets are never empty).
+    pub fn highest(self) -> u32 {
+        63 - self.0.leading_zeros()
+    }
+
+    /// The CPUs in ascending order.
+    pub fn iter(self) -> impl Iterator<Item = u32> {
+        (0..MAX_HOST_CPUS).filter(move |&c| self.contains(c))
+    }
+}
+
+/// A page-aligned guest-physical range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemRange {
+    /// First byte.
+    pub base: Gpa,
+    /// Length in bytes (a multiple of the page size).
+    pub size_bytes: u64,
+}
+
+impl MemRange {
+    /// End address (exclusive).
+    pub fn end_raw(&self) -> u64 {
+        self.base.raw().saturating_add(self.size_bytes)
+    }
+
+    fn is_valid(&self) -> bool {
+        self.size_bytes != 0
+            && self.base.is_page_aligned()
+            && self.size_bytes.is_multiple_of(PAGE_SIZE)
+            && self
+                .base
+                .raw()
+                .checked_add(self.size_bytes)
+                .is_some_and(|end| end <= GUEST_PHYS_LIMIT)
+    }
+}
+
+/// Virtio device types the firmware knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VirtioKind {
+    /// virtio-balloon (device ID 5).
+    Balloon,
+}
+
+/// An emulated device of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// A 16550A console; registers `stride` bytes apart.
+    Uart16550 {
+        /// Register stride in bytes (1, 2, 4 or 8).
+        stride: u64,
+    },
+    /// A virtio-mmio transport for a device of this kind.
+    VirtioMmio(VirtioKind),
+}
+
+/// A device and where the guest finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceSpec {
+    /// What it is.
+    pub kind: DeviceKind,
+    /// Its register window.
+    pub window: MmioWindow,
+}
+
+/// One VM of a layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    /// Unique name; prefixes the VM's console lines.
+    pub name: String,
+    /// Guest image to load.
+    pub image: String,
+    /// Guest RAM.
+    pub ram: MemRange,
+    /// An optional read-only memslot (zero-filled).
+    pub rom: Option<MemRange>,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Host CPUs the vCPUs may run on; `None` for any.
+    pub affinity: Option<CpuSet>,
+    /// Trust group for cross-VM page merging; `None` for a group of its own.
+    pub trust_group: Option<u32>,
+    /// Emulated devices.
+    pub devices: Vec<DeviceSpec>,
+}
+
+impl VmSpec {
+    /// The VM's regions with their names, for overlap checks.
+    fn regions(&self) -> impl Iterator<Item = (Region, u64, u64)> + '_ {
+        let ram = core::iter::once((Region::Ram, self.ram.base.raw(), self.ram.end_raw()));
+        let rom = self.rom.map(|r| (Region::Rom, r.base.raw(), r.end_raw()));
+        let devices = self
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (Region::Device(i), d.window.base().raw(), d.window.end_raw()));
+        ram.chain(rom).chain(devices)
+    }
+
+    /// Checks the VM on its own (`vm` is its index, for errors).
+    fn check(&self, vm: usize) -> Result<(), ConfigError> {
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= MAX_NAME_BYTES
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(ConfigError::BadName { vm });
+        }
+        let image_ok = !self.image.is_empty()
+            && self.image.len() <= MAX_IMAGE_BYTES
+            && self.image.bytes().all(|b| b.is_ascii_graphic());
+        if !image_ok {
+            return Err(ConfigError::BadImageName { vm });
+        }
+        if self.ram.size_bytes == 0 {
+            return Err(ConfigError::ZeroRam { vm });
+        }
+        if !self.ram.is_valid() {
+            return Err(ConfigError::BadRegion {
+                vm,
+                region: Region::Ram,
+            });
+        }
+        if self.rom.is_some_and(|r| !r.is_valid()) {
+            return Err(ConfigError::BadRegion {
+                vm,
+                region: Region::Rom,
+            });
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::BadVcpuCount {
+                vm,
+                vcpus: self.vcpus,
+            });
+        }
+        if self.devices.len() > MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices { vm });
+        }
+        for (device, d) in self.devices.iter().enumerate() {
+            let beyond = d.window.end_raw() > GUEST_PHYS_LIMIT;
+            let too_small = match d.kind {
+                DeviceKind::Uart16550 { stride } => {
+                    !matches!(stride, 1 | 2 | 4 | 8)
+                        || d.window.size_bytes() < crate::uart16550::reg::COUNT * stride
+                }
+                DeviceKind::VirtioMmio(_) => {
+                    d.window.size_bytes() < crate::virtio_mmio::WINDOW_BYTES
+                }
+            };
+            if beyond || too_small {
+                return Err(ConfigError::BadDevice { vm, device });
+            }
+        }
+        let regions: Vec<_> = self.regions().collect();
+        for (i, &(first, a_start, a_end)) in regions.iter().enumerate() {
+            for &(second, b_start, b_end) in &regions[i + 1..] {
+                if a_start < b_end && b_start < a_end {
+                    return Err(ConfigError::Overlap { vm, first, second });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The VMs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmLayout {
+    /// The VMs, in configuration order.
+    pub vms: Vec<VmSpec>,
+}
+
+/// Guest-physical address of each VM's console in the built-in layout.
+pub const DEFAULT_UART_GPA: u64 = 0x1f00_0000;
+/// Guest-physical address of each VM's virtio-mmio balloon in the built-in layout.
+pub const DEFAULT_VIRTIO_GPA: u64 = 0x1f00_1000;
+/// RAM of each VM in the built-in layout.
+pub const DEFAULT_RAM_BYTES: u64 = 32 << 20;
+/// VMs in the built-in layout.
+pub const DEFAULT_VM_COUNT: usize = 3;
+/// Guest image of the built-in layout.
+pub const DEFAULT_IMAGE: &str = "testguest";
+
+impl VmLayout {
+    /// The layout used when no configuration blob is given: three VMs `vm0`..`vm2`, each
+    /// with 32 MiB of RAM at GPA 0, one vCPU on any CPU, the test guest, a console at
+    /// `0x1f00_0000` and a virtio balloon at `0x1f00_1000` (`configs/default.dts`).
+    pub fn builtin_default() -> Self {
+        let window = |base, size| MmioWindow::new(Gpa::new(base), size).expect("constant window");
+        let vms = (0..DEFAULT_VM_COUNT)
+            .map(|i| VmSpec {
+                name: alloc::format!("vm{i}"),
+                image: String::from(DEFAULT_IMAGE),
+                ram: MemRange {
+                    base: Gpa::new(0),
+                    size_bytes: DEFAULT_RAM_BYTES,
+                },
+                rom: None,
+                vcpus: 1,
+                affinity: None,
+                trust_group: None,
+                devices: alloc::vec![
+                    DeviceSpec {
+                        kind: DeviceKind::Uart16550 { stride: 1 },
+                        window: window(DEFAULT_UART_GPA, 8),
+                    },
+                    DeviceSpec {
+                        kind: DeviceKind::VirtioMmio(VirtioKind::Balloon),
+                        window: window(DEFAULT_VIRTIO_GPA, crate::virtio_mmio::WINDOW_BYTES),
+                    },
+                ],
+            })
+            .collect();
+        Self { vms }
+    }
+
+    /// Parses and checks a configuration blob (everything except [`VmLayout::check_host`]).
+    pub fn parse(blob: &[u8]) -> Result<Self, ConfigError> {
+        check_blob(blob)?;
+        let fdt = Fdt::new(blob).map_err(|_| ConfigError::Blob(BlobError::Truncated))?;
+        let root = fdt.find_node("/").ok_or(ConfigError::NotAConfig)?;
+        let compatible = root
+            .property("compatible")
+            .map(|p| {
+                p.value
+                    .split(|&b| b == 0)
+                    .any(|s| s == COMPATIBLE.as_bytes())
+            })
+            .unwrap_or(false);
+        if !compatible {
+            return Err(ConfigError::NotAConfig);
+        }
+        let vms_node = root
+            .children()
+            .find(|n| n.name == "vms")
+            .ok_or(ConfigError::NoVms)?;
+        let mut vms = Vec::new();
+        for (vm, node) in vms_node.children().enumerate() {
+            if vm == MAX_VMS {
+                return Err(ConfigError::TooManyVms(vms_node.children().count()));
+            }
+            vms.push(parse_vm(vm, node)?);
+        }
+        let layout = Self { vms };
+        layout.check()?;
+        Ok(layout)
+    }
+
+    /// Checks every rule that does not depend on the host.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.vms.is_empty() {
+            return Err(ConfigError::NoVms);
+        }
+        if self.vms.len() > MAX_VMS {
+            return Err(ConfigError::TooManyVms(self.vms.len()));
+        }
+        for (vm, spec) in self.vms.iter().enumerate() {
+            spec.check(vm)?;
+            if let Some(first) = self.vms[..vm].iter().position(|o| o.name == spec.name) {
+                return Err(ConfigError::DuplicateName { first, second: vm });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the layout against the running host: every image must be in
+    /// `known_images` and every affinity CPU below `cpu_count`.
+    pub fn check_host(&self, known_images: &[&str], cpu_count: u32) -> Result<(), ConfigError> {
+        for (vm, spec) in self.vms.iter().enumerate() {
+            if !known_images.contains(&spec.image.as_str()) {
+                return Err(ConfigError::UnknownImage { vm });
+            }
+            if let Some(set) = spec.affinity {
+                let cpu = set.highest();
+                if cpu >= cpu_count {
+                    return Err(ConfigError::AffinityToMissingCpu { vm, cpu, cpu_count });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether VMs `a` and `b` may share merged pages: the same VM, or both in one trust
+    /// group.
+    pub fn may_share_pages(&self, a: usize, b: usize) -> bool {
+        if a == b {
+            return a < self.vms.len();
+        }
+        match (self.vms.get(a), self.vms.get(b)) {
+            (Some(x), Some(y)) => x.trust_group.is_some() && x.trust_group == y.trust_group,
+            _ => false,
+        }
+    }
+
+    /// The index of the VM called `name`.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.vms.iter().position(|v| v.name == name)
+    }
+}
+
+fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
+    let name = node.name.split('@').next().unwrap_or_default();
+    let missing = |property| ConfigError::MissingProperty { vm, property };
+    let bad = |property| ConfigError::BadProperty { vm, property };
+
+    let image = prop_str(node, "image")
+        .ok_or(missing("image"))?
+        .ok_or(bad("image"))?;
+    let ram = prop_range(node, "ram")
+        .ok_or(missing("ram"))?
+        .ok_or(bad("ram"))?;
+    let rom = match prop_range(node, "rom") {
+        None => None,
+        Some(r) => Some(r.ok_or(bad("rom"))?),
+    };
+    let vcpus = match node.property("vcpus") {
+        None => 1,
+        Some(p) => be32_exact(p.value).ok_or(bad("vcpus"))?,
+    };
+    let affinity = match node.property("cpu-affinity") {
+        None => None,
+        Some(p) => {
+            if p.value.is_empty() || p.value.len() % 4 != 0 {
+                return Err(bad("cpu-affinity"));
+            }
+            let cpus: Vec<u32> = p
+                .value
+                .chunks_exact(4)
+                .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            Some(CpuSet::from_cpus(&cpus).ok_or(ConfigError::BadAffinity { vm })?)
+        }
+    };
+    let trust_group = match node.property("trust-group") {
+        None => None,
+        Some(p) => Some(be32_exact(p.value).ok_or(bad("trust-group"))?),
+    };
+    let mut devices = Vec::new();
+    for (device, child) in node.children().enumerate() {
+        if device == MAX_DEVICES {
+            return Err(ConfigError::TooManyDevices { vm });
+        }
+        devices.push(parse_device(child).ok_or(ConfigError::BadDevice { vm, device })?);
+    }
+    Ok(VmSpec {
+        name: String::from(name),
+        image: String::from(image),
+        ram,
+        rom,
+        vcpus,
+        affinity,
+        trust_group,
+        devices,
+    })
+}
+
+fn parse_device(node: FdtNode<'_, '_>) -> Option<DeviceSpec> {
+    let compatible = node.property("compatible")?.value;
+    let has = |s: &str| compatible.split(|&b| b == 0).any(|c| c == s.as_bytes());
+    let reg = node.property("reg")?.value;
+    let (base, size) = be64_pair(reg)?;
+    let window = MmioWindow::new(Gpa::new(base), size)?;
+    let kind = if has("ns16550a") {
+        let shift = match node.property("reg-shift") {
+            None => 0,
+            Some(p) => be32_exact(p.value)?,
+        };
+        DeviceKind::Uart16550 {
+            stride: 1u64.checked_shl(shift)?,
+        }
+    } else if has("virtio,mmio") {
+        match prop_str(node, "virtio-device")?? {
+            "balloon" => DeviceKind::VirtioMmio(VirtioKind::Balloon),
+            _ => return None,
+        }
+    } else {
+        return None;
+    };
+    Some(DeviceSpec { kind, window })
+}
+
+/// A single-string property: `None` if absent, `Some(None)` if not one NUL-terminated UTF-8
+/// string.
+fn prop_str<'a>(node: FdtNode<'_, 'a>, name: &str) -> Option<Option<&'a str>> {
+    let value = node.property(name)?.value;
+    let ok = match value.split_last() {
+        Some((0, body)) if !body.contains(&0) => core::str::from_utf8(body).ok(),
+        _ => None,
+    };
+    Some(ok)
+}
+
+/// A `base size` property of two 64-bit numbers: `None` if absent, `Some(None)` if malformed.
+fn prop_range(node: FdtNode<'_, '_>, name: &str) -> Option<Option<MemRange>> {
+    let value = node.property(name)?.value;
+    Some(be64_pair(value).map(|(base, size_bytes)| MemRange {
+        base: Gpa::new(base),
+        size_bytes,
+    }))
+}
+
+fn be32_exact(value: &[u8]) -> Option<u32> {
+    let b: [u8; 4] = value.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+fn be64_pair(value: &[u8]) -> Option<(u64, u64)> {
+    let b: &[u8; 16] = value.try_into().ok()?;
+    let hi = u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let lo = u64::from_be_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    Some((hi, lo))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use proptest::prelude::*;
+
+    /// Writes flattened device trees the way dtc does (version 17, properties first).
+    #[derive(Default)]
+    struct Blob {
+        structure: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Blob {
+        fn token(&mut self, t: u32) {
+            self.structure.extend_from_slice(&t.to_be_bytes());
+        }
+        fn pad(&mut self) {
+            while !self.structure.len().is_multiple_of(4) {
+                self.structure.push(0);
+            }
+        }
+        fn begin(&mut self, name: &str) -> &mut Self {
+            self.token(FDT_BEGIN_NODE);
+            self.structure.extend_from_slice(name.as_bytes());
+            self.structure.push(0);
+            self.pad();
+            self
+        }
+        fn end(&mut self) -> &mut Self {
+            self.token(FDT_END_NODE);
+            self
+        }
+        fn prop(&mut self, name: &str, value: &[u8]) -> &mut Self {
+            let offset = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            self.token(FDT_PROP);
+            self.token(value.len() as u32);
+            self.token(offset);
+            self.structure.extend_from_slice(value);
+            self.pad();
+            self
+        }
+        fn str(&mut self, name: &str, value: &str) -> &mut Self {
+            let mut v = value.as_bytes().to_vec();
+            v.push(0);
+            self.prop(name, &v)
+        }
+        fn u32s(&mut self, name: &str, values: &[u32]) -> &mut Self {
+            let v: Vec<u8> = values.iter().flat_map(|x| x.to_be_bytes()).collect();
+            self.prop(name, &v)
+        }
+        fn u64s(&mut self, name: &str, values: &[u64]) -> &mut Self {
+            let v: Vec<u8> = values.iter().flat_map(|x| x.to_be_bytes()).collect();
+            self.prop(name, &v)
+        }
+        fn finish(&mut self) -> Vec<u8> {
+            self.token(FDT_END);
+            let off_struct = FDT_HEADER_BYTES + 16; // after an empty reservation map
+            let off_strings = off_struct + self.structure.len();
+            let total = off_strings + self.strings.len();
+            let header = [
+                FDT_MAGIC,
+                total as u32,
+                off_struct as u32,
+                off_strings as u32,
+                FDT_HEADER_BYTES as u32,
+                17,
+                16,
+                0,
+                self.strings.len() as u32,
+                self.structure.len() as u32,
+            ];
+            let mut out: Vec<u8> = header.iter().flat_map(|x| x.to_be_bytes()).collect();
+            out.extend_from_slice(&[0; 16]);
+            out.extend_from_slice(&self.structure);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// A blob with the given VMs, each written by `vm` (which adds properties and devices).
+    fn config(names: &[&str], vm: impl Fn(&mut Blob, usize)) -> Vec<u8> {
+        let mut b = Blob::default();
+        b.begin("").str("compatible", COMPATIBLE).begin("vms");
+        for (i, name) in names.iter().enumerate() {
+            b.begin(name);
+            vm(&mut b, i);
+            b.end();
+        }
+        b.end().end().finish()
+    }
+
+    fn plain_vm(b: &mut Blob, _: usize) {
+        b.str("image", "testguest").u64s("ram", &[0, 16 << 20]);
+    }
+
+    fn uart(b: &mut Blob, base: u64, size: u64) {
+        b.begin("uart")
+            .str("compatible", "ns16550a")
+            .u64s("reg", &[base, size])
+            .end();
+    }
+
+    #[test]
+    fn minimal_vm_gets_defaults() {
+        let layout = VmLayout::parse(&config(&["a"], plain_vm)).unwrap();
+        let vm = &layout.vms[0];
+        assert_eq!(vm.name, "a");
+        assert_eq!(vm.image, "testguest");
+        assert_eq!(
+            vm.ram,
+            MemRange {
+                base: Gpa::new(0),
+                size_bytes: 16 << 20
+            }
+        );
+        assert_eq!(
+            (vm.vcpus, vm.affinity, vm.trust_group, vm.rom),
+            (1, None, None, None)
+        );
+        assert!(vm.devices.is_empty());
+    }
+
+    #[test]
+    fn full_vm_is_parsed() {
+        let blob = config(&["web@0"], |b, _| {
+            plain_vm(b, 0);
+            b.u64s("rom", &[0x1e00_0000, 0x1_0000])
+                .u32s("vcpus", &[2])
+                .u32s("cpu-affinity", &[1, 3])
+                .u32s("trust-group", &[7]);
+            b.begin("uart@1f000000")
+                .str("compatible", "ns16550a")
+                .u64s("reg", &[0x1f00_0000, 0x20])
+                .u32s("reg-shift", &[2])
+                .end();
+            b.begin("virtio@1f001000")
+                .prop("compatible", b"vendor,thing\0virtio,mmio\0")
+                .u64s("reg", &[0x1f00_1000, 0x200])
+                .str("virtio-device", "balloon")
+                .end();
+        });
+        let vm = &VmLayout::parse(&blob).unwrap().vms[0];
+        assert_eq!(vm.name, "web");
+        assert_eq!(
+            vm.rom,
+            Some(MemRange {
+                base: Gpa::new(0x1e00_0000),
+                size_bytes: 0x1_0000
+            })
+        );
+        assert_eq!(vm.vcpus, 2);
+        assert_eq!(
+            vm.affinity.map(|a| a.iter().collect::<Vec<_>>()),
+            Some(vec![1, 3])
+        );
+        assert_eq!(vm.trust_group, Some(7));
+        assert_eq!(vm.devices[0].kind, DeviceKind::Uart16550 { stride: 4 });
+        assert_eq!(vm.devices[0].window.base(), Gpa::new(0x1f00_0000));
+        assert_eq!(
+            vm.devices[1].kind,
+            DeviceKind::VirtioMmio(VirtioKind::Balloon)
+        );
+    }
+
+    #[test]
+    fn property_errors() {
+        let cases: Vec<(Vec<u8>, ConfigError)> = vec![
+            (
+                config(&["a"], |b, _| {
+                    b.u64s("ram", &[0, 4096]);
+                }),
+                ConfigError::MissingProperty {
+                    vm: 0,
+                    property: "image",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    b.str("image", "x");
+                }),
+                ConfigError::MissingProperty {
+                    vm: 0,
+                    property: "ram",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    b.str("image", "x").u32s("ram", &[0, 4096]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 0,
+                    property: "ram",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    b.prop("image", b"no-terminator").u64s("ram", &[0, 4096]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 0,
+                    property: "image",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    plain_vm(b, 0);
+                    b.prop("vcpus", &[0, 1]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 0,
+                    property: "vcpus",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    plain_vm(b, 0);
+                    b.prop("cpu-affinity", &[]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 0,
+                    property: "cpu-affinity",
+                },
+            ),
+            (
+                config(&["a"], |b, _| {
+                    plain_vm(b, 0);
+                    b.u32s("cpu-affinity", &[64]);
+                }),
+                ConfigError::BadAffinity { vm: 0 },
+            ),
+        ];
+        for (blob, expect) in cases {
+            assert_eq!(VmLayout::parse(&blob), Err(expect));
+        }
+    }
+
+    #[test]
+    fn layout_rules() {
+        let two = |second_ram: [u64; 2]| {
+            config(&["a", "b"], move |b, i| {
+                b.str("image", "testguest");
+                b.u64s("ram", if i == 0 { &[0, 4096] } else { &second_ram });
+            })
+        };
+        assert_eq!(
+            VmLayout::parse(&two([0, 0])),
+            Err(ConfigError::ZeroRam { vm: 1 })
+        );
+        assert_eq!(
+            VmLayout::parse(&two([0x800, 4096])),
+            Err(ConfigError::BadRegion {
+                vm: 1,
+                region: Region::Ram
+            })
+        );
+        assert_eq!(
+            VmLayout::parse(&two([GUEST_PHYS_LIMIT - 4096, 8192])),
+            Err(ConfigError::BadRegion {
+                vm: 1,
+                region: Region::Ram
+            })
+        );
+        assert_eq!(
+            VmLayout::parse(&two([!0xfff, 8192])),
+            Err(ConfigError::BadRegion {
+                vm: 1,
+                region: Region::Ram
+            })
+        );
+        let dup = config(&["a", "b", "a@1"], plain_vm);
+        assert_eq!(
+            VmLayout::parse(&dup),
+            Err(ConfigError::DuplicateName {
+                first: 0,
+                second: 2
+            })
+        );
+        let bad_name = config(&["no.dots"], plain_vm);
+        assert_eq!(
+            VmLayout::parse(&bad_name),
+            Err(ConfigError::BadName { vm: 0 })
+        );
+        let long = config(&["abcdefghijklmnop"], plain_vm);
+        assert_eq!(VmLayout::parse(&long), Err(ConfigError::BadName { vm: 0 }));
+        let zero_vcpus = config(&["a"], |b, _| {
+            plain_vm(b, 0);
+            b.u32s("vcpus", &[0]);
+        });
+        assert_eq!(
+            VmLayout::parse(&zero_vcpus),
+            Err(ConfigError::BadVcpuCount { vm: 0, vcpus: 0 })
+        );
+        let no_vms = Blob::default()
+            .begin("")
+            .str("compatible", COMPATIBLE)
+            .begin("vms")
+            .end()
+            .end()
+            .finish();
+        assert_eq!(VmLayout::parse(&no_vms), Err(ConfigError::NoVms));
+        let not_config = Blob::default()
+            .begin("")
+            .str("compatible", "acme,board")
+            .end()
+            .finish();
+        assert_eq!(VmLayout::parse(&not_config), Err(ConfigError::NotAConfig));
+        let names: Vec<String> = (0..=MAX_VMS).map(|i| alloc::format!("v{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(
+            VmLayout::parse(&config(&refs, plain_vm)),
+            Err(ConfigError::TooManyVms(MAX_VMS + 1))
+        );
+    }
+
+    #[test]
+    fn overlapping_regions_are_refused() {
+        let with = |rom: Option<[u64; 2]>, uart_at: u64| {
+            config(&["a"], move |b, _| {
+                plain_vm(b, 0);
+                if let Some(r) = rom {
+                    b.u64s("rom", &r);
+                }
+                uart(b, uart_at, 8);
+                uart(b, 0x1f00_0100, 8);
+            })
+        };
+        assert!(VmLayout::parse(&with(Some([0x1e00_0000, 4096]), 0x1f00_0000)).is_ok());
+        assert_eq!(
+            VmLayout::parse(&with(Some([0xff_f000, 8192]), 0x1f00_0000)),
+            Err(ConfigError::Overlap {
+                vm: 0,
+                first: Region::Ram,
+                second: Region::Rom
+            })
+        );
+        assert_eq!(
+            VmLayout::parse(&with(None, 0x10_0000)),
+            Err(ConfigError::Overlap {
+                vm: 0,
+                first: Region::Ram,
+                second: Region::Device(0)
+            })
+        );
+        assert_eq!(
+            VmLayout::parse(&with(None, 0x1f00_00fc)),
+            Err(ConfigError::Overlap {
+                vm: 0,
+                first: Region::Device(0),
+                second: Region::Device(1)
+            })
+        );
+    }
+
+    #[test]
+    fn device_errors() {
+        let with = |device: &dyn Fn(&mut Blob)| {
+            config(&["a"], |b, _| {
+                plain_vm(b, 0);
+                device(b);
+            })
+        };
+        let bad = Err(ConfigError::BadDevice { vm: 0, device: 0 });
+        let unknown = with(&|b: &mut Blob| {
+            b.begin("rtc")
+                .str("compatible", "acme,rtc")
+                .u64s("reg", &[0x1f00_0000, 8])
+                .end();
+        });
+        assert_eq!(VmLayout::parse(&unknown), bad);
+        let small_uart = with(&|b: &mut Blob| {
+            b.begin("uart")
+                .str("compatible", "ns16550a")
+                .u64s("reg", &[0x1f00_0000, 8])
+                .u32s("reg-shift", &[2])
+                .end();
+        });
+        assert_eq!(VmLayout::parse(&small_uart), bad);
+        let huge_shift = with(&|b: &mut Blob| {
+            b.begin("uart")
+                .str("compatible", "ns16550a")
+                .u64s("reg", &[0x1f00_0000, 8])
+                .u32s("reg-shift", &[99])
+                .end();
+        });
+        assert_eq!(VmLayout::parse(&huge_shift), bad);
+        let unknown_virtio = with(&|b: &mut Blob| {
+            b.begin("virtio")
+                .str("compatible", "virtio,mmio")
+                .u64s("reg", &[0x1f00_1000, 0x200])
+                .str("virtio-device", "gpu")
+                .end();
+        });
+        assert_eq!(VmLayout::parse(&unknown_virtio), bad);
+        let empty_window = with(&|b: &mut Blob| uart(b, 0x1f00_0000, 0));
+        assert_eq!(VmLayout::parse(&empty_window), bad);
+        let many = with(&|b: &mut Blob| {
+            for i in 0..=MAX_DEVICES as u64 {
+                uart(b, 0x1f00_0000 + 0x100 * i, 8);
+            }
+        });
+        assert_eq!(
+            VmLayout::parse(&many),
+            Err(ConfigError::TooManyDevices { vm: 0 })
+        );
+    }
+
+    #[test]
+    fn host_checks() {
+        let layout = VmLayout::parse(&config(&["a", "b"], |b, i| {
+            plain_vm(b, i);
+            if i == 1 {
+                b.u32s("cpu-affinity", &[0, 3]);
+            }
+        }))
+        .unwrap();
+        assert_eq!(layout.check_host(&["testguest"], 4), Ok(()));
+        assert_eq!(
+            layout.check_host(&["testguest"], 2),
+            Err(ConfigError::AffinityToMissingCpu {
+                vm: 1,
+                cpu: 3,
+                cpu_count: 2
+            })
+        );
+        assert_eq!(
+            layout.check_host(&["other"], 4),
+            Err(ConfigError::UnknownImage { vm: 0 })
+        );
+        let text = alloc::format!("{}", layout.check_host(&["testguest"], 1).unwrap_err());
+        assert_eq!(
+            text,
+            "vm 1: cpu-affinity names CPU 3, but only 1 CPUs are present"
+        );
+    }
+
+    #[test]
+    fn trust_groups_decide_page_sharing() {
+        let layout = VmLayout::parse(&config(&["a", "b", "c", "d"], |b, i| {
+            plain_vm(b, i);
+            if i < 2 {
+                b.u32s("trust-group", &[1]);
+            } else if i == 3 {
+                b.u32s("trust-group", &[2]);
+            }
+        }))
+        .unwrap();
+        assert!(layout.may_share_pages(0, 1));
+        assert!(layout.may_share_pages(2, 2));
+        assert!(!layout.may_share_pages(0, 2));
+        assert!(!layout.may_share_pages(1, 3));
+        assert!(!layout.may_share_pages(0, 9));
+        assert_eq!(layout.find("c"), Some(2));
+    }
+
+    #[test]
+    fn builtin_default_is_valid() {
+        let layout = VmLayout::builtin_default();
+        assert_eq!(layout.check(), Ok(()));
+        assert_eq!(layout.check_host(&[DEFAULT_IMAGE], 1), Ok(()));
+        assert_eq!(layout.vms.len(), DEFAULT_VM_COUNT);
+    }
+
+    #[test]
+    fn blob_structure_errors() {
+        let good = config(&["a"], plain_vm);
+        assert_eq!(check_blob(&good), Ok(()));
+        assert_eq!(check_blob(&good[..20]), Err(BlobError::Truncated));
+        assert_eq!(
+            check_blob(&good[..good.len() - 1]),
+            Err(BlobError::Truncated)
+        );
+        let mut bad_magic = good.clone();
+        bad_magic[0] = 0;
+        assert_eq!(check_blob(&bad_magic), Err(BlobError::BadMagic));
+        let mut old = good.clone();
+        old[20..24].copy_from_slice(&16u32.to_be_bytes());
+        assert_eq!(check_blob(&old), Err(BlobError::BadVersion(16)));
+        let mut far = good.clone();
+        far[8..12].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+        assert_eq!(check_blob(&far), Err(BlobError::BadBlocks));
+        // A property after a child node, as the fdt crate cannot parse it.
+        let late_prop = Blob::default()
+            .begin("")
+            .begin("c")
+            .end()
+            .str("x", "y")
+            .end()
+            .finish();
+        assert!(matches!(
+            check_blob(&late_prop),
+            Err(BlobError::BadStructure(_))
+        ));
+        let unclosed = Blob::default().begin("").begin("c").end().finish();
+        assert!(matches!(
+            check_blob(&unclosed),
+            Err(BlobError::BadStructure(_))
+        ));
+        let two_roots = Blob::default().begin("").end().begin("").end().finish();
+        assert!(matches!(
+            check_blob(&two_roots),
+            Err(BlobError::BadStructure(_))
+        ));
+        let mut deep = Blob::default();
+        for _ in 0..=MAX_DEPTH {
+            deep.begin("n");
+        }
+        for _ in 0..=MAX_DEPTH {
+            deep.end();
+        }
+        assert!(matches!(
+            check_blob(&deep.finish()),
+            Err(BlobError::BadStructure(_))
+        ));
+        assert_eq!(
+            VmLayout::parse(&bad_magic),
+            Err(ConfigError::Blob(BlobError::BadMagic))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Corrupted blobs (bytes overwritten, truncated) never panic the parser or the
+        /// fdt crate behind it: they parse or fail with an error.
+        #[test]
+        fn corrupted_blobs_never_panic(
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+            cut in any::<usize>(),
+        ) {
+            let mut blob = config(&["a", "b"], |b, i| {
+                plain_vm(b, i);
+                uart(b, 0x1f00_0000, 8);
+            });
+            for (at, byte) in edits {
+                let n = blob.len();
+                blob[at % n] = byte;
+            }
+            let keep = blob.len() - cut % 16;
+            let _ = VmLayout::parse(&blob[..keep]);
+        }
+
+        /// Random layouts survive the trip through a blob unchanged, and `check` agrees
+        /// with what `parse` accepts.
+        #[test]
+        fn layouts_round_trip(
+            vms in proptest::collection::vec(
+                (1u64..64, 0u64..4, 1u32..4, proptest::option::of(0u32..3),
+                 proptest::option::of(proptest::collection::vec(0u32..8, 1..4))),
+                1..5),
+        ) {
+            let names: Vec<String> = (0..vms.len()).map(|i| alloc::format!("vm{i}")).collect();
+            let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+            let blob = config(&refs, |b, i| {
+                let (ram_mib, ram_base_mib, vcpus, group, cpus) = &vms[i];
+                b.str("image", "testguest")
+                    .u64s("ram", &[ram_base_mib << 20, ram_mib << 20])
+                    .u32s("vcpus", &[*vcpus]);
+                if let Some(g) = group {
+                    b.u32s("trust-group", &[*g]);
+                }
+                if let Some(c) = cpus {
+                    b.u32s("cpu-affinity", c);
+                }
+                uart(b, 0x1f00_0000, 8);
+            });
+            let layout = VmLayout::parse(&blob).unwrap();
+            for (spec, (ram_mib, ram_base_mib, vcpus, group, cpus)) in layout.vms.iter().zip(&vms) {
+                prop_assert_eq!(spec.ram.size_bytes, ram_mib << 20);
+                prop_assert_eq!(spec.ram.base.raw(), ram_base_mib << 20);
+                prop_assert_eq!(spec.vcpus, *vcpus);
+                prop_assert_eq!(spec.trust_group, *group);
+                prop_assert_eq!(spec.affinity, cpus.as_ref().and_then(|c| CpuSet::from_cpus(c)));
+            }
+            prop_assert_eq!(layout.check(), Ok(()));
+        }
+    }
+}
