@@ -555,8 +555,7 @@ impl Vcpu {
 
     /// A device access (no memslot at the GPA, or a store to a read-only slot).
     fn mmio(&mut self, request: MmioReq) -> Flow {
-        VmStats::bump(&self.vm.stats.mmio);
-        let value = match super::devices::access(&self.vm, &request) {
+        let value = match self.vm.mmio_access(&request) {
             Ok(value) => value,
             Err(why) => return self.stop(why),
         };
