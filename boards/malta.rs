@@ -52,3 +52,40 @@ pub fn ram_layout(total_bytes: u64) -> RamLayout {
         total_bytes,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn small_ram_is_all_below_the_hole() {
+        let layout = ram_layout(128 * MIB);
+        assert_eq!(layout.low, (Hpa::new(0), Hpa::new(128 * MIB)));
+        assert_eq!(layout.high, None);
+        assert_eq!(layout.total_bytes, 128 * MIB);
+        assert_eq!(ram_layout(256 * MIB).high, None);
+    }
+
+    #[test]
+    fn ram_above_256_mib_lives_behind_the_2_gib_alias() {
+        let layout = ram_layout(1024 * MIB);
+        assert_eq!(layout.low, (Hpa::new(0), Hpa::new(256 * MIB)));
+        assert_eq!(
+            layout.high,
+            Some((Hpa::new(0x9000_0000), Hpa::new(0xc000_0000)))
+        );
+        assert_eq!(layout.total_bytes, 1024 * MIB);
+    }
+
+    #[test]
+    fn ram_is_clamped_to_what_the_board_holds() {
+        let layout = ram_layout(4096 * MIB);
+        assert_eq!(layout.total_bytes, MAX_RAM_BYTES);
+        assert_eq!(
+            layout.high.map(|(_, end)| end),
+            Some(Hpa::new(0x1_0000_0000))
+        );
+    }
+}

@@ -100,3 +100,73 @@ pub fn parse<'a>(
     }
     Ok(options)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        let options = parse([""]).unwrap();
+        assert_eq!(options.scenario, DEFAULT_SCENARIO);
+        assert_eq!(options.expect_cpus, None);
+        assert_eq!(options.expect_mem_mib, None);
+        assert_eq!(parse([]).unwrap(), options);
+    }
+
+    #[test]
+    fn options_among_foreign_words() {
+        let line = "rd_start=0xffffffff80f00000 rd_size=123 console=ttyS0 scenario=panic-selftest \
+                    cpus=4 quiet mem=0x400";
+        let options = parse([line]).unwrap();
+        assert_eq!(options.scenario, "panic-selftest");
+        assert_eq!(options.expect_cpus, Some(4));
+        assert_eq!(options.expect_mem_mib, Some(1024));
+    }
+
+    #[test]
+    fn one_word_per_argument_like_yamon() {
+        let options = parse(["scenario=boot", "mem=256", "cpus=1"]).unwrap();
+        assert_eq!(options.scenario, "boot");
+        assert_eq!(options.expect_cpus, Some(1));
+        assert_eq!(options.expect_mem_mib, Some(256));
+    }
+
+    #[test]
+    fn later_words_win() {
+        assert_eq!(parse(["scenario=a scenario=b"]).unwrap().scenario, "b");
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_option() {
+        let error = parse(["cpus=four"]).unwrap_err();
+        assert_eq!(
+            error,
+            CmdlineError::BadNumber {
+                key: "cpus",
+                value: "four"
+            }
+        );
+        assert_eq!(error.to_string(), "cpus=four: not a number");
+        assert_eq!(
+            parse(["mem=0x"]).unwrap_err(),
+            CmdlineError::BadNumber {
+                key: "mem",
+                value: "0x"
+            }
+        );
+        assert_eq!(
+            parse(["scenario="]).unwrap_err(),
+            CmdlineError::EmptyScenario
+        );
+    }
+
+    #[test]
+    fn numbers_in_decimal_and_hex() {
+        assert_eq!(parse_number("536870912"), Some(512 << 20));
+        assert_eq!(parse_number("0x20000000"), Some(512 << 20));
+        assert_eq!(parse_number("0X10"), Some(16));
+        assert_eq!(parse_number("-1"), None);
+        assert_eq!(parse_number(""), None);
+    }
+}

@@ -2,7 +2,8 @@
 # mipsvisor's test command (README; .ci/run calls it).
 #
 #   tools/test.sh          everything
-#   tools/test.sh host     fmt, host clippy, host tests, loom tests (portable crates)
+#   tools/test.sh host     fmt, host clippy, host tests (portable crates and the firmware's
+#                          register-free modules), loom tests if present
 #   tools/test.sh qemu     MIPS clippy, firmware build, every QEMU scenario
 #
 # Installs missing Debian packages first. Each step is judged on its own; the last line is
@@ -64,6 +65,10 @@ run_host() {
     step "cargo fmt --check" "${HOST_CARGO[@]}" fmt --all -- --check
     step "host clippy -D warnings" "${HOST_CARGO[@]}" clippy --all-targets -- -D warnings
     step "host cargo test --release" "${HOST_CARGO[@]}" test --release
+    # The firmware package on the host: its register-free modules' unit tests.
+    step "firmware host clippy -D warnings" \
+        "${HOST_CARGO[@]}" clippy -p mipsvisor --all-targets -- -D warnings
+    step "firmware host unit tests" "${HOST_CARGO[@]}" test -p mipsvisor --release
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue

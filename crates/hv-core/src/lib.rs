@@ -7,6 +7,9 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+// `host-yield` (host tests only) yields to the OS scheduler while waiting.
+#[cfg(feature = "host-yield")]
+extern crate std;
 
 pub mod addr;
 pub mod dirty_log;

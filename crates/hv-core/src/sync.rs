@@ -18,14 +18,21 @@ pub use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 /// expressed by taking `&mut` to the guarded state.
 pub struct Mutex<T> {
     #[cfg(not(loom))]
-    inner: spin::Mutex<T>,
+    inner: SpinMutex<T>,
     #[cfg(loom)]
     inner: loom::sync::Mutex<T>,
 }
 
+#[cfg(all(not(loom), not(feature = "host-yield")))]
+type Relax = spin::relax::Spin;
+#[cfg(all(not(loom), feature = "host-yield"))]
+type Relax = spin::relax::Yield;
+#[cfg(not(loom))]
+type SpinMutex<T> = spin::mutex::SpinMutex<T, Relax>;
+
 /// Guard returned by [`Mutex::lock`]; the lock is released when it is dropped.
 #[cfg(not(loom))]
-pub type MutexGuard<'a, T> = spin::MutexGuard<'a, T>;
+pub type MutexGuard<'a, T> = spin::mutex::SpinMutexGuard<'a, T, Relax>;
 /// Guard returned by [`Mutex::lock`]; the lock is released when it is dropped.
 #[cfg(loom)]
 pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
@@ -35,7 +42,7 @@ impl<T> Mutex<T> {
     pub fn new(value: T) -> Self {
         Self {
             #[cfg(not(loom))]
-            inner: spin::Mutex::new(value),
+            inner: SpinMutex::new(value),
             #[cfg(loom)]
             inner: loom::sync::Mutex::new(value),
         }
@@ -77,11 +84,13 @@ impl<T> core::fmt::Debug for Mutex<T> {
 /// One iteration of a busy-wait loop.
 ///
 /// Loom rejects unbounded spinning, so under `cfg(loom)` this yields to the model scheduler;
-/// otherwise it is the CPU's spin-loop hint.
+/// with the `host-yield` feature it yields to the OS; otherwise it is the CPU's spin-loop hint.
 pub fn spin_wait() {
     #[cfg(loom)]
     loom::thread::yield_now();
-    #[cfg(not(loom))]
+    #[cfg(all(not(loom), feature = "host-yield"))]
+    std::thread::yield_now();
+    #[cfg(all(not(loom), not(feature = "host-yield")))]
     core::hint::spin_loop();
 }
 
