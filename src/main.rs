@@ -17,7 +17,7 @@
 // allocator); the rest of their items exist for the MIPS build.
 #![cfg_attr(not(target_arch = "mips64"), allow(dead_code))]
 
-#[cfg(target_arch = "mips64")]
+// Unconditional: modules unit-tested on the host (mem::frame) use `alloc` paths too.
 extern crate alloc;
 
 #[cfg(target_arch = "mips64")]
