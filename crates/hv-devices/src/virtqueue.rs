@@ -1283,7 +1283,7 @@ mod tests {
             size_log2 in 0u32..6,
             descs in proptest::collection::vec(
                 (prop_oneof![3 => Just(DATA), 1 => Just(BASE - 8), 1 => any::<u64>(),
-                             3 => (BASE..BASE + RAM as u64)],
+                             3 => BASE..BASE + RAM as u64],
                  prop_oneof![4 => 0u32..64, 1 => any::<u32>()],
                  prop_oneof![3 => 0u16..4, 1 => 0u16..8],
                  any::<u16>()),
