@@ -1402,6 +1402,7 @@ mod tests {
         #[test]
         fn hostile_rings_through_the_transport(
             ring_bytes in proptest::collection::vec(any::<u8>(), 0x3100),
+            avail_idx in prop_oneof![3 => 0u16..=16, 1 => any::<u16>()],
             ops in proptest::collection::vec(
                 (prop_oneof![Just(regs::QUEUE_NOTIFY), Just(regs::INTERRUPT_ACK),
                              Just(regs::STATUS), Just(regs::QUEUE_READY), Just(regs::QUEUE_SEL)],
@@ -1410,6 +1411,8 @@ mod tests {
         ) {
             let mut d = ready(VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX);
             put(&mut d, DESC, &ring_bytes);
+            // A plausible avail.idx so processing gets past the index check.
+            put(&mut d, AVAIL + 2, &avail_idx.to_le_bytes());
             for (offset, value) in ops {
                 let was_broken = d.status() & status::DEVICE_NEEDS_RESET != 0;
                 let _ = d.write(offset, Width::Word, u64::from(value));
