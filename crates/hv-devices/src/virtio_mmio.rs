@@ -1430,12 +1430,30 @@ mod tests {
         fn random_register_traffic_keeps_invariants(
             ops in proptest::collection::vec(
                 (any::<bool>(),
-                 prop_oneof![(0u64..0x40).prop_map(|i| i * 4), 0u64..0x210],
-                 0u8..4,
-                 prop_oneof![0u64..0x100, Just(0x1_0000_0000), any::<u64>()]),
+                 prop_oneof![
+                     4 => proptest::sample::select(vec![
+                         regs::DEVICE_FEATURES_SEL, regs::DRIVER_FEATURES, regs::DRIVER_FEATURES_SEL,
+                         regs::QUEUE_SEL, regs::QUEUE_NUM, regs::QUEUE_READY, regs::QUEUE_NOTIFY,
+                         regs::INTERRUPT_ACK, regs::STATUS, regs::QUEUE_DESC_LOW,
+                         regs::QUEUE_DRIVER_LOW, regs::QUEUE_DEVICE_LOW,
+                     ]),
+                     1 => (0u64..0x40).prop_map(|i| i * 4),
+                     1 => 0u64..0x210,
+                 ],
+                 prop_oneof![3 => Just(2u8), 1 => 0u8..4],
+                 prop_oneof![
+                     // Status steps, selectors and queue numbers a driver would write.
+                     3 => proptest::sample::select(vec![0u64, 1, 2, 3, 7, 8, 11, 15, 16]),
+                     1 => 0u64..0x100,
+                     1 => Just(0x1_0000_0000),
+                     1 => any::<u64>(),
+                 ]),
                 0..300),
+            start_ready in any::<bool>(),
         ) {
-            let mut d = dev();
+            // Half the runs start from a driven device, so the traffic also meets the
+            // negotiated and running states.
+            let mut d = if start_ready { ready(VIRTIO_F_VERSION_1 | FEATURE_A) } else { dev() };
             for (is_write, offset, w, value) in ops {
                 let width = [Width::Byte, Width::Half, Width::Word, Width::Double][usize::from(w)];
                 let value = value & width.value_mask();
