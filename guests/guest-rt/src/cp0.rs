@@ -209,3 +209,13 @@ pub fn interrupts_off() -> u32 {
     unsafe { set_status(old & !STATUS_IE) };
     old
 }
+
+/// WAIT: the vCPU idles until an interrupt enabled in Status.IM is pending (whether or not
+/// Status.IE is set, docs/guest-abi.md section 4).
+pub fn wait() {
+    // SAFETY: WAIT only stalls the CPU.
+    unsafe {
+        // No `nomem`: interrupt handlers change memory while we wait. nostack.
+        asm!("wait", options(nostack));
+    }
+}

@@ -31,7 +31,10 @@ pub struct UserExit {
 /// handler, and the installed trap handler must end the run with [`return_to_kernel`];
 /// callee-saved registers are kept in one static slot, so runs cannot nest.
 pub unsafe fn enter_user(pc: u64, sp: u64, arg: u64) -> UserExit {
-    let status = (cp0::status() & !cp0::STATUS_KSU_MASK) | cp0::STATUS_KSU_USER | cp0::STATUS_EXL;
+    // CU0 clear: user code must not reach CP0 (the guest kernel never sets it anyway).
+    let status = (cp0::status() & !(cp0::STATUS_KSU_MASK | cp0::STATUS_CU0))
+        | cp0::STATUS_KSU_USER
+        | cp0::STATUS_EXL;
     // SAFETY: forwarded contract; the asm saves and restores the callee-saved registers
     // and returns like an extern "C" function.
     unsafe { guest_rt_enter_user(pc, sp, arg, status as u64) }
