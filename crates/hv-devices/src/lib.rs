@@ -9,7 +9,9 @@
 //! Device models (register maps in `docs/devices.md`):
 //! - [`uart16550`]: a 16550A console per VM;
 //! - [`virtio_mmio`]: the virtio 1.x MMIO transport (version 2 registers) over
-//!   [`virtqueue`]'s split queues, for the balloon of the memory-services issue.
+//!   [`virtqueue`]'s split queues;
+//! - [`virtio_balloon`]: the balloon backend for that transport, with the memory policy left
+//!   to the firmware ([`virtio_balloon::BalloonHooks`]).
 //!
 //! [`vmconfig`] parses and validates the VM layout from a flattened device tree.
 #![cfg_attr(not(test), no_std)]
@@ -21,6 +23,7 @@ extern crate alloc;
 pub mod bus;
 pub mod irq;
 pub mod uart16550;
+pub mod virtio_balloon;
 pub mod virtio_mmio;
 pub mod virtqueue;
 pub mod vmconfig;
