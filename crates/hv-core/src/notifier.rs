@@ -165,7 +165,7 @@ pub fn set_entry_pte(
     read_only: bool,
 ) -> Option<GpaPte> {
     let mut new = old.with_hfn(entry.hfn).ok()?;
-    new = if entry.writable && !read_only {
+    new = if entry.writable {
         new.mkwrite()
     } else {
         new.wrprotect()
@@ -249,4 +249,103 @@ pub fn test_young_locked(
             .lookup(range.start(), frames)
             .is_some_and(|p| p.is_young())
     })
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::pte::{entrylo, Cca};
+
+    fn mapped(young: bool, dirty: bool, writable: bool) -> GpaPte {
+        let mut p = GpaPte::present(Hfn::new(0x50), Cca::CACHED_NONCOHERENT).unwrap();
+        if writable {
+            p = p.mkwrite();
+        }
+        if young {
+            p = p.mkyoung();
+        }
+        if dirty {
+            p = p.mkdirty();
+        }
+        p
+    }
+
+    const COPY: HostEntry = HostEntry {
+        hfn: Hfn::new(0x60),
+        writable: true,
+        dirty: true,
+    };
+
+    #[test]
+    fn set_entry_rules_apply_independently() {
+        let clean = mapped(true, false, false);
+        // Plain slot: the host's dirty copy arrives dirty and writable.
+        let p = set_entry_pte(clean, COPY, false, false).unwrap();
+        assert!(p.is_dirty() && p.is_writable() && p.is_young());
+        assert_eq!(p.hfn(), Some(Hfn::new(0x60)));
+        // Logged slot: stays clean so the guest's first store is logged.
+        let p = set_entry_pte(clean, COPY, true, false).unwrap();
+        assert!(!p.is_dirty() && p.is_writable());
+        // Read-only slot: never writable.
+        let p = set_entry_pte(clean, COPY, false, true).unwrap();
+        assert!(!p.is_writable() && p.entrylo() & entrylo::D == 0);
+        // Both: clean AND write-protected (Linux's else-if gave clean but writable).
+        let p = set_entry_pte(clean, COPY, true, true).unwrap();
+        assert!(!p.is_dirty() && !p.is_writable());
+        // A page the guest already dirtied stays dirty in a logged slot.
+        let p = set_entry_pte(mapped(true, true, true), COPY, true, false).unwrap();
+        assert!(p.is_dirty());
+        // Old pages stay old; a shared (non-writable) entry write-protects.
+        let shared = HostEntry {
+            writable: false,
+            dirty: false,
+            ..COPY
+        };
+        let p = set_entry_pte(mapped(false, true, true), shared, false, false).unwrap();
+        assert!(!p.is_young() && !p.is_writable() && p.is_dirty());
+        assert_eq!(p.check(), Ok(()));
+    }
+
+    #[test]
+    fn set_entry_flushes_when_hardware_bits_are_lost_or_changed() {
+        let young_dirty = mapped(true, true, true);
+        let shared = HostEntry {
+            hfn: Hfn::new(0x50),
+            writable: false,
+            dirty: false,
+        };
+        // Same frame, D lost: flush.
+        let p = set_entry_pte(young_dirty, shared, false, false).unwrap();
+        assert!(young_dirty.flush_needed_for(p));
+        // Frame changed: flush.
+        let p = set_entry_pte(mapped(true, false, false), COPY, true, false).unwrap();
+        assert!(mapped(true, false, false).flush_needed_for(p));
+        // Old entry (V clear): nothing derived can exist.
+        let old = mapped(false, true, true);
+        let p = set_entry_pte(old, COPY, false, false).unwrap();
+        assert!(!old.flush_needed_for(p));
+    }
+
+    #[test]
+    fn sequence_protocol() {
+        let s = NotifierSeq::new();
+        let snap = s.snapshot();
+        assert!(!s.must_retry(snap));
+        s.start();
+        assert!(s.must_retry(snap), "invalidation in progress");
+        assert_eq!(s.in_progress(), 1);
+        s.end();
+        assert!(s.must_retry(snap), "sequence moved");
+        let snap = s.snapshot();
+        assert!(!s.must_retry(snap));
+        s.bump();
+        assert!(s.must_retry(snap));
+        assert_eq!(s.current(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "without a start")]
+    fn unbalanced_end_is_a_bug() {
+        NotifierSeq::new().end();
+    }
 }

@@ -219,3 +219,19 @@ pub fn wait() {
         asm!("wait", options(nostack));
     }
 }
+
+/// Arms the timer `ticks` Count ticks from now and makes sure the deadline is still ahead
+/// after the write: a vCPU can be preempted between reading Count and writing Compare,
+/// and a Compare that Count has already passed would fire only after Count wraps (2^32
+/// ticks later). Returns the Compare value written.
+pub fn arm_timer(ticks: u32) -> u32 {
+    loop {
+        let target = count().wrapping_add(ticks);
+        set_compare(target);
+        // Still ahead (as a signed distance) once written: done. Otherwise retry, which
+        // also acknowledges any interrupt the late write raised.
+        if (target.wrapping_sub(count()) as i32) > 0 {
+            return target;
+        }
+    }
+}

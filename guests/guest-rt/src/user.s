@@ -24,8 +24,12 @@ guest_rt_enter_user:
     sd      $sp, 9*8($t0)
     sd      $fp, 10*8($t0)
     sd      $ra, 11*8($t0)
-    dmtc0   $a0, $14                # EPC = user entry
+    # Status first: EXL = 1 masks interrupts, so none can be taken between here and ERET
+    # and overwrite EPC (an interrupt after an EPC write would make ERET return to the
+    # interrupted kernel address in user mode).
     mtc0    $a3, $12                # Status: EXL = 1, KSU = user
+    ehb
+    dmtc0   $a0, $14                # EPC = user entry
     ehb
     move    $sp, $a1
     move    $a0, $a2

@@ -182,7 +182,7 @@ fn check_tlb_instructions() -> Result<(), &'static str> {
 /// Enables the Compare interrupt and waits for the first ones: polling with a bound for
 /// the first (so a missing timer is reported, not a hang), then with WAIT.
 fn start_timer() -> Result<(), &'static str> {
-    cp0::set_compare(cp0::count().wrapping_add(TIMER_TICKS));
+    cp0::arm_timer(TIMER_TICKS);
     let status = cp0::status();
     // SAFETY: handle_exception handles IP7; no other interrupt line is unmasked.
     unsafe { cp0::set_status((status & !cp0::STATUS_IM_MASK) | cp0::STATUS_IM7 | cp0::STATUS_IE) };
@@ -214,10 +214,10 @@ fn handle_interrupt(frame: &TrapFrame, info: &TrapInfo) {
         trap::unexpected(frame, info);
     }
     TIMER_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
-    // From Count, not from the old Compare: after a long preemption the old Compare plus
-    // one period may already lie in the past, and the next interrupt would only come after
-    // Count wrapped.
-    cp0::set_compare(cp0::count().wrapping_add(TIMER_TICKS));
+    // From Count, not from the old Compare, and checked after the write (arm_timer): after
+    // a preemption a deadline may already lie in the past, and the next interrupt would
+    // only come after Count wrapped.
+    cp0::arm_timer(TIMER_TICKS);
 }
 
 fn handle_tlb_miss(frame: &mut TrapFrame, info: &TrapInfo) {
