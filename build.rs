@@ -6,10 +6,11 @@
 //!
 //! Guest images: every `*.elf` in `$MIPSVISOR_GUESTS` (default `<out>/guests`, where
 //! tools/build-guests.sh puts them; `<out>` is `$MIPSVISOR_OUT` or `<repo>/out`) is embedded
-//! with `include_bytes!` under its file stem, through a generated `guest_images.rs`.
+//! with `include_bytes!` under its file stem, through a generated `guest_images.rs`. VM
+//! layouts: every `*.dtb` in `<out>/configs` (tools/build-configs.sh) the same way.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=linker.ld");
@@ -20,41 +21,55 @@ fn main() {
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("mips64") {
         println!("cargo:rustc-link-arg-bins=-T{dir}/linker.ld");
     }
+    let out_dir = std::env::var_os("MIPSVISOR_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(&dir).join("out"));
     let guests = std::env::var_os("MIPSVISOR_GUESTS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("MIPSVISOR_OUT")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(&dir).join("out"))
-                .join("guests")
-        });
-    println!("cargo:rerun-if-changed={}", guests.display());
-    let mut images: Vec<(String, PathBuf)> = std::fs::read_dir(&guests)
+        .unwrap_or_else(|| out_dir.join("guests"));
+    let mut code = String::new();
+    embed(
+        &mut code,
+        "EMBEDDED",
+        "Guest images embedded at build time: (name, ELF bytes).",
+        &guests,
+        "elf",
+    );
+    embed(
+        &mut code,
+        "CONFIGS",
+        "VM layouts embedded at build time: (name, device tree blob).",
+        &out_dir.join("configs"),
+        "dtb",
+    );
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    std::fs::write(out.join("guest_images.rs"), code).expect("OUT_DIR is writable");
+}
+
+/// Appends `pub static NAME: &[(&str, &[u8])]` with every `*.EXT` file of `dir`.
+fn embed(code: &mut String, name: &str, doc: &str, dir: &Path, ext: &str) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "elf"))
+        .filter(|path| path.extension().is_some_and(|e| e == ext))
         .filter_map(|path| {
             let stem = path.file_stem()?.to_str()?.to_owned();
             Some((stem, path))
         })
         .collect();
-    images.sort();
-    let mut code = String::from(
-        "/// Guest images embedded at build time: (name, ELF bytes).\n\
-         pub static EMBEDDED: &[(&str, &[u8])] = &[\n",
-    );
-    for (name, path) in &images {
+    files.sort();
+    writeln!(code, "/// {doc}\npub static {name}: &[(&str, &[u8])] = &[").expect("String");
+    for (stem, path) in &files {
         println!("cargo:rerun-if-changed={}", path.display());
         writeln!(
             code,
-            "    ({name:?}, include_bytes!({:?})),",
+            "    ({stem:?}, include_bytes!({:?})),",
             path.display().to_string()
         )
         .expect("writing to a String");
     }
     code.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(out.join("guest_images.rs"), code).expect("OUT_DIR is writable");
 }

@@ -1,4 +1,5 @@
-//! Boot command line parsing: `scenario=NAME cpus=N mem=MiB`, other words ignored.
+//! Boot command line parsing: `scenario=NAME cpus=N mem=MiB config=NAME`, the loader's
+//! `rd_start=`/`rd_size=`, other words ignored.
 //!
 //! QEMU passes `-append` text as argv[1] (after `rd_start=`/`rd_size=` when an initrd is
 //! given); YAMON and U-Boot pass their command line the same way. Words that are not ours
@@ -18,6 +19,12 @@ pub struct BootOptions<'a> {
     pub expect_cpus: Option<usize>,
     /// RAM size in MiB the host configured (`mem=`), checked by the boot scenario.
     pub expect_mem_mib: Option<u64>,
+    /// VM layout to use (`config=NAME`, an embedded configs/NAME.dtb).
+    pub config: Option<&'a str>,
+    /// Initrd start address (`rd_start=`, a KSEG0 address from the boot loader).
+    pub rd_start: Option<u64>,
+    /// Initrd size in bytes (`rd_size=`).
+    pub rd_size: Option<u64>,
 }
 
 /// Command line errors.
@@ -60,6 +67,9 @@ pub fn parse<'a>(
         scenario: DEFAULT_SCENARIO,
         expect_cpus: None,
         expect_mem_mib: None,
+        config: None,
+        rd_start: None,
+        rd_size: None,
     };
     for word in args.into_iter().flat_map(str::split_whitespace) {
         let Some((key, value)) = word.split_once('=') else {
@@ -75,6 +85,15 @@ pub fn parse<'a>(
             "mem" => {
                 let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
                 options.expect_mem_mib = Some(n);
+            }
+            "config" if !value.is_empty() => options.config = Some(value),
+            "rd_start" => {
+                let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
+                options.rd_start = Some(n);
+            }
+            "rd_size" => {
+                let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
+                options.rd_size = Some(n);
             }
             _ => {}
         }

@@ -17,7 +17,7 @@
 // allocator); the rest of their items exist for the MIPS build.
 #![cfg_attr(not(target_arch = "mips64"), allow(dead_code))]
 
-#[cfg(target_arch = "mips64")]
+// Unconditional: modules unit-tested on the host (mem::frame) use `alloc` paths too.
 extern crate alloc;
 
 #[cfg(target_arch = "mips64")]
@@ -121,9 +121,27 @@ mod firmware {
         unsafe { crate::mem::heap::init(phys_to_virt(heap_start), HEAP_BYTES) };
         {
             let mut frames = FRAMES.lock();
-            // Below heap_end: loader area (first MiB), image, heap. All reserved.
-            if let Err(error) = frames.add_region(heap_end, ram.low.1) {
-                scenario::abort_run(ExitCode::Fail, format_args!("low RAM: {error}"));
+            // Below heap_end: loader area (first MiB), image, heap. All reserved, and so is
+            // an initrd (a guest image the loader placed near the top of low RAM).
+            let initrd = boot::initrd_range(options.rd_start, options.rd_size, ram.low.1)
+                .filter(|&(start, _)| start.raw() >= heap_end.raw());
+            let low_regions = match initrd {
+                Some((start, end)) => [(heap_end, start), (end, ram.low.1)],
+                None => [(heap_end, ram.low.1), (ram.low.1, ram.low.1)],
+            };
+            for (start, end) in low_regions {
+                if end.raw().saturating_sub(start.raw()) < 4096 {
+                    continue;
+                }
+                if let Err(error) = frames.add_region(start, end) {
+                    scenario::abort_run(ExitCode::Fail, format_args!("low RAM: {error}"));
+                }
+            }
+            if let Some((start, end)) = initrd {
+                log!(
+                    "initrd {start}..{end} ({} bytes) kept for a guest image",
+                    end.raw() - start.raw()
+                );
             }
             if let Some((start, end)) = ram.high {
                 if let Err(error) = frames.add_region(start, end) {

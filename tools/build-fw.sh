@@ -35,6 +35,10 @@ build)
             "$ROOT/tools/build-guests.sh" build "${GUEST_NAMES[@]}" >&2
         fi
     fi
+    # VM layouts (configs/*.dts -> out/configs/*.dtb) are embedded the same way.
+    if [ -x "$ROOT/tools/build-configs.sh" ] && command -v dtc >/dev/null 2>&1; then
+        "$ROOT/tools/build-configs.sh" >&2
+    fi
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor

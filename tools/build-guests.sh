@@ -41,10 +41,12 @@ build)
     done
     "${CARGO[@]}" build "${PKGS[@]}" --release --target "$TARGET_JSON" "${MIPSVISOR_ZFLAGS[@]}"
     mkdir -p "$OUT"
+    BUILT=()
     for g in "${GUESTS[@]}"; do
         cp "$CARGO_TARGET_DIR/$TARGET_NAME/release/$g" "$OUT/$g.elf"
+        BUILT+=("$OUT/$g.elf")
     done
-    echo "build-guests: ${GUESTS[*]/#/$OUT/} (.elf)"
+    echo "build-guests: ${BUILT[*]}"
     ;;
 clippy)
     mipsvisor_select_toolchain build-guests || exit 1

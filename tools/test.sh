@@ -74,6 +74,11 @@ run_host() {
     step "firmware host clippy -D warnings" \
         "${HOST_CARGO[@]}" clippy -p mipsvisor --all-targets -- -D warnings
     step "firmware host unit tests" "${HOST_CARGO[@]}" test -p mipsvisor --release
+    # The test guests are their own workspace (guests/): formatting and the host tests of
+    # their portable pattern/checksum crate.
+    step "guests cargo fmt --check" \
+        "${HOST_CARGO[@]}" fmt --manifest-path guests/Cargo.toml --all -- --check
+    step "guests host tests (guest-patterns)" tools/build-guests.sh test
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -156,6 +161,7 @@ fail_case() {
 
 run_qemu() {
     step "MIPS clippy -D warnings" tools/build-fw.sh clippy
+    step "guests MIPS clippy -D warnings" tools/build-guests.sh clippy
     step "firmware build (elf, bin, srec)" tools/build-fw.sh build
     if [ ! -f "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" ]; then
         fail "qemu scenarios" "no firmware image"

@@ -299,6 +299,36 @@ mod tests {
     }
 
     #[test]
+    fn contiguous_runs_skip_used_frames_and_stay_in_one_region() {
+        // Two regions of 4 frames each: frames 0x10..0x14 and 0x20..0x24.
+        let mut allocator = allocator_with(&[(0x10_000, 0x14_000), (0x20_000, 0x24_000)]);
+        let single = allocator.alloc().unwrap();
+        assert_eq!(single.hfn().raw(), 0x10);
+        // Three consecutive frames fit after the used one in the first region.
+        let run = allocator.alloc_contiguous(3).unwrap();
+        let hfns: Vec<u64> = run.iter().map(|f| f.hfn().raw()).collect();
+        assert_eq!(hfns, [0x11, 0x12, 0x13]);
+        // Four do not fit the first region any more, but the second one is free.
+        let run4 = allocator.alloc_contiguous(4).unwrap();
+        assert_eq!(run4.first().unwrap().hfn().raw(), 0x20);
+        assert_eq!(allocator.free_frames(), 0);
+        // Runs never span regions, nothing is left, and zero is refused.
+        assert_eq!(
+            allocator.alloc_contiguous(1).err(),
+            Some(FrameError::OutOfFrames)
+        );
+        assert_eq!(
+            allocator.alloc_contiguous(0).err(),
+            Some(FrameError::OutOfFrames)
+        );
+        for frame in run.into_iter().chain(run4) {
+            allocator.free(frame).unwrap();
+        }
+        assert_eq!(allocator.free_frames(), 7);
+        assert!(allocator.alloc_contiguous(5).is_err());
+    }
+
+    #[test]
     fn bad_regions_are_refused() {
         let mut allocator = allocator_with(&[(16 * MIB, 32 * MIB)]);
         let overlapping = allocator.add_region(Hpa::new(31 * MIB), Hpa::new(40 * MIB));

@@ -1,22 +1,39 @@
 //! Remote invalidation of derived guest translations on Malta, which has no IPIs.
 //!
-//! Derived state is root-TLB entries under host ASIDs (see `asid.rs`). A flush token for a
-//! VM bumps the VM's MMU generation, which makes every vCPU of that VM take fresh host ASIDs
-//! at its next guest entry on any CPU (entries under the old ASIDs are never matched again).
-//! That leaves the CPUs that are running one of its vCPUs right now: the quiescence tracker
-//! makes the flush wait until each CPU that was in a guest has left it once (every timer tick
-//! exits the guest), so when `flush_remote` returns no CPU can still use an old entry.
+//! Derived state is root-TLB entries under host ASIDs (see `asid.rs`); a vCPU's ASIDs are
+//! valid only on the CPU it last ran on, so that CPU's TLB is the only place its live
+//! entries can be. A flush token is turned into pending work for the VM's vCPUs:
 //!
-//! Ordering: the generation bump happens before the tracker's AcqRel request on each CPU's
-//! word; a CPU's entry does `enter_guest` (AcqRel on its word) *before* reading the
-//! generation, so either it sees the bump, or the request saw it in the guest and waits.
+//! - a GFN range is appended to the VM's flush log; at its next guest entry each vCPU
+//!   removes exactly the root-TLB entries (halves) whose guest page translates into a logged
+//!   range (`Vcpu::apply_pending_flushes`);
+//! - "everything" (or a vCPU that fell too far behind the log) bumps the VM's MMU
+//!   generation, which makes every vCPU take fresh host ASIDs: entries under the old ones
+//!   are never matched again.
+//!
+//! A vCPU that is in the guest while the token is applied still runs with its entries; the
+//! quiescence tracker makes `flush_remote` wait until every CPU that was in a guest has left
+//! it once (each timer tick exits the guest), and a vCPU applies the log before it enters
+//! the guest again. So when `flush_remote` returns, no CPU can use a translation the token
+//! named, and the caller may free the frames.
+//!
+//! Ordering: the log append and the generation bump happen before the tracker's AcqRel
+//! request on each CPU's word; a vCPU's entry does `enter_guest` (AcqRel on its CPU's word)
+//! *before* reading the log and the generation, so either it sees the new work, or the
+//! request saw it in the guest and waits for its exit.
 
 use crate::arch::MAX_CPUS;
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
+use hv_core::addr::GfnRange;
 use hv_core::flush::FlushScope;
 use hv_core::shootdown::{QuiescenceTracker, RemoteFlush};
-use spin::Once;
+use spin::{Mutex, Once};
+
+/// GFN ranges kept in a VM's flush log; a vCPU further behind gets fresh ASIDs instead.
+const LOG_CAPACITY: usize = 32;
 
 static TRACKER: Once<QuiescenceTracker> = Once::new();
 
@@ -25,48 +42,100 @@ pub fn tracker() -> &'static QuiescenceTracker {
     TRACKER.call_once(|| QuiescenceTracker::new(MAX_CPUS))
 }
 
+#[derive(Debug, Default)]
+struct FlushLog {
+    /// Sequence number of the next range.
+    next: u64,
+    /// `(sequence, range)`, oldest first.
+    ranges: VecDeque<(u64, GfnRange)>,
+}
+
+#[derive(Debug, Default)]
+struct FlushState {
+    generation: AtomicU64,
+    log: Mutex<FlushLog>,
+    flushes: AtomicU64,
+}
+
+/// What a vCPU must drop before it enters the guest again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PendingFlush {
+    /// Nothing new.
+    Nothing,
+    /// Entries translating into these GFN ranges.
+    Ranges(Vec<GfnRange>),
+    /// Everything (take fresh ASIDs).
+    Everything,
+}
+
 /// Remote flush of one VM's derived translations.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct FwRemoteFlush {
-    generation: Arc<AtomicU64>,
-    flushes: Arc<AtomicU64>,
+    state: Arc<FlushState>,
 }
 
 impl FwRemoteFlush {
-    /// A flusher for a new VM (generation 0).
+    /// A flusher for a new VM (generation 0, empty log).
     pub fn new() -> Self {
-        Self {
-            generation: Arc::new(AtomicU64::new(0)),
-            flushes: Arc::new(AtomicU64::new(0)),
-        }
+        Self::default()
     }
 
-    /// The VM's MMU generation; read after `enter_guest` (Acquire).
+    /// The VM's MMU generation; read after `enter_guest`.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.state.generation.load(Ordering::Acquire)
     }
 
     /// Flushes requested so far.
     pub fn flushes(&self) -> u64 {
-        self.flushes.load(Ordering::Relaxed)
+        self.state.flushes.load(Ordering::Relaxed)
     }
-}
 
-impl Default for FwRemoteFlush {
-    fn default() -> Self {
-        Self::new()
+    /// The sequence number a new vCPU starts from (it has no entries yet).
+    pub fn log_position(&self) -> u64 {
+        self.state.log.lock().next
+    }
+
+    /// Ranges logged since `*seen` (which is moved to the end of the log).
+    pub fn pending_since(&self, seen: &mut u64) -> PendingFlush {
+        let log = self.state.log.lock();
+        if *seen == log.next {
+            return PendingFlush::Nothing;
+        }
+        let oldest = log.ranges.front().map_or(log.next, |&(seq, _)| seq);
+        let pending = if *seen < oldest {
+            PendingFlush::Everything
+        } else {
+            PendingFlush::Ranges(
+                log.ranges
+                    .iter()
+                    .filter(|&&(seq, _)| seq >= *seen)
+                    .map(|&(_, range)| range)
+                    .collect(),
+            )
+        };
+        *seen = log.next;
+        pending
     }
 }
 
 impl RemoteFlush for FwRemoteFlush {
     fn flush_remote(&self, scope: FlushScope) {
-        if scope == FlushScope::Nothing {
-            return;
+        match scope {
+            FlushScope::Nothing => return,
+            FlushScope::Gfns(range) => {
+                let mut log = self.state.log.lock();
+                let seq = log.next;
+                log.next += 1;
+                log.ranges.push_back((seq, range));
+                if log.ranges.len() > LOG_CAPACITY {
+                    log.ranges.pop_front();
+                }
+            }
+            FlushScope::All => {
+                self.state.generation.fetch_add(1, Ordering::Release);
+            }
         }
-        // The whole VM's derived state goes, whatever the scope: fresh ASIDs are cheaper
-        // than finding each entry on each CPU, and flushes are rare.
-        self.generation.fetch_add(1, Ordering::Release);
-        self.flushes.fetch_add(1, Ordering::Relaxed);
+        self.state.flushes.fetch_add(1, Ordering::Relaxed);
         tracker().flush_remote(scope);
     }
 }

@@ -11,6 +11,14 @@ pub fn embedded(name: &str) -> Option<&'static [u8]> {
         .map(|(_, bytes)| *bytes)
 }
 
+/// The embedded VM layout (device tree blob) called `name`.
+pub fn config(name: &str) -> Option<&'static [u8]> {
+    CONFIGS
+        .iter()
+        .find(|(config, _)| *config == name)
+        .map(|(_, bytes)| *bytes)
+}
+
 /// Names of the embedded images.
 pub fn embedded_names() -> impl Iterator<Item = &'static str> {
     EMBEDDED.iter().map(|(name, _)| *name)

@@ -47,6 +47,16 @@ pub fn build_vms(specs: &[VmSpec<'_>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), Stri
     Ok((vms, vcpus))
 }
 
+/// The guest image the boot loader passed as an initrd (`-initrd` on QEMU).
+pub fn initrd_image(info: &crate::scenario::BootInfo) -> Result<&'static [u8], String> {
+    let options = &info.options;
+    let range = crate::arch::boot::initrd_range(options.rd_start, options.rd_size, info.ram.low.1)
+        .ok_or_else(|| {
+            String::from("image 'initrd' asked for, but the boot loader passed no usable initrd")
+        })?;
+    Ok(crate::arch::boot::initrd_bytes(range))
+}
+
 /// Totals over `vms` of one counter.
 pub fn total(vms: &[Arc<Vm>], counter: impl Fn(&VmStats) -> &core::sync::atomic::AtomicU64) -> u64 {
     vms.iter().map(|vm| VmStats::get(counter(&vm.stats))).sum()

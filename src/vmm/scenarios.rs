@@ -7,6 +7,8 @@ use crate::smp;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hv_core::addr::Gpa;
+use hv_devices::vmconfig::VmLayout;
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
@@ -14,57 +16,92 @@ const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
 const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
 /// Count ticks to wait when the command line does not say how many CPUs to expect.
 const CPU_SETTLE_TICKS: u32 = 20_000_000;
-/// VMs in the default layout of the `guests` scenario.
-const DEFAULT_VMS: usize = 3;
-/// Guest RAM of each VM in the default layout.
-const DEFAULT_RAM_BYTES: u64 = 8 << 20;
+/// Guest RAM of each self-test VM.
+const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
-/// The image the `guests` scenario runs: the full test guest if it was built, else hello.
-fn default_image() -> Result<(&'static str, &'static [u8]), String> {
-    for name in ["testguest", "hello"] {
-        if let Some(bytes) = images::embedded(name) {
-            return Ok((name, bytes));
+/// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
+/// layout named after the scenario, else the built-in default.
+fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
+    let name = info.options.config.unwrap_or(scenario);
+    match images::config(name) {
+        Some(blob) => VmLayout::parse(blob)
+            .map(|layout| (layout, format!("configs/{name}.dtb")))
+            .map_err(|e| format!("VM layout configs/{name}.dtb: {e}")),
+        None if info.options.config.is_some() => Err(format!(
+            "no VM layout '{name}' embedded (configs/{name}.dts)"
+        )),
+        None => Ok((
+            VmLayout::builtin_default(),
+            String::from("built-in default"),
+        )),
+    }
+}
+
+/// The image bytes for `name`: embedded, or `initrd` for the boot loader's initrd. A missing
+/// test guest falls back to `hello` (logged), so the scenario still runs before it exists.
+fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), String> {
+    if name == "initrd" {
+        return super::initrd_image(info).map(|bytes| (bytes, String::from("initrd")));
+    }
+    if let Some(bytes) = images::embedded(name) {
+        return Ok((bytes, String::from(name)));
+    }
+    if name == "testguest" {
+        if let Some(bytes) = images::embedded("hello") {
+            crate::log!("image testguest is not built; running hello instead");
+            return Ok((bytes, String::from("hello")));
         }
     }
     let names: Vec<&str> = images::embedded_names().collect();
     Err(format!(
-        "no test guest image embedded (have: [{}]); build guests with tools/build-guests.sh \
-         before tools/build-fw.sh",
+        "guest image '{name}' is not embedded (have: [{}]); build guests with \
+         tools/build-guests.sh before tools/build-fw.sh",
         names.join(", ")
     ))
 }
 
-/// The `guests` scenario: every VM runs the test guest to completion, exit status 0.
-pub fn guests(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
-    let (image_name, image) = default_image()?;
-    let specs: Vec<VmSpec<'_>> = (0..DEFAULT_VMS)
-        .map(|i| VmSpec {
-            name: format!("vm{i}"),
-            ram_bytes: DEFAULT_RAM_BYTES,
-            image: ImageSource::Elf(image),
-        })
-        .collect();
-    crate::log!("guests: {} VMs of {image_name} on {cpus} CPUs", specs.len());
-    let (vms, vcpus) = super::build_vms(&specs)?;
-    super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
-    let passed = super::report(&vms);
+/// Builds the VM specs of `layout`.
+fn specs(info: &BootInfo, layout: &VmLayout) -> Result<Vec<VmSpec<'static>>, String> {
+    let mut specs = Vec::new();
+    for vm in &layout.vms {
+        if vm.ram.base.raw() != 0 {
+            return Err(format!("VM {}: RAM must start at GPA 0", vm.name));
+        }
+        if vm.vcpus != 1 {
+            return Err(format!(
+                "VM {}: {} vCPUs asked for; this firmware runs one vCPU per VM",
+                vm.name, vm.vcpus
+            ));
+        }
+        let (bytes, image) = image_bytes(info, &vm.image)?;
+        crate::log!("VM {}: image {image}", vm.name);
+        specs.push(VmSpec {
+            name: vm.name.clone(),
+            ram_bytes: vm.ram.size_bytes,
+            rom: vm.rom.map(|r| (r.base, r.size_bytes)),
+            devices: vm.devices.clone(),
+            image: ImageSource::Elf(bytes),
+            swap_on_yield: None,
+        });
+    }
+    Ok(specs)
+}
+
+/// Prints the statistics every guest scenario reports.
+fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) {
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
-    crate::println!("STAT gpa_faults={}", super::total(&vms, |s| &s.gpa_faults));
+    crate::println!("STAT gpa_faults={}", super::total(vms, |s| &s.gpa_faults));
     crate::println!(
         "STAT guest_tlb_refills={}",
-        super::total(&vms, |s| &s.guest_tlb_refills)
+        super::total(vms, |s| &s.guest_tlb_refills)
     );
-    crate::println!("STAT guest_exits={}", super::total(&vms, |s| &s.exits));
+    crate::println!("STAT guest_exits={}", super::total(vms, |s| &s.exits));
     crate::println!(
         "STAT guest_timer_irqs={}",
-        super::total(&vms, |s| &s.timer_interrupts)
+        super::total(vms, |s| &s.timer_interrupts)
     );
+    crate::println!("STAT mmio_accesses={}", super::total(vms, |s| &s.mmio));
     crate::println!("STAT vcpu_migrations={}", sched::migrations());
     crate::println!("STAT asid_rollovers={}", super::asid::rollovers());
     let flushes: u64 = vms
@@ -72,8 +109,31 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
         .map(|vm| vm.memory.remote_flush().flushes())
         .sum();
     crate::println!("STAT remote_flushes={flushes}");
+    crate::println!(
+        "STAT flushed_tlb_halves={}",
+        super::total(vms, |s| &s.flushed_entries)
+    );
     let slices: Vec<String> = sched::slices(cpus).iter().map(|n| format!("{n}")).collect();
     crate::println!("STAT slices_per_cpu={}", slices.join(","));
+}
+
+/// The `guests` scenario: every VM of the layout runs to completion with exit status 0.
+pub fn guests(info: &BootInfo) -> Result<(), String> {
+    let cpus = smp::wait_for_cpus(
+        info.options.expect_cpus,
+        CPU_TIMEOUT_TICKS,
+        CPU_SETTLE_TICKS,
+    );
+    let (layout, source) = layout(info, "guests")?;
+    crate::log!(
+        "guests: {} VMs from {source} on {cpus} CPUs",
+        layout.vms.len()
+    );
+    let specs = specs(info, &layout)?;
+    let (vms, vcpus) = super::build_vms(&specs)?;
+    super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
+    let passed = super::report(&vms);
+    print_stats(&vms, cpus);
     if passed == vms.len() {
         Ok(())
     } else {
@@ -97,24 +157,17 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
     let specs: Vec<VmSpec<'_>> = (0..2)
         .map(|i| VmSpec {
             name: format!("selftest{i}"),
-            ram_bytes: DEFAULT_RAM_BYTES,
+            ram_bytes: SELFTEST_RAM_BYTES,
+            rom: Some((Gpa::new(0x1e00_0000), 0x1_0000)),
+            devices: VmLayout::builtin_default().vms[0].devices.clone(),
             image,
+            swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let passed = super::report(&vms);
-    crate::println!("STAT vms={}", vms.len());
-    crate::println!("STAT cpus={cpus}");
-    crate::println!("STAT gpa_faults={}", super::total(&vms, |s| &s.gpa_faults));
-    crate::println!(
-        "STAT guest_tlb_refills={}",
-        super::total(&vms, |s| &s.guest_tlb_refills)
-    );
-    crate::println!(
-        "STAT guest_timer_irqs={}",
-        super::total(&vms, |s| &s.timer_interrupts)
-    );
+    print_stats(&vms, cpus);
     if passed == vms.len() {
         Ok(())
     } else {

@@ -11,7 +11,7 @@
 //! allows writes, and G is never set. They live under the vCPU's host ASIDs (asid.rs).
 
 use super::asid::{self, AsidPair};
-use super::flush;
+use super::flush::{self, PendingFlush};
 use super::vm::{Vm, VmOutcome, VmStats};
 use crate::arch::guest::{self, GuestContext, EXIT_REFILL};
 use crate::arch::timer;
@@ -19,7 +19,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use hv_core::addr::{Gpa, Gva};
+use hv_core::addr::{GfnRange, Gpa, Gva};
 use hv_core::fault::FaultError;
 use hv_emul::abi::{self, GuestTranslation};
 use hv_emul::cp0::{Cause, Cp0Config, Cp0Effect, Cp0Reg, ExcCode, GuestMode};
@@ -76,6 +76,8 @@ pub struct Vcpu {
     last_timer_check: u32,
     asids: Option<AsidPair>,
     local_generation: u64,
+    /// Position in the VM's flush log up to which this vCPU has dropped entries.
+    flush_seen: u64,
     waiting: bool,
     last_exit: (u64, u32),
     repeats: u32,
@@ -101,6 +103,7 @@ impl Vcpu {
         };
         let cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
         let now = guest::host_count();
+        let vm_flush_position = vm.memory.remote_flush().log_position();
         Ok(Self {
             ctx: GuestContext::new(vm.entry),
             vm,
@@ -111,6 +114,7 @@ impl Vcpu {
             last_timer_check: now,
             asids: None,
             local_generation: 0,
+            flush_seen: vm_flush_position,
             waiting: false,
             last_exit: (0, 0),
             repeats: 0,
@@ -172,12 +176,26 @@ impl Vcpu {
             tracker
                 .enter_guest(cpu, || {})
                 .expect("CPU numbers are below MAX_CPUS");
+            let pending = self
+                .vm
+                .memory
+                .remote_flush()
+                .pending_since(&mut self.flush_seen);
+            if pending == PendingFlush::Everything {
+                self.local_generation += 1;
+            }
             let pair = asid::ensure(
                 self.asids,
                 cpu,
                 self.vm.memory.remote_flush().generation(),
                 self.local_generation,
             );
+            if let PendingFlush::Ranges(ranges) = pending {
+                // A pair kept from before is the only one that can have entries to drop.
+                if self.asids == Some(pair) {
+                    self.drop_derived(pair, &ranges);
+                }
+            }
             self.asids = Some(pair);
             self.ctx.entry_hi = u64::from(self.host_asid(pair));
             guest::enter(&mut self.ctx);
@@ -195,6 +213,28 @@ impl Vcpu {
                 return SliceEnd::Preempted;
             }
         }
+    }
+
+    /// Removes this CPU's root-TLB halves under `pair` whose guest page translates into one
+    /// of `ranges` (or no longer translates at all).
+    fn drop_derived(&mut self, pair: AsidPair, ranges: &[GfnRange]) {
+        let cp0 = &self.cpu.cp0;
+        let tlb = &self.cpu.tlb;
+        let removed = guest::drop_guest_pages([pair.kernel, pair.user], |asid, page| {
+            let mode = if asid == pair.kernel {
+                GuestMode::Kernel
+            } else {
+                GuestMode::User
+            };
+            match abi::translate_access(Gva::new(page), mode, cp0.asid(), tlb, Access::Load) {
+                Ok(t) => ranges.iter().any(|range| range.contains(t.gpa.frame())),
+                Err(_) => true,
+            }
+        });
+        self.vm
+            .stats
+            .flushed_entries
+            .fetch_add(removed as u64, core::sync::atomic::Ordering::Relaxed);
     }
 
     fn host_asid(&self, pair: AsidPair) -> u8 {
@@ -515,8 +555,7 @@ impl Vcpu {
 
     /// A device access (no memslot at the GPA, or a store to a read-only slot).
     fn mmio(&mut self, request: MmioReq) -> Flow {
-        VmStats::bump(&self.vm.stats.mmio);
-        let value = match super::devices::access(&self.vm, &request) {
+        let value = match self.vm.mmio_access(&request) {
             Ok(value) => value,
             Err(why) => return self.stop(why),
         };
@@ -542,6 +581,9 @@ impl Vcpu {
                 VmInfoKey::VmId => self.vm.id as u64,
             }),
             Hypercall::Yield => {
+                if let Err(why) = self.vm.on_yield() {
+                    return self.stop(why);
+                }
                 hypercall::set_result(&mut self.cpu.gprs, Ok(0));
                 return Flow::End(SliceEnd::Yielded);
             }

@@ -1,18 +1,24 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
+use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::frame_pool::FramePool;
 use hv_core::memslot::{BackingId, SlotFlags};
+use hv_devices::bus::{BusError, MmioBus};
+use hv_devices::vmconfig::DeviceSpec;
 use hv_emul::abi::GUEST_KSEG0_BASE;
+use hv_emul::emulate::{MmioKind, MmioReq};
 use spin::Mutex;
 
 /// The memory core's VM type as the firmware instantiates it.
@@ -30,8 +36,15 @@ pub struct VmSpec<'a> {
     pub name: String,
     /// Guest RAM in bytes (a multiple of the page size), at GPA 0.
     pub ram_bytes: u64,
+    /// An optional read-only memslot (zero-filled): base and size in bytes.
+    pub rom: Option<(Gpa, u64)>,
+    /// Emulated devices.
+    pub devices: Vec<DeviceSpec>,
     /// The guest image.
     pub image: ImageSource<'a>,
+    /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
+    /// which makes the memory core flush their derived translations.
+    pub swap_on_yield: Option<(Gpa, u64)>,
 }
 
 /// Where a VM's image comes from.
@@ -49,7 +62,7 @@ pub enum ImageSource<'a> {
 }
 
 /// Why a VM could not be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VmBuildError {
     /// RAM size zero, unaligned or beyond the guest window.
     BadRamSize(u64),
@@ -61,6 +74,8 @@ pub enum VmBuildError {
     Image(ImageError),
     /// Copying the image into guest RAM failed.
     Load(FaultError),
+    /// The devices could not be set up.
+    Devices(String),
 }
 
 impl fmt::Display for VmBuildError {
@@ -71,6 +86,7 @@ impl fmt::Display for VmBuildError {
             Self::Memory(e) => write!(f, "memory core: {e}"),
             Self::Image(e) => write!(f, "guest image: {e}"),
             Self::Load(e) => write!(f, "loading the image: {e}"),
+            Self::Devices(e) => write!(f, "devices: {e}"),
         }
     }
 }
@@ -94,8 +110,12 @@ pub struct VmStats {
     pub timer_interrupts: AtomicU64,
     /// Device (MMIO) accesses emulated.
     pub mmio: AtomicU64,
+    /// Stores to the read-only memslot (ignored).
+    pub rom_writes: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
+    /// Root-TLB halves removed because a flush token named their guest page.
+    pub flushed_entries: AtomicU64,
 }
 
 impl VmStats {
@@ -128,9 +148,12 @@ pub struct Vm {
     /// Guest RAM size in bytes.
     pub ram_bytes: u64,
     /// Guest memory: GPA table, memslots, host backing.
-    pub memory: GuestMemory,
+    pub memory: Arc<GuestMemory>,
     /// The backing object of guest RAM (memslot at GPA 0).
     pub ram_backing: BackingId,
+    /// The read-only memslot: base, size in bytes, backing.
+    pub rom: Option<(Gpa, u64, BackingId)>,
+    devices: Mutex<MmioBus<BusDevice>>,
     /// Guest entry point.
     pub entry: u64,
     /// First guest physical address above every loaded segment.
@@ -141,6 +164,7 @@ pub struct Vm {
     pub stats: VmStats,
     console_line: Mutex<String>,
     outcome: Mutex<Option<VmOutcome>>,
+    swap_on_yield: Mutex<Option<(Gpa, u64)>>,
 }
 
 impl fmt::Debug for Vm {
@@ -175,6 +199,7 @@ impl Vm {
         let pool = FramePool::new(memory, base, nframes);
         let guest = GuestMemory::new(FwTableFrames::new(), pool, FwRemoteFlush::new())
             .map_err(VmBuildError::Memory)?;
+        let guest = Arc::new(guest);
         let backing = guest
             .host()
             .create_backing(pages)
@@ -203,6 +228,25 @@ impl Vm {
             .map(|s| s.gpa + s.mem_bytes)
             .max()
             .unwrap_or(0);
+        let rom = match spec.rom {
+            None => None,
+            Some((base, bytes)) => {
+                let pages = bytes / PAGE_SIZE;
+                let rom_backing = guest
+                    .host()
+                    .create_backing(pages)
+                    .map_err(|e| VmBuildError::Memory(VmError::Backing(e)))?;
+                let range = GfnRange::from_start_len(base.frame(), pages)
+                    .map_err(|_| VmBuildError::BadRamSize(bytes))?;
+                guest
+                    .add_memslot(range, rom_backing, 0, SlotFlags::READ_ONLY)
+                    .map_err(VmBuildError::Memory)?;
+                Some((base, bytes, rom_backing))
+            }
+        };
+        let ram_view = RamView::new(guest.clone(), backing, Gpa::new(0), ram_bytes);
+        let devices = devices::build_bus(&spec.name, &spec.devices, &ram_view)
+            .map_err(VmBuildError::Devices)?;
         let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
         Ok(Self {
             id,
@@ -210,12 +254,15 @@ impl Vm {
             ram_bytes,
             memory: guest,
             ram_backing: backing,
+            rom,
+            devices: Mutex::new(devices),
             entry,
             image_end,
             vcpus: 1,
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
             outcome: Mutex::new(None),
+            swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
     }
 
@@ -225,21 +272,96 @@ impl Vm {
         self.memory.map_page(gpa, write)
     }
 
-    /// Reads guest RAM at `gpa` into `buf` (no page boundary crossing), as the guest sees it.
+    /// Reads guest memory (RAM or the read-only slot) at `gpa` into `buf` (no page boundary
+    /// crossing), as the guest sees it.
     pub fn read_ram(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), FaultError> {
-        let page = gpa.raw() / PAGE_SIZE;
-        if gpa.raw() >= self.ram_bytes {
-            return Err(FaultError::NoMemslot);
-        }
+        let (backing, offset) = if gpa.raw() < self.ram_bytes {
+            (self.ram_backing, gpa.raw())
+        } else {
+            match self.rom {
+                Some((base, bytes, backing))
+                    if gpa.raw() >= base.raw() && gpa.raw() - base.raw() < bytes =>
+                {
+                    (backing, gpa.raw() - base.raw())
+                }
+                _ => return Err(FaultError::NoMemslot),
+            }
+        };
         self.memory
             .host()
             .read(
-                self.ram_backing,
-                page,
-                (gpa.raw() % PAGE_SIZE) as usize,
+                backing,
+                offset / PAGE_SIZE,
+                (offset % PAGE_SIZE) as usize,
                 buf,
             )
             .map_err(FaultError::from)
+    }
+
+    /// Whether `gpa` lies in the read-only memslot.
+    fn in_rom(&self, gpa: Gpa) -> bool {
+        self.rom.is_some_and(|(base, bytes, _)| {
+            gpa.raw() >= base.raw() && gpa.raw() - base.raw() < bytes
+        })
+    }
+
+    /// A guest load or store that hit no RAM: a store to the read-only slot is ignored (as
+    /// ROM ignores writes), anything else goes to the device that owns the address. An
+    /// address nobody owns, or an access the device refuses, is an error that stops the VM
+    /// (the guest ABI delivers no bus errors).
+    pub fn mmio_access(&self, request: &MmioReq) -> Result<u64, String> {
+        if self.in_rom(request.gpa) {
+            if let MmioKind::Store { .. } = request.kind {
+                if VmStats::get(&self.stats.rom_writes) == 0 {
+                    crate::log!(
+                        "VM {}: store to read-only GPA {:#x} ignored",
+                        self.name,
+                        request.gpa.raw()
+                    );
+                }
+                VmStats::bump(&self.stats.rom_writes);
+                return Ok(0);
+            }
+        }
+        VmStats::bump(&self.stats.mmio);
+        self.devices
+            .lock()
+            .access(request)
+            .map_err(|error| match error {
+                BusError::Unmapped { gpa } => alloc::format!(
+                    "{}-byte {} guest physical address {:#x}: no RAM and no device there",
+                    request.width.bytes(),
+                    if matches!(request.kind, MmioKind::Load { .. }) {
+                        "load from"
+                    } else {
+                        "store to"
+                    },
+                    gpa.raw()
+                ),
+                other => alloc::format!("device access refused: {other:?}"),
+            })
+    }
+
+    /// The guest yielded: runs the swap-out test knob once, if set. Returns pages swapped.
+    pub fn on_yield(&self) -> Result<u64, String> {
+        let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
+            return Ok(0);
+        };
+        let mut swapped = 0;
+        for page in gpa.raw() / PAGE_SIZE..gpa.raw() / PAGE_SIZE + count {
+            if self
+                .memory
+                .swap_out(self.ram_backing, page)
+                .map_err(|e| format!("swap-out of guest page {page:#x}: {e}"))?
+            {
+                swapped += 1;
+            }
+        }
+        crate::log!(
+            "VM {}: swapped out {swapped} of {count} pages on yield",
+            self.name
+        );
+        Ok(swapped)
     }
 
     /// Appends guest console output; whole lines go to the host console with the VM's name.

@@ -31,9 +31,10 @@ fn setup() -> (Arc<TestVm>, BackingId) {
     (Arc::new(vm), b)
 }
 
+/// Two-thread models are explored exhaustively (they finish in well under a second).
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
+    builder.preemption_bound = None;
     builder.check(f);
 }
 
@@ -100,6 +101,32 @@ fn set_entry_merge_against_slow_write_fault() {
         };
         vm.merge((b, 0), (b, 1)).unwrap();
         faulter.join().unwrap();
+        finish(vm);
+    });
+}
+
+/// (a') Two vCPUs fault the same page (one reads, one writes) while the host swaps it out:
+/// three threads, so preemptions are bounded to keep the run short.
+#[test]
+fn two_faults_and_a_swap_out() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(2);
+    builder.check(|| {
+        let (vm, b) = setup();
+        let faulters: Vec<_> = [false, true]
+            .into_iter()
+            .map(|write| {
+                let vm = Arc::clone(&vm);
+                loom::thread::spawn(move || {
+                    let (even, _) = vm.map_page(gpa(0x10), write).expect("fault");
+                    assert!(even.is_present() && (!write || even.is_dirty()));
+                })
+            })
+            .collect();
+        vm.swap_out(b, 0).unwrap();
+        for f in faulters {
+            f.join().unwrap();
+        }
         finish(vm);
     });
 }

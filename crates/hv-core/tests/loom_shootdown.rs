@@ -29,7 +29,7 @@ fn guest_access(cpu: &Cpu, freed: &AtomicBool) {
 #[test]
 fn frame_is_freed_only_after_every_cpu_acknowledged() {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
+    builder.preemption_bound = None;
     builder.check(|| {
         let tracker = Arc::new(QuiescenceTracker::new(2));
         let freed = Arc::new(AtomicBool::new(false));
@@ -68,7 +68,7 @@ fn frame_is_freed_only_after_every_cpu_acknowledged() {
 #[test]
 fn back_to_back_requests_each_wait_for_their_own_acknowledgement() {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(2);
+    builder.preemption_bound = None;
     builder.check(|| {
         let tracker = Arc::new(QuiescenceTracker::new(2));
         let freed = Arc::new([AtomicBool::new(false), AtomicBool::new(false)]);

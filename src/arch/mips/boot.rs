@@ -127,6 +127,31 @@ fn loader_string(array: u64, index: usize) -> Option<&'static str> {
 /// Most command line words kept.
 const MAX_CMDLINE_WORDS: usize = 32;
 
+/// Physical range `[start, end)` of the initrd the loader placed in low RAM
+/// (`rd_start=` is its KSEG0 address), or `None` when absent or outside RAM below `low_end`.
+pub fn initrd_range(
+    rd_start: Option<u64>,
+    rd_size: Option<u64>,
+    low_end: Hpa,
+) -> Option<(Hpa, Hpa)> {
+    let start = addr::virt_to_phys(rd_start?)?;
+    let size = rd_size?;
+    let end = start.raw().checked_add(size)?;
+    (size > 0 && start.raw() >= LOADER_AREA_END && end <= low_end.raw())
+        .then(|| (start, Hpa::new(end)))
+}
+
+/// The initrd's bytes. `range` must come from [`initrd_range`] and be kept out of the frame
+/// allocator (boot does that), so nothing else ever writes it.
+pub fn initrd_bytes(range: (Hpa, Hpa)) -> &'static [u8] {
+    let va = addr::phys_to_virt(range.0);
+    let len = (range.1.raw() - range.0.raw()) as usize;
+    // SAFETY: [start, end) is RAM below the I/O hole (initrd_range checked it) holding the
+    // loader's initrd; boot excluded it from the frame allocator and the heap lies below
+    // it, so it is never written after boot and a shared 'static slice is sound.
+    unsafe { core::slice::from_raw_parts(va as *const u8, len) }
+}
+
 /// The loader's command line: argv[1..argc]. QEMU puts all of `-append` in argv[1];
 /// YAMON passes one word per entry. When argc is not usable (QEMU with -semihosting leaves
 /// a0 unset) only argv[1] is read, and entries from envp on are never taken for arguments.

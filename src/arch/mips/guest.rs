@@ -176,6 +176,41 @@ pub fn invalidate_guest_range(asid: u8, start: u64, end: u64) {
     }
 }
 
+/// Walks every root-TLB entry of this CPU under one of `asids` and removes each valid half
+/// for which `drop_page(asid, guest page address)` says so. Returns the halves removed.
+pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bool) -> usize {
+    /// EntryHi.VPN2 for 40-bit user addresses.
+    const VPN2: u64 = 0xff_ffff_e000;
+    let mut removed = 0;
+    let mut window = TlbWindow::open();
+    for index in 0..super::tlb::entries() {
+        let (entry_hi, lo0, lo1) = window.read_entry(index);
+        let asid = entry_hi as u8;
+        if !asids.contains(&asid) || lo0.union(lo1).contains(EntryLo::G) {
+            continue;
+        }
+        let pair = entry_hi & VPN2;
+        let mut halves = [lo0, lo1];
+        let mut changed = false;
+        for (half, lo) in halves.iter_mut().enumerate() {
+            if lo.contains(EntryLo::V) && drop_page(asid, pair + 0x1000 * half as u64) {
+                *lo = EntryLo::empty();
+                changed = true;
+                removed += 1;
+            }
+        }
+        if !changed {
+            continue;
+        }
+        if halves.iter().all(|lo| !lo.contains(EntryLo::V)) {
+            window.invalidate_indexed(index);
+        } else {
+            window.write_indexed(index, entry_hi, halves[0], halves[1]);
+        }
+    }
+    removed
+}
+
 /// Reads Count (the host timer) for guest Count emulation.
 pub fn host_count() -> u32 {
     cp0::count()

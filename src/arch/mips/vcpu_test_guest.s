@@ -9,6 +9,8 @@
 #   4  guest user mode: ERET to useg 0x0040_0000 (ASID 5), stores there, SYSCALL back
 #   5  guest timer: Compare interrupts wake WAIT five times
 #   6  user mode may not touch the kernel window: the address error reaches the guest
+#   7  pages swapped out by the host while mapped come back with their contents
+#   8  devices: 16550 output and LSR, virtio-mmio identification, read-only slot
 # Layout (offsets in the image; GPA = 0x1000 + offset, guest VA = 0x4000_0000 + GPA):
 #   0x0000 entry, 0x1000 exception vectors (EBase 0x4000_2000), 0x2000 user code page,
 #   0x3000 main, 0x3f00 message. Counters live at GPA 0x8_0000 (refills at +0, timer
@@ -261,6 +263,85 @@ vtg_after_user:
     eret
 vtg_after_address_error:
 
+    # Stage 7: 8 pages at GPA 0x60_0000 get a pattern and are read (root entries exist);
+    # the yield asks the host to swap them out (flush tokens); 8 fresh pages at GPA 0x70_0000
+    # then take the freed host frames; the first 8 must still read their own pattern.
+    addiu   $a0, $zero, 7
+    lui     $t0, 0x4060
+    lui     $t1, 0x4060
+    ori     $t1, $t1, 0x8000
+1:  xori    $t2, $t0, 0x7777
+    sd      $t2, 0($t0)
+    ld      $t3, 0($t0)
+    bne     $t2, $t3, vtg_exit
+    daddiu  $t0, $t0, 0x1000
+    bne     $t0, $t1, 1b
+    nop
+    addiu   $v0, $zero, 4
+    .word   0x42000028              # HYPCALL yield: the host swaps GPA 0x60_0000.. out
+    lui     $t0, 0x4070
+    lui     $t1, 0x4070
+    ori     $t1, $t1, 0x8000
+2:  sd      $t0, 0($t0)
+    daddiu  $t0, $t0, 0x1000
+    bne     $t0, $t1, 2b
+    nop
+    lui     $t0, 0x4060
+    lui     $t1, 0x4060
+    ori     $t1, $t1, 0x8000
+3:  ld      $t2, 0($t0)
+    xori    $t2, $t2, 0x7777
+    bne     $t2, $t0, vtg_exit
+    daddiu  $t0, $t0, 0x1000
+    bne     $t0, $t1, 3b
+    nop
+
+    # Stage 8: devices. The 16550 at GPA 0x1f00_0000 prints a line and reports THR empty;
+    # the virtio-mmio window at 0x1f00_1000 shows magic, version 2 and the balloon's ID;
+    # the read-only slot at 0x1e00_0000 ignores a store.
+    addiu   $a0, $zero, 8
+    lui     $t0, 0x5f00
+    addiu   $t1, $zero, 0x75        # "uart ok\n"
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x61
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x72
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x74
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x20
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x6f
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x6b
+    sb      $t1, 0($t0)
+    addiu   $t1, $zero, 0x0a
+    sb      $t1, 0($t0)
+    lbu     $t1, 5($t0)             # LSR
+    andi    $t1, $t1, 0x20          # THRE
+    beqz    $t1, vtg_exit
+    nop
+    ori     $t0, $t0, 0x1000
+    lw      $t1, 0($t0)             # MagicValue
+    lui     $t2, 0x7472
+    ori     $t2, $t2, 0x6976
+    bne     $t1, $t2, vtg_exit
+    nop
+    lw      $t1, 4($t0)             # Version
+    addiu   $t2, $zero, 2
+    bne     $t1, $t2, vtg_exit
+    nop
+    lw      $t1, 8($t0)             # DeviceID
+    addiu   $t2, $zero, 5
+    bne     $t1, $t2, vtg_exit
+    nop
+    lui     $t0, 0x5e00
+    addiu   $t1, $zero, 0x77
+    sw      $t1, 0($t0)
+    lw      $t1, 0($t0)
+    bnez    $t1, vtg_exit
+    nop
+
     # Done: print the message and exit 0.
     addiu   $v0, $zero, 1
     lui     $a0, 0x4000
@@ -272,7 +353,7 @@ vtg_after_address_error:
 
     .org 0x3f00
 vtg_message:
-    .ascii  "vcpu test guest: window, mapped kernel, guest refills, user mode, timer: ok\n"
+    .ascii  "vcpu test guest: window, mapped kernel, refills, user mode, timer, swap: ok\n"
 vtg_message_end:
     .set pop
     .globl vcpu_test_guest_end

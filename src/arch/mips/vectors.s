@@ -110,18 +110,22 @@ exc_general_entry:
     dmtc0   $k0, $30
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
-    bnez    $k0, guest_exit_general
+    beqz    $k0, 3f
     nop
-    .set at
+    j       guest_exit_general       # j: guest.s may be linked anywhere in the image
+    nop
+3:  .set at
     SAVE_FRAME {kind_general}
 exc_refill_entry:
     .set noat
     dmtc0   $k0, $30
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
-    bnez    $k0, guest_exit_refill
+    beqz    $k0, 3f
     nop
-    .set at
+    j       guest_exit_refill       # j: guest.s may be linked anywhere in the image
+    nop
+3:  .set at
     SAVE_FRAME {kind_refill}
 exc_cache_error_entry:
     SAVE_FRAME {kind_cache_error}
