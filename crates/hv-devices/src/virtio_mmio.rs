@@ -1402,6 +1402,7 @@ mod tests {
         #[test]
         fn hostile_rings_through_the_transport(
             ring_bytes in proptest::collection::vec(any::<u8>(), 0x3100),
+            avail_idx in prop_oneof![3 => 0u16..=16, 1 => any::<u16>()],
             ops in proptest::collection::vec(
                 (prop_oneof![Just(regs::QUEUE_NOTIFY), Just(regs::INTERRUPT_ACK),
                              Just(regs::STATUS), Just(regs::QUEUE_READY), Just(regs::QUEUE_SEL)],
@@ -1410,6 +1411,8 @@ mod tests {
         ) {
             let mut d = ready(VIRTIO_F_VERSION_1 | VIRTIO_F_INDIRECT_DESC | VIRTIO_F_EVENT_IDX);
             put(&mut d, DESC, &ring_bytes);
+            // A plausible avail.idx so processing gets past the index check.
+            put(&mut d, AVAIL + 2, &avail_idx.to_le_bytes());
             for (offset, value) in ops {
                 let was_broken = d.status() & status::DEVICE_NEEDS_RESET != 0;
                 let _ = d.write(offset, Width::Word, u64::from(value));
@@ -1427,12 +1430,30 @@ mod tests {
         fn random_register_traffic_keeps_invariants(
             ops in proptest::collection::vec(
                 (any::<bool>(),
-                 prop_oneof![(0u64..0x40).prop_map(|i| i * 4), 0u64..0x210],
-                 0u8..4,
-                 prop_oneof![0u64..0x100, Just(0x1_0000_0000), any::<u64>()]),
+                 prop_oneof![
+                     4 => proptest::sample::select(vec![
+                         regs::DEVICE_FEATURES_SEL, regs::DRIVER_FEATURES, regs::DRIVER_FEATURES_SEL,
+                         regs::QUEUE_SEL, regs::QUEUE_NUM, regs::QUEUE_READY, regs::QUEUE_NOTIFY,
+                         regs::INTERRUPT_ACK, regs::STATUS, regs::QUEUE_DESC_LOW,
+                         regs::QUEUE_DRIVER_LOW, regs::QUEUE_DEVICE_LOW,
+                     ]),
+                     1 => (0u64..0x40).prop_map(|i| i * 4),
+                     1 => 0u64..0x210,
+                 ],
+                 prop_oneof![3 => Just(2u8), 1 => 0u8..4],
+                 prop_oneof![
+                     // Status steps, selectors and queue numbers a driver would write.
+                     3 => proptest::sample::select(vec![0u64, 1, 2, 3, 7, 8, 11, 15, 16]),
+                     1 => 0u64..0x100,
+                     1 => Just(0x1_0000_0000),
+                     1 => any::<u64>(),
+                 ]),
                 0..300),
+            start_ready in any::<bool>(),
         ) {
-            let mut d = dev();
+            // Half the runs start from a driven device, so the traffic also meets the
+            // negotiated and running states.
+            let mut d = if start_ready { ready(VIRTIO_F_VERSION_1 | FEATURE_A) } else { dev() };
             for (is_write, offset, w, value) in ops {
                 let width = [Width::Byte, Width::Half, Width::Word, Width::Double][usize::from(w)];
                 let value = value & width.value_mask();
