@@ -181,6 +181,8 @@ run_qemu() {
     scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
     scenario_case "guests-smp4" guests --smp 4
     scenario_case "guests-smp1" guests --smp 1
+    scenario_case "isolation-smp2" isolation --smp 2
+    scenario_case "isolation-smp1" isolation --smp 1
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
