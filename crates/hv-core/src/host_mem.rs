@@ -116,6 +116,7 @@ pub struct HostState<M> {
     pool: FramePool<M>,
     backings: Vec<Option<Vec<PageState>>>,
     swap: Vec<Option<Vec<u8>>>,
+    cow_breaks: u64,
 }
 
 impl<M: FrameMemory> HostState<M> {
@@ -169,6 +170,11 @@ impl<M: FrameMemory> HostState<M> {
             Some(hfn) => Ok(Some(self.pool.with_contents(hfn, f)?)),
             None => Ok(None),
         }
+    }
+
+    /// Writes that broke sharing of a shared frame so far (copies and last-sharer takeovers).
+    pub fn cow_breaks(&self) -> u64 {
+        self.cow_breaks
     }
 
     /// Number of pages in the swap store.
@@ -259,6 +265,7 @@ impl<M: FrameMemory> HostMem<M> {
                 pool,
                 backings: Vec::new(),
                 swap: Vec::new(),
+                cow_breaks: 0,
             }),
             epochs,
         }
@@ -329,6 +336,7 @@ impl<M: FrameMemory> HostMem<M> {
                     },
                 );
                 st.set_page(backing, page, PageState::Private(last));
+                st.cow_breaks += 1;
                 Resolved {
                     hfn: last,
                     writable: true,
@@ -350,6 +358,7 @@ impl<M: FrameMemory> HostMem<M> {
                 );
                 st.set_page(backing, page, PageState::Private(copy));
                 st.pool.put(shared)?;
+                st.cow_breaks += 1;
                 Resolved {
                     hfn: copy,
                     writable: true,

@@ -375,4 +375,5 @@ fn last_sharer_takes_the_frame_itself_on_write() {
     );
     assert_eq!(host.lock().page(b, 1), Ok(PageState::Private(h1)));
     assert_eq!(host.lock().pool().allocated_count(), 2);
+    assert_eq!(host.lock().cow_breaks(), 2, "one copy, one takeover");
 }

@@ -7,3 +7,6 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod dedup;
+pub mod router;
