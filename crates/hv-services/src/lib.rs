@@ -7,3 +7,8 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod balloon;
+
+#[cfg(test)]
+mod testvm;
