@@ -89,6 +89,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::scenarios::guests,
     },
     Scenario {
+        name: "isolation",
+        about: "a hostile guest tries forbidden things beside a well-behaved VM",
+        run: crate::vmm::scenarios::isolation,
+    },
+    Scenario {
         name: "vcpu-selftest",
         about: "a built-in assembly guest checks each trap-and-emulate path",
         run: crate::vmm::scenarios::vcpu_selftest,

@@ -11,6 +11,7 @@ pub mod asid;
 pub mod devices;
 pub mod flush;
 pub mod images;
+pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
@@ -79,11 +80,15 @@ pub fn run(vms: &[Arc<Vm>], vcpus: Vec<Vcpu>, timeout_ticks: u64) {
 }
 
 /// Prints one `RESULT vm:<name> PASS|FAIL ...` line per VM; returns how many passed
-/// (exited with status 0).
-pub fn report(vms: &[Arc<Vm>]) -> usize {
+/// (exited with status 0). A VM in `contained` is expected to be stopped by the host: its
+/// line says `CONTAINED` when it was.
+pub fn report(vms: &[Arc<Vm>], contained: &[&str]) -> usize {
     let mut passed = 0;
     for vm in vms {
         match vm.outcome() {
+            Some(VmOutcome::Stopped(why)) if contained.contains(&vm.name.as_str()) => {
+                crate::println!("RESULT vm:{} CONTAINED stopped: {why}", vm.name)
+            }
             Some(VmOutcome::Exited(0)) => {
                 passed += 1;
                 crate::println!("RESULT vm:{} PASS exit=0", vm.name);

@@ -132,7 +132,7 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
     let specs = specs(info, &layout)?;
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
-    let passed = super::report(&vms);
+    let passed = super::report(&vms, &[]);
     print_stats(&vms, cpus);
     if passed == vms.len() {
         Ok(())
@@ -166,11 +166,62 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
-    let passed = super::report(&vms);
+    let passed = super::report(&vms, &[]);
     print_stats(&vms, cpus);
     if passed == vms.len() {
         Ok(())
     } else {
         Err(format!("{} of {} VMs passed", passed, vms.len()))
     }
+}
+
+/// Forbidden attempts the hostile guest must at least make for `isolation` to pass.
+const MIN_HOSTILE_ATTEMPTS: u64 = 8;
+
+/// The `isolation` scenario: the hostile guest's attempts are all contained while the other
+/// VMs run to completion (see `isolation.rs`).
+pub fn isolation(info: &BootInfo) -> Result<(), String> {
+    let cpus = smp::wait_for_cpus(
+        info.options.expect_cpus,
+        CPU_TIMEOUT_TICKS,
+        CPU_SETTLE_TICKS,
+    );
+    let (layout, source) = layout(info, "isolation")?;
+    let hostile_index = layout
+        .vms
+        .iter()
+        .position(|vm| vm.image == "hostile")
+        .ok_or_else(|| format!("layout {source} has no VM running the hostile image"))?;
+    if layout.vms.len() < 2 {
+        return Err(format!(
+            "layout {source} has no well-behaved VM beside the hostile one"
+        ));
+    }
+    crate::log!(
+        "isolation: {} VMs from {source} on {cpus} CPUs, hostile VM {}",
+        layout.vms.len(),
+        layout.vms[hostile_index].name
+    );
+    let specs = specs(info, &layout)?;
+    let (vms, vcpus) = super::build_vms(&specs)?;
+    super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
+    let hostile = &vms[hostile_index];
+    super::report(&vms, &[hostile.name.as_str()]);
+    print_stats(&vms, cpus);
+    let tally = super::isolation::tally(hostile);
+    crate::println!(
+        "STAT attempted={} contained={}",
+        tally.attempted,
+        tally.contained
+    );
+    crate::println!("STAT breaches={}", tally.breaches);
+    crate::println!(
+        "STAT open_bus_accesses={}",
+        super::total(&vms, |s| &s.unbacked)
+    );
+    crate::println!("STAT rom_writes={}", super::total(&vms, |s| &s.rom_writes));
+    if let Some(name) = &tally.stopped_during {
+        crate::log!("hostile VM was stopped during attempt {name}");
+    }
+    super::isolation::judge(&vms, hostile, &tally, MIN_HOSTILE_ATTEMPTS)
 }

@@ -40,6 +40,10 @@ const PRECISE_INVALIDATE_BYTES: u64 = 64 << 10;
 /// Identical exits in a row (same PC, same cause) after which the VM is stopped as stuck in
 /// an exception storm.
 pub const STORM_LIMIT: u32 = 20_000;
+/// Whole slices in a row in which a vCPU took no exit but host interrupts (it neither
+/// faults, traps, calls nor takes guest interrupts) after which its VM is stopped as a
+/// runaway. It is preempted every slice meanwhile, so other VMs run regardless.
+pub const RUNAWAY_SLICES: u32 = 400;
 
 /// How a time slice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,7 @@ pub struct Vcpu {
     waiting: bool,
     last_exit: (u64, u32),
     repeats: u32,
+    quiet_slices: u32,
 }
 
 impl core::fmt::Debug for Vcpu {
@@ -118,6 +123,7 @@ impl Vcpu {
             waiting: false,
             last_exit: (0, 0),
             repeats: 0,
+            quiet_slices: 0,
         })
     }
 
@@ -156,6 +162,7 @@ impl Vcpu {
     pub fn run_slice(&mut self) -> SliceEnd {
         let cpu = guest::this_cpu();
         let start_ticks = timer::ticks(cpu);
+        let mut busy = false;
         loop {
             if self.vm.outcome().is_some() {
                 return SliceEnd::Finished;
@@ -205,11 +212,21 @@ impl Vcpu {
             self.cpu.gprs = Gprs::from_array(self.ctx.gpr);
             self.cpu.pc = self.ctx.pc;
             VmStats::bump(&self.vm.stats.exits);
+            busy |= self.ctx.exit_cause & 0x7c != 0;
             if let Flow::End(end) = self.dispatch() {
+                self.quiet_slices = 0;
                 return end;
             }
             if timer::ticks(cpu) != start_ticks {
                 VmStats::bump(&self.vm.stats.preemptions);
+                self.quiet_slices = if busy { 0 } else { self.quiet_slices + 1 };
+                if self.quiet_slices >= RUNAWAY_SLICES {
+                    self.stop(format!(
+                        "runaway: {RUNAWAY_SLICES} time slices in a row without a single \
+                         trap, fault, hypercall or guest interrupt"
+                    ));
+                    return SliceEnd::Finished;
+                }
                 return SliceEnd::Preempted;
             }
         }

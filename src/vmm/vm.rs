@@ -26,6 +26,12 @@ pub type GuestMemory = MemVm<FwTableFrames, FwFrameMemory, FwRemoteFlush>;
 
 /// Longest console line kept before it is printed anyway.
 const CONSOLE_LINE_MAX: usize = 200;
+/// Open-bus accesses logged per VM.
+const LOGGED_UNBACKED: u64 = 8;
+/// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
+const RECORDED_LINES_MAX: usize = 128;
+/// First words of console lines a scenario may want to inspect afterwards.
+const RECORDED_WORDS: [&str; 4] = ["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM"];
 /// Extra pool frames beyond RAM pages (copies when breaking shared pages).
 const POOL_SPARE_FRAMES: usize = 16;
 
@@ -112,6 +118,8 @@ pub struct VmStats {
     pub mmio: AtomicU64,
     /// Stores to the read-only memslot (ignored).
     pub rom_writes: AtomicU64,
+    /// Loads and stores to guest physical addresses nobody owns (open bus).
+    pub unbacked: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
     /// Root-TLB halves removed because a flush token named their guest page.
@@ -163,6 +171,7 @@ pub struct Vm {
     /// Counters.
     pub stats: VmStats,
     console_line: Mutex<String>,
+    recorded: Mutex<Vec<String>>,
     outcome: Mutex<Option<VmOutcome>>,
     swap_on_yield: Mutex<Option<(Gpa, u64)>>,
 }
@@ -261,6 +270,7 @@ impl Vm {
             vcpus: 1,
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
+            recorded: Mutex::new(Vec::new()),
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
@@ -307,8 +317,8 @@ impl Vm {
 
     /// A guest load or store that hit no RAM: a store to the read-only slot is ignored (as
     /// ROM ignores writes), anything else goes to the device that owns the address. An
-    /// address nobody owns, or an access the device refuses, is an error that stops the VM
-    /// (the guest ABI delivers no bus errors).
+    /// address nobody owns reads as all ones and drops stores (open bus); an access a device
+    /// refuses (width, alignment) stops the VM (the guest ABI delivers no bus errors).
     pub fn mmio_access(&self, request: &MmioReq) -> Result<u64, String> {
         if self.in_rom(request.gpa) {
             if let MmioKind::Store { .. } = request.kind {
@@ -324,22 +334,35 @@ impl Vm {
             }
         }
         VmStats::bump(&self.stats.mmio);
-        self.devices
-            .lock()
-            .access(request)
-            .map_err(|error| match error {
-                BusError::Unmapped { gpa } => alloc::format!(
-                    "{}-byte {} guest physical address {:#x}: no RAM and no device there",
-                    request.width.bytes(),
-                    if matches!(request.kind, MmioKind::Load { .. }) {
-                        "load from"
-                    } else {
-                        "store to"
-                    },
-                    gpa.raw()
-                ),
-                other => alloc::format!("device access refused: {other:?}"),
-            })
+        match self.devices.lock().access(request) {
+            Ok(value) => Ok(value),
+            Err(BusError::Unmapped { gpa }) => {
+                // Open bus: nothing answers, so a load reads all ones and a store is lost
+                // (what Malta's own bus does for unassigned addresses). Logged, counted.
+                let count = VmStats::get(&self.stats.unbacked);
+                VmStats::bump(&self.stats.unbacked);
+                if count < LOGGED_UNBACKED {
+                    crate::log!(
+                        "VM {}: {}-byte {} guest physical {:#x}: no RAM and no device there ({})",
+                        self.name,
+                        request.width.bytes(),
+                        if matches!(request.kind, MmioKind::Load { .. }) {
+                            "load from"
+                        } else {
+                            "store to"
+                        },
+                        gpa.raw(),
+                        if matches!(request.kind, MmioKind::Load { .. }) {
+                            "reads as all ones"
+                        } else {
+                            "dropped"
+                        }
+                    );
+                }
+                Ok(request.width.value_mask())
+            }
+            Err(other) => Err(alloc::format!("device access refused: {other:?}")),
+        }
     }
 
     /// The guest yielded: runs the swap-out test knob once, if set. Returns pages swapped.
@@ -371,6 +394,7 @@ impl Vm {
             match byte {
                 b'\n' => {
                     crate::println!("[{}] {}", self.name, line);
+                    self.record(&line);
                     line.clear();
                 }
                 b'\r' => {}
@@ -382,6 +406,22 @@ impl Vm {
                 line.clear();
             }
         }
+    }
+
+    /// Keeps `line` if a scenario may want it (see [`RECORDED_WORDS`]).
+    fn record(&self, line: &str) {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if RECORDED_WORDS.contains(&first) {
+            let mut recorded = self.recorded.lock();
+            if recorded.len() < RECORDED_LINES_MAX {
+                recorded.push(String::from(line));
+            }
+        }
+    }
+
+    /// The recorded console lines, oldest first.
+    pub fn recorded_lines(&self) -> Vec<String> {
+        self.recorded.lock().clone()
     }
 
     /// Prints whatever partial console line is left.

@@ -18,7 +18,7 @@ use common::{pool, range};
 use hv_core::addr::{Gfn, Hfn};
 use hv_core::fault::{FaultError, Vm};
 use hv_core::flush::FlushScope;
-use hv_core::memslot::SlotFlags;
+use hv_core::memslot::{BackingId, SlotFlags, SlotId};
 use hv_core::pte::entrylo;
 use hv_core::shootdown::{QuiescenceTracker, RemoteFlush};
 use hv_core::table_frames::ArenaTableFrames;
@@ -169,7 +169,7 @@ fn vcpu(vm: &StressVm, cpu: usize, seed: u64, progress: &Progress) -> (u64, u64)
                         });
                         assert!(!write || pte.is_dirty());
                     }
-                    Err(FaultError::OutOfMemory) => {}
+                    Err(FaultError::OutOfMemory | FaultError::ReadOnlyWrite) => {}
                     Err(e) => panic!("unexpected fault error {e:?}"),
                 }
                 tracker
@@ -189,7 +189,7 @@ fn vcpu(vm: &StressVm, cpu: usize, seed: u64, progress: &Progress) -> (u64, u64)
     (faults, flushes)
 }
 
-fn host(vm: &StressVm, b: hv_core::memslot::BackingId, progress: &Progress) {
+fn host(vm: &StressVm, b: BackingId, slot: SlotId, progress: &Progress) {
     let _unwind = Unwind {
         progress,
         vcpu: None,
@@ -228,10 +228,21 @@ fn host(vm: &StressVm, b: hv_core::memslot::BackingId, progress: &Progress) {
                 // Make the page differ from the zero pages (breaks sharing if shared).
                 vm.host_write(b, page, 0, &[(i % 251) as u8 + 1]).unwrap();
             }
-            _ => {
+            14 => {
                 vm.host_write(b, page, 0, &[0]).unwrap();
             }
+            _ => {
+                // Dirty-log harvest: re-cleans what it reports, racing the vCPUs' writes.
+                vm.get_dirty_log(slot).unwrap();
+            }
         }
+        // Now and then the slot turns read-only for a while (vCPU stores then fail as MMIO).
+        match i % 4096 {
+            0 => vm.set_memslot_flags(slot, SlotFlags::LOG_DIRTY | SlotFlags::READ_ONLY),
+            64 => vm.set_memslot_flags(slot, SlotFlags::LOG_DIRTY),
+            _ => Ok(()),
+        }
+        .unwrap();
         if i.is_multiple_of(256) {
             vm.check_invariants().expect("invariants during the run");
             checks += 1;
@@ -260,7 +271,8 @@ fn vcpus_and_host_race_for_a_million_operations() {
         .unwrap(),
     );
     let b = vm.host().create_backing(PAGES).unwrap();
-    vm.add_memslot(range(BASE_GFN, PAGES), b, 0, SlotFlags::LOG_DIRTY)
+    let slot = vm
+        .add_memslot(range(BASE_GFN, PAGES), b, 0, SlotFlags::LOG_DIRTY)
         .unwrap();
     let progress = Arc::new(Progress::default());
     let vcpus: Vec<_> = (0..VCPUS)
@@ -271,7 +283,7 @@ fn vcpus_and_host_race_for_a_million_operations() {
         .collect();
     let host_thread = {
         let (vm, progress) = (Arc::clone(&vm), Arc::clone(&progress));
-        std::thread::spawn(move || host(&vm, b, &progress))
+        std::thread::spawn(move || host(&vm, b, slot, &progress))
     };
     host_thread.join().expect("host thread panicked");
     let mut faults = 0;

@@ -29,3 +29,49 @@ pub mod virtqueue;
 pub mod vmconfig;
 
 pub use hv_emul::decode::Width;
+
+#[cfg(test)]
+mod tests {
+    use crate::irq::LatchedLine;
+    use crate::uart16550::{LinePrefixer, Uart16550};
+    use crate::virtio_mmio::{VirtioDevice, VirtioMmio};
+    use crate::virtqueue::VecMemory;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+
+    /// The firmware keeps each VM's bus behind a lock shared by its vCPUs' host CPUs, so the
+    /// device types must be `Send` whenever what the firmware plugs into them is.
+    #[test]
+    fn devices_are_send_when_their_parts_are() {
+        fn send<T: Send>() {}
+        send::<Uart16550<LinePrefixer<Vec<String>>, LatchedLine>>();
+        send::<crate::bus::MmioBus<alloc::boxed::Box<dyn crate::bus::MmioDevice + Send>>>();
+        fn send_transport<B: VirtioDevice + Send>() {
+            send::<VirtioMmio<B, VecMemory, LatchedLine>>();
+        }
+        struct Hooks;
+        impl crate::virtio_balloon::BalloonHooks for Hooks {
+            fn inflate(
+                &mut self,
+                _: hv_core::addr::Gfn,
+            ) -> Result<(), crate::virtio_balloon::PageRefused> {
+                Ok(())
+            }
+            fn deflate(
+                &mut self,
+                _: hv_core::addr::Gfn,
+            ) -> Result<(), crate::virtio_balloon::PageRefused> {
+                Ok(())
+            }
+            fn report_free(
+                &mut self,
+                _: hv_core::addr::Gpa,
+                _: u32,
+            ) -> Result<(), crate::virtio_balloon::PageRefused> {
+                Ok(())
+            }
+            fn stats(&mut self, _: &[(u16, u64)]) {}
+        }
+        send_transport::<crate::virtio_balloon::VirtioBalloon<Hooks>>();
+    }
+}

@@ -343,6 +343,13 @@ impl<H: BalloonHooks> VirtioDevice for VirtioBalloon<H> {
         self.stats_head = None;
     }
 
+    fn queue_disabled(&mut self, queue: u16) {
+        if self.role(queue) == Some(QueueRole::Stats) {
+            // The held buffer belongs to the old ring; never return it into a new one.
+            self.stats_head = None;
+        }
+    }
+
     fn process_queue(
         &mut self,
         queue: u16,
@@ -632,6 +639,15 @@ mod tests {
         kick(&mut d, 2, 1);
         assert_eq!(d.backend().stats().bad_chains, 1);
         assert_eq!(used_idx(&d, 2), 2);
+        // A buffer held when the driver turns the queue off is forgotten, not returned
+        // into whatever ring the queue gets next.
+        desc(&mut d, 2, 2, DATA, 20, 0, 0);
+        kick(&mut d, 2, 2);
+        assert_eq!(used_idx(&d, 2), 2, "held");
+        w(&mut d, regs::QUEUE_SEL, 2);
+        w(&mut d, regs::QUEUE_READY, 0);
+        assert!(!d.queue_ready(2));
+        assert_eq!(d.backend().stats_head, None);
     }
 
     #[test]

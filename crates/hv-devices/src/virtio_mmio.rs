@@ -150,6 +150,8 @@ pub trait VirtioDevice {
     fn activate(&mut self, features: u64);
     /// The driver reset the device: forget all driver-provided state.
     fn reset(&mut self);
+    /// The driver turned `queue` off (`QueueReady` = 0): forget buffers held from it.
+    fn queue_disabled(&mut self, _queue: u16) {}
     /// The driver notified `queue`: take chains from it and return them. An `Err` means the
     /// queue cannot be trusted any more; the transport sets `DEVICE_NEEDS_RESET`.
     fn process_queue(
@@ -658,7 +660,9 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
         };
         if value & 1 == 0 {
             // Turning a queue off is always allowed; its ring state is forgotten.
-            self.queues[usize::from(index)].live = None;
+            if self.queues[usize::from(index)].live.take().is_some() {
+                self.backend.queue_disabled(index);
+            }
             return;
         }
         if !self.features_ok() {

@@ -350,6 +350,32 @@ impl fmt::Display for ConfigError {
     }
 }
 
+impl ConfigError {
+    /// The index of the VM the error is about (to print its name), if it is about one VM.
+    pub fn vm(&self) -> Option<usize> {
+        match *self {
+            ConfigError::MissingProperty { vm, .. }
+            | ConfigError::BadProperty { vm, .. }
+            | ConfigError::BadName { vm }
+            | ConfigError::BadImageName { vm }
+            | ConfigError::ZeroRam { vm }
+            | ConfigError::BadRegion { vm, .. }
+            | ConfigError::Overlap { vm, .. }
+            | ConfigError::BadVcpuCount { vm, .. }
+            | ConfigError::BadAffinity { vm }
+            | ConfigError::BadDevice { vm, .. }
+            | ConfigError::TooManyDevices { vm }
+            | ConfigError::UnknownImage { vm }
+            | ConfigError::AffinityToMissingCpu { vm, .. } => Some(vm),
+            ConfigError::DuplicateName { second, .. } => Some(second),
+            ConfigError::Blob(_)
+            | ConfigError::NotAConfig
+            | ConfigError::NoVms
+            | ConfigError::TooManyVms(_) => None,
+        }
+    }
+}
+
 impl From<BlobError> for ConfigError {
     fn from(e: BlobError) -> Self {
         ConfigError::Blob(e)
@@ -1227,6 +1253,9 @@ mod tests {
             layout.check_host(&["other"], 4),
             Err(ConfigError::UnknownImage { vm: 0 })
         );
+        let unknown = layout.check_host(&["other"], 4).unwrap_err();
+        assert_eq!(unknown.vm().map(|i| layout.vms[i].name.as_str()), Some("a"));
+        assert_eq!(ConfigError::NoVms.vm(), None);
         let text = alloc::format!("{}", layout.check_host(&["testguest"], 1).unwrap_err());
         assert_eq!(
             text,

@@ -10,12 +10,77 @@ const DEFAULT: &[u8] = include_bytes!("fixtures/default.dtb");
 const GUESTS: &[u8] = include_bytes!("fixtures/guests.dtb");
 const ISOLATION: &[u8] = include_bytes!("fixtures/isolation.dtb");
 const DEDUP: &[u8] = include_bytes!("fixtures/dedup.dtb");
+const BALLOON: &[u8] = include_bytes!("fixtures/balloon.dtb");
+const SWAP: &[u8] = include_bytes!("fixtures/swap.dtb");
+const IDLE: &[u8] = include_bytes!("fixtures/idle.dtb");
+const STRESS: &[u8] = include_bytes!("fixtures/stress.dtb");
+const DEMO: &[u8] = include_bytes!("fixtures/demo.dtb");
+
+/// Every shipped layout, by the name of its source in configs/.
+const ALL: &[(&str, &[u8])] = &[
+    ("default", DEFAULT),
+    ("guests", GUESTS),
+    ("isolation", ISOLATION),
+    ("dedup", DEDUP),
+    ("balloon", BALLOON),
+    ("swap", SWAP),
+    ("idle", IDLE),
+    ("stress", STRESS),
+    ("demo", DEMO),
+];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
 const IMAGES: &[&str] = &["testguest", "hostile"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn every_layout_parses_and_fits_a_one_cpu_host() {
+    for (name, blob) in ALL {
+        let layout = VmLayout::parse(blob).unwrap_or_else(|e| panic!("{name}: {e}"));
+        // Affinity, where given, names CPU 0 only: every layout runs on --smp 1.
+        assert_eq!(layout.check_host(IMAGES, 1), Ok(()), "{name}");
+        for vm in &layout.vms {
+            assert!(
+                vm.devices
+                    .iter()
+                    .any(|d| matches!(d.kind, DeviceKind::Uart16550 { .. })),
+                "{name}: {} has no console",
+                vm.name
+            );
+        }
+    }
+}
+
+#[test]
+fn memory_service_layouts_have_what_their_scenarios_need() {
+    let ram = |blob| -> Vec<u64> {
+        let layout = VmLayout::parse(blob).unwrap();
+        layout.vms.iter().map(|vm| vm.ram.size_bytes).collect()
+    };
+    // swap: more guest RAM than a --mem 256 host can back.
+    assert!(ram(SWAP).iter().sum::<u64>() > 256 << 20);
+    // idle: one VM.
+    assert_eq!(ram(IDLE).len(), 1);
+    // stress: at least 4 VMs that may all share pages.
+    let stress = VmLayout::parse(STRESS).unwrap();
+    assert!(stress.vms.len() >= 4);
+    assert!(
+        (0..stress.vms.len()).all(|a| (0..stress.vms.len()).all(|b| stress.may_share_pages(a, b)))
+    );
+    // balloon: a VM with a balloon device to inflate.
+    let balloon = VmLayout::parse(BALLOON).unwrap();
+    assert!(balloon.vms.iter().all(|vm| vm
+        .devices
+        .iter()
+        .any(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon))));
+    // demo: a trust group and a VM outside it.
+    let demo = VmLayout::parse(DEMO).unwrap();
+    let solo = demo.find("solo").unwrap();
+    assert!(demo.may_share_pages(0, 1));
+    assert!(!demo.may_share_pages(0, solo));
 }
 
 #[test]
@@ -69,6 +134,25 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
     }
 }
 
+/// Every configs/*.dts has a committed fixture listed in `ALL`.
+#[test]
+fn every_source_has_a_fixture() {
+    let mut sources: Vec<String> = std::fs::read_dir(repo().join("configs"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            name.strip_suffix(".dts").map(String::from)
+        })
+        .collect();
+    sources.sort();
+    let mut listed: Vec<String> = ALL.iter().map(|(n, _)| n.to_string()).collect();
+    listed.sort();
+    assert_eq!(
+        sources, listed,
+        "configs/*.dts and the fixtures listed here differ"
+    );
+}
+
 /// The fixtures must match their sources. Needs dtc; without it the check is skipped with a
 /// note (tools/build-configs.sh check does the same comparison).
 #[test]
@@ -79,12 +163,7 @@ fn fixtures_are_up_to_date() {
     }
     let out = std::env::temp_dir().join(format!("mipsvisor-configs-{}", std::process::id()));
     std::fs::create_dir_all(&out).unwrap();
-    for (name, fixture) in [
-        ("default", DEFAULT),
-        ("guests", GUESTS),
-        ("isolation", ISOLATION),
-        ("dedup", DEDUP),
-    ] {
+    for &(name, fixture) in ALL {
         let dts = repo().join("configs").join(format!("{name}.dts"));
         let dtb = out.join(format!("{name}.dtb"));
         let run = Command::new("dtc")

@@ -20,6 +20,8 @@ static SECONDARY_RELEASE: AtomicU32 = AtomicU32::new(0);
 global_asm!(
     include_str!("boot.s"),
     status_boot = const STATUS_BOOT,
+    status_bev = const cp0::Status::BEV.bits(),
+    ebase_mask = const cp0::EBase::BASE_MASK,
     max_cpus = const MAX_CPUS,
     stack_shift = const STACK_SHIFT,
     release = sym SECONDARY_RELEASE,
@@ -27,7 +29,6 @@ global_asm!(
 );
 
 extern "C" {
-    static exception_vectors: u8;
     static __image_start: u8;
     static __image_end: u8;
 }
@@ -68,15 +69,8 @@ extern "C" fn rust_entry(
     }
 }
 
-/// Per-CPU hardware set-up: our exception vectors, BEV off, a clean TLB.
+/// Per-CPU hardware set-up that boot.s leaves to Rust: a clean TLB.
 fn init_this_cpu() {
-    let vectors = &raw const exception_vectors as u64;
-    // SAFETY: boot.s left BEV set, and `exception_vectors` is the 4 KiB aligned vector
-    // block of vectors.s, part of the image for its whole lifetime.
-    unsafe { cp0::EBase::set_base(vectors) };
-    // SAFETY: the vectors at EBase are now ours, so exceptions may use them; only BEV
-    // changes.
-    unsafe { cp0::Status::read().difference(cp0::Status::BEV).write() };
     tlb::flush_all();
 }
 

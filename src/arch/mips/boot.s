@@ -6,8 +6,9 @@
 #
 # Register use: s0 = CPU number (EBase.CPUNum), s1..s3 = saved a1..a3, s4 = saved a0
 # (boot CPU only),
-# k0/k1 = scratch. No stack exists until `enter_rust`.
+# k0/k1/v0 = scratch. No stack exists until `enter_rust`.
 #
+# Each CPU points EBase at the vectors (vectors.s) before it enters Rust.
 # CPU 0 clears .bss, then enters Rust. The other CPUs spin on the release word (kept in
 # .data, so clearing .bss cannot race with it and a warm reset cannot leave it set) until
 # CPU 0 has set up console, vectors and memory, then enter Rust on their own stacks.
@@ -57,6 +58,24 @@ wait_release:
     sync                            # acquire: pairs with the release store in smp.rs
 
 enter_rust:
+    # Exception base: EBase.ExceptionBase (bits 29:12) = our vector block; CPUNum and the
+    # fixed bits are kept. Written while BEV is still set (the PRA leaves EBase writes with
+    # BEV clear undefined), then BEV is cleared so exceptions use the new vectors.
+    dla     $k0, exception_vectors
+    li      $v0, {ebase_mask}
+    and     $k0, $k0, $v0
+    mfc0    $k1, $15, 1
+    nor     $v0, $v0, $zero
+    and     $k1, $k1, $v0
+    or      $k1, $k1, $k0
+    mtc0    $k1, $15, 1
+    ehb
+    mfc0    $k0, $12
+    li      $k1, ~{status_bev}
+    and     $k0, $k0, $k1
+    mtc0    $k0, $12
+    ehb
+
     dla     $gp, _gp
     dla     $sp, boot_stacks
     daddiu  $k0, $s0, 1

@@ -196,7 +196,7 @@ pub struct EBase(u32);
 
 impl EBase {
     /// Writable ExceptionBase bits 29:12; bits 31:30 are fixed to 0b10 (KSEG0/KSEG1).
-    const BASE_MASK: u32 = 0x3fff_f000;
+    pub const BASE_MASK: u32 = 0x3fff_f000;
 
     /// Reads EBase.
     pub fn read() -> Self {
@@ -206,19 +206,6 @@ impl EBase {
     /// CPUNum (bits 9:0): which CPU of the system this is.
     pub fn cpu_num(self) -> usize {
         (self.0 & 0x3ff) as usize
-    }
-
-    /// Points the exception vectors at `base` (a KSEG0 address, 4 KiB aligned).
-    ///
-    /// # Safety
-    /// `base` must hold valid vector code at the architected offsets for as long as
-    /// exceptions can occur, and Status.BEV must be set while this runs (the PRA leaves
-    /// EBase changes with BEV=0 undefined).
-    pub unsafe fn set_base(base: u64) {
-        let value = (Self::read().0 & !Self::BASE_MASK) | (base as u32 & Self::BASE_MASK);
-        // SAFETY: forwarded caller contract.
-        unsafe { write32::<15, 1>(value) };
-        ehb();
     }
 }
 
