@@ -29,14 +29,15 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 
-use crate::addr::{Gfn, GfnRange, Gpa};
+use crate::addr::{Gfn, GfnRange, Gpa, Hfn};
 use crate::dirty_log::DirtySnapshot;
 use crate::flush::FlushToken;
 use crate::frame_pool::{FrameMemory, FramePool};
 use crate::gpa_table::{GpaTable, GpaTableError, GFN_LIMIT};
-use crate::host_mem::{expected_refcounts, HostMem, HostMemError, PageState};
-use crate::memslot::{BackingId, MemslotError, Memslots, SlotFlags, SlotId};
+use crate::host_mem::{expected_refcounts, HostMem, HostMemError, HostState, PageState};
+use crate::memslot::{BackingId, MemslotError, Memslots, SlotFlags, SlotId, SlotUpdate};
 use crate::notifier::{self, HostEntry, MmuNotifier, NotifierSeq};
 use crate::pte::{Cca, GpaPte};
 use crate::shootdown::{RemoteFlush, RemoteInvalidator};
@@ -232,7 +233,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
 
     fn update_slot(
         &self,
-        f: impl FnOnce(&mut Memslots) -> Result<crate::memslot::SlotUpdate, MemslotError>,
+        f: impl FnOnce(&mut Memslots) -> Result<SlotUpdate, MemslotError>,
     ) -> Result<(), VmError> {
         let flush = {
             let mut mmu = self.mmu.lock();
@@ -318,7 +319,9 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
     }
 
     /// The slow path: resolve the backing page outside the lock, install under the lock if
-    /// no invalidation intervened.
+    /// no invalidation intervened. Like Linux there is no retry bound: every retry follows an
+    /// invalidation that made progress, so only a continuous stream of them on this VM can
+    /// delay the fault.
     fn map_page_slow(&self, gfn: Gfn, write: bool) -> Result<PtePair, FaultError> {
         loop {
             let snapshot = self.seq.snapshot();
@@ -365,7 +368,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
         &self,
         st: &mut MmuState<T>,
         gfn: Gfn,
-        hfn: crate::addr::Hfn,
+        hfn: Hfn,
         writable: bool,
         write: bool,
     ) -> Result<(PtePair, FlushToken), FaultError> {
@@ -401,11 +404,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
     }
 
     /// Balloons backing pages (see [`HostMem::balloon`]).
-    pub fn balloon(
-        &self,
-        backing: BackingId,
-        pages: core::ops::Range<u64>,
-    ) -> Result<(), HostMemError> {
+    pub fn balloon(&self, backing: BackingId, pages: Range<u64>) -> Result<(), HostMemError> {
         self.host.balloon(self, backing, pages)
     }
 
@@ -419,11 +418,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
     }
 
     /// Ages backing pages; returns whether any was young (see [`HostMem::age`]).
-    pub fn age(
-        &self,
-        backing: BackingId,
-        pages: core::ops::Range<u64>,
-    ) -> Result<bool, HostMemError> {
+    pub fn age(&self, backing: BackingId, pages: Range<u64>) -> Result<bool, HostMemError> {
         self.host.age(self, backing, pages)
     }
 
@@ -481,7 +476,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
     }
 
     fn check_entry(
-        host: &crate::host_mem::HostState<M>,
+        host: &HostState<M>,
         slots: &Memslots,
         gfn: Gfn,
         pte: GpaPte,
@@ -535,7 +530,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
 }
 
 impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> MmuNotifier for Vm<T, M, R> {
-    fn invalidate_range_start(&self, backing: BackingId, pages: core::ops::Range<u64>) {
+    fn invalidate_range_start(&self, backing: BackingId, pages: Range<u64>) {
         let flush = {
             let mut mmu = self.mmu.lock();
             let st = &mut *mmu;
@@ -546,7 +541,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> MmuNotifier for Vm<T, M, R>
         self.apply(flush);
     }
 
-    fn invalidate_range_end(&self, _backing: BackingId, _pages: core::ops::Range<u64>) {
+    fn invalidate_range_end(&self, _backing: BackingId, _pages: Range<u64>) {
         let _mmu = self.mmu.lock();
         self.seq.end();
     }
@@ -568,7 +563,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> MmuNotifier for Vm<T, M, R>
         self.apply(flush);
     }
 
-    fn clear_young(&self, backing: BackingId, pages: core::ops::Range<u64>) -> bool {
+    fn clear_young(&self, backing: BackingId, pages: Range<u64>) -> bool {
         let (young, flush) = {
             let mut mmu = self.mmu.lock();
             let st = &mut *mmu;
