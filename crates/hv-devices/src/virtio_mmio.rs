@@ -598,7 +598,7 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
             }
         }
         self.status = new | kept;
-        if rising & self.status & status::DRIVER_OK != 0 {
+        if rising & self.status & status::DRIVER_OK != 0 && kept == 0 {
             let pending = core::mem::take(&mut self.pending_notify);
             for queue in 0..self.queues.len() {
                 // Queue indices are below MAX_QUEUES = 64 (checked in new()).
