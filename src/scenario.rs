@@ -89,6 +89,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::scenarios::guests,
     },
     Scenario {
+        name: "bench",
+        about: "instruction cost of guest exits (run under --icount; tools/bench.sh)",
+        run: crate::vmm::bench::bench,
+    },
+    Scenario {
         name: "isolation",
         about: "a hostile guest tries forbidden things beside a well-behaved VM",
         run: crate::vmm::scenarios::isolation,

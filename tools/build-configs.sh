@@ -36,6 +36,7 @@ for dts in "$ROOT"/configs/*.dts; do
         status=1
         continue
     fi
+    rm -f "$OUT/$name.log"
     case "$MODE" in
     build) echo "built $dtb" ;;
     fixtures)

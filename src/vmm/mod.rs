@@ -8,6 +8,7 @@
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
 
 pub mod asid;
+pub mod bench;
 pub mod devices;
 pub mod flush;
 pub mod images;

@@ -45,6 +45,17 @@ pub const STORM_LIMIT: u32 = 20_000;
 /// runaway. It is preempted every slice meanwhile, so other VMs run regardless.
 pub const RUNAWAY_SLICES: u32 = 400;
 
+/// The root-TLB EntryLo for a copy of GPA entry bits `entry_lo`: D only if the guest's own
+/// translation allows writes as well, and never G.
+fn derived_entry_lo(entry_lo: u64, guest_writable: bool) -> u64 {
+    let lo = entry_lo & !1;
+    if guest_writable {
+        lo
+    } else {
+        lo & !ENTRY_LO_D
+    }
+}
+
 /// How a time slice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SliceEnd {
@@ -212,6 +223,9 @@ impl Vcpu {
             self.cpu.gprs = Gprs::from_array(self.ctx.gpr);
             self.cpu.pc = self.ctx.pc;
             VmStats::bump(&self.vm.stats.exits);
+            if self.ctx.exit_kind == EXIT_REFILL {
+                VmStats::bump(&self.vm.stats.refill_exits);
+            }
             busy |= self.ctx.exit_cause & 0x7c != 0;
             if let Flow::End(end) = self.dispatch() {
                 self.quiet_slices = 0;
@@ -427,23 +441,31 @@ impl Vcpu {
         };
         match self.vm.map_page(translation.gpa, access == Access::Store) {
             Ok((even, odd)) => {
-                let pte = if translation.gpa.frame().is_odd() {
-                    odd
+                let gfn = translation.gpa.frame();
+                let (pte, buddy_pte) = if gfn.is_odd() {
+                    (odd, even)
                 } else {
-                    even
+                    (even, odd)
                 };
-                let mut lo = pte.entrylo();
-                if !translation.writable {
-                    lo &= !ENTRY_LO_D;
-                }
+                let lo = derived_entry_lo(pte.entrylo(), translation.writable);
                 if lo & ENTRY_LO_V == 0 {
                     return self.stop(format!(
                         "memory core returned an invalid entry for GPA {:#x}",
                         translation.gpa.raw()
                     ));
                 }
+                // The other page of the root pair, when the guest maps it onto the other
+                // page of the GPA pair (the window, guest pages of 8 KiB and more) and the
+                // memory core has it young: one refill then serves both.
+                let buddy_lo = match self.translate(gva ^ 0x1000, Access::Load) {
+                    Ok(t) if t.gpa.frame() == gfn.buddy() => {
+                        Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
+                            .filter(|lo| lo & ENTRY_LO_V != 0)
+                    }
+                    _ => None,
+                };
                 let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
-                guest::install_guest_page(gva, asid, lo);
+                guest::install_guest_page(gva, asid, lo, buddy_lo);
                 Flow::Resume
             }
             Err(FaultError::NoMemslot | FaultError::ReadOnlyWrite) => {

@@ -120,6 +120,8 @@ pub struct VmStats {
     pub rom_writes: AtomicU64,
     /// Loads and stores to guest physical addresses nobody owns (open bus).
     pub unbacked: AtomicU64,
+    /// Exits through the (X)TLB refill vector.
+    pub refill_exits: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
     /// Root-TLB halves removed because a flush token named their guest page.
@@ -136,6 +138,22 @@ impl VmStats {
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
     }
+}
+
+/// Most yield marks kept per VM.
+const MARKS_MAX: usize = 64;
+
+/// Host Count and counters at one guest yield (benchmark timestamps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    /// Host Count.
+    pub count: u32,
+    /// Exits so far.
+    pub exits: u64,
+    /// Refill-vector exits so far.
+    pub refill_exits: u64,
+    /// map_page calls so far.
+    pub gpa_faults: u64,
 }
 
 /// How a VM ended.
@@ -172,6 +190,7 @@ pub struct Vm {
     pub stats: VmStats,
     console_line: Mutex<String>,
     recorded: Mutex<Vec<String>>,
+    marks: Mutex<Vec<Mark>>,
     outcome: Mutex<Option<VmOutcome>>,
     swap_on_yield: Mutex<Option<(Gpa, u64)>>,
 }
@@ -271,6 +290,7 @@ impl Vm {
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
             recorded: Mutex::new(Vec::new()),
+            marks: Mutex::new(Vec::new()),
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
@@ -365,8 +385,21 @@ impl Vm {
         }
     }
 
-    /// The guest yielded: runs the swap-out test knob once, if set. Returns pages swapped.
+    /// The guest yielded: takes a [`Mark`] (benchmarks use them), then runs the swap-out
+    /// test knob once, if set. Returns pages swapped.
     pub fn on_yield(&self) -> Result<u64, String> {
+        let mark = Mark {
+            count: crate::arch::guest::host_count(),
+            exits: VmStats::get(&self.stats.exits),
+            refill_exits: VmStats::get(&self.stats.refill_exits),
+            gpa_faults: VmStats::get(&self.stats.gpa_faults),
+        };
+        {
+            let mut marks = self.marks.lock();
+            if marks.len() < MARKS_MAX {
+                marks.push(mark);
+            }
+        }
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };
@@ -417,6 +450,11 @@ impl Vm {
                 recorded.push(String::from(line));
             }
         }
+    }
+
+    /// The yield marks, oldest first.
+    pub fn marks(&self) -> Vec<Mark> {
+        self.marks.lock().clone()
     }
 
     /// The recorded console lines, oldest first.

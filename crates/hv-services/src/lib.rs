@@ -8,5 +8,9 @@
 
 extern crate alloc;
 
+pub mod balloon;
 pub mod dedup;
 pub mod router;
+
+#[cfg(test)]
+mod testvm;

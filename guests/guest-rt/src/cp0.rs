@@ -66,6 +66,8 @@ pub const STATUS_CU0: u32 = 1 << 28;
 pub const CAUSE_TI: u32 = 1 << 30;
 /// Cause.BD: the exception hit a branch delay slot.
 pub const CAUSE_BD: u32 = 1 << 31;
+/// Cause.IV: interrupts use the special vector (EBase + 0x200).
+pub const CAUSE_IV: u32 = 1 << 23;
 /// Cause.IP7 (timer).
 pub const CAUSE_IP7: u32 = 1 << 15;
 

@@ -15,6 +15,7 @@
 #![no_main]
 #![feature(asm_experimental_arch)]
 
+mod delay_slot;
 mod memtest;
 mod paging;
 mod user;
@@ -34,6 +35,7 @@ mod status {
     pub const USER: u64 = 3;
     pub const TIMER: u64 = 4;
     pub const TLB: u64 = 5;
+    pub const DELAY_SLOT: u64 = 6;
 }
 
 /// Count ticks between timer interrupts.
@@ -46,6 +48,8 @@ const DEFAULT_ROUNDS: u64 = 2;
 const KSEG2_MAX_BYTES: u64 = 2 << 20;
 
 static TIMER_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts that came through EBase + 0x200 (Cause.IV set).
+static VECTORED_INTERRUPTS: AtomicU64 = AtomicU64::new(0);
 static REFILLS: AtomicU64 = AtomicU64::new(0);
 static TLB_INVALIDS: AtomicU64 = AtomicU64::new(0);
 static KERNEL_TLB_FAULTS: AtomicU64 = AtomicU64::new(0);
@@ -95,16 +99,22 @@ fn main() -> u64 {
             return status::SETUP;
         }
     };
+    paging::set_kseg2(plan.base_gpa, plan.kseg2_bytes);
+    if let Err(why) = delay_slot::run(plan.base_gpa) {
+        println!("testguest: FAIL delay slot: {why}");
+        return status::DELAY_SLOT;
+    }
     let report = memtest::run(&plan);
 
     // Interrupts off before the final report: the counters stay put while printed.
     cp0::interrupts_off();
     let ticks = TIMER_INTERRUPTS.load(Ordering::Relaxed);
     println!(
-        "testguest: tlb refills {} invalid {} timer interrupts {}",
+        "testguest: tlb refills {} invalid {} timer interrupts {} ({} via EBase+0x200)",
         REFILLS.load(Ordering::Relaxed),
         TLB_INVALIDS.load(Ordering::Relaxed),
-        ticks
+        ticks,
+        VECTORED_INTERRUPTS.load(Ordering::Relaxed)
     );
     if report.mismatches != 0 {
         println!(
@@ -195,6 +205,15 @@ fn start_timer() -> Result<(), &'static str> {
     while TIMER_INTERRUPTS.load(Ordering::Relaxed) < TIMER_MIN_INTERRUPTS {
         cp0::wait();
     }
+    if VECTORED_INTERRUPTS.load(Ordering::Relaxed) != 0 {
+        return Err("an interrupt used the +0x200 vector while Cause.IV was clear");
+    }
+    // From now on interrupts use the special vector at EBase + 0x200 (Cause.IV).
+    // SAFETY: the vector block has an entry at +0x200 that handles them like +0x180.
+    unsafe { cp0::write32::<13, 0>(cp0::cause() | cp0::CAUSE_IV) };
+    while VECTORED_INTERRUPTS.load(Ordering::Relaxed) == 0 {
+        cp0::wait();
+    }
     Ok(())
 }
 
@@ -214,6 +233,9 @@ fn handle_interrupt(frame: &TrapFrame, info: &TrapInfo) {
         trap::unexpected(frame, info);
     }
     TIMER_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    if info.vector == Vector::Interrupt {
+        VECTORED_INTERRUPTS.fetch_add(1, Ordering::Relaxed);
+    }
     // From Count, not from the old Compare, and checked after the write (arm_timer): after
     // a preemption a deadline may already lie in the past, and the next interrupt would
     // only come after Count wrapped.

@@ -139,27 +139,32 @@ pub fn this_cpu() -> usize {
 /// Even/odd page pair base of a guest virtual address (EntryHi.VPN2).
 const PAIR_MASK: u64 = !0x1fff;
 
-/// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo` (G
-/// forced off), keeping the other half of an existing entry for the same pair.
-pub fn install_guest_page(gva: u64, asid: u8, lo: u64) {
+/// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo`, and
+/// the other half with `buddy` if given, else keeping the other half of an existing entry
+/// for the same pair (G forced off in both).
+pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>) {
     let lo = EntryLo::from_bits_retain(lo).difference(EntryLo::G);
+    let buddy = buddy.map(|b| EntryLo::from_bits_retain(b).difference(EntryLo::G));
     let entry_hi = (gva & PAIR_MASK) | u64::from(asid);
     let odd = gva & 0x1000 != 0;
     let mut window = TlbWindow::open();
-    match window.probe(entry_hi) {
-        Some(index) => {
+    let existing = window.probe(entry_hi);
+    let other = match (buddy, existing) {
+        (Some(buddy), _) => buddy,
+        (None, Some(index)) => {
             let (old0, old1) = window.read_indexed(index);
-            let (lo0, lo1) = if odd { (old0, lo) } else { (lo, old1) };
-            window.write_indexed(index, entry_hi, lo0, lo1);
-        }
-        None => {
-            let (lo0, lo1) = if odd {
-                (EntryLo::empty(), lo)
+            if odd {
+                old0
             } else {
-                (lo, EntryLo::empty())
-            };
-            window.write_random(entry_hi, lo0, lo1);
+                old1
+            }
         }
+        (None, None) => EntryLo::empty(),
+    };
+    let (lo0, lo1) = if odd { (other, lo) } else { (lo, other) };
+    match existing {
+        Some(index) => window.write_indexed(index, entry_hi, lo0, lo1),
+        None => window.write_random(entry_hi, lo0, lo1),
     }
 }
 

@@ -5,6 +5,7 @@
 //! directory (plus the UART MMIO driver).
 
 pub mod addr;
+pub mod bench_guest;
 pub mod boot;
 pub mod cache;
 pub mod cp0;
