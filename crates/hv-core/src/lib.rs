@@ -3,6 +3,14 @@
 //! Everything here is plain `no_std` Rust with no register access: it is compiled and tested
 //! on the host and linked unchanged into the MIPS firmware. Hardware effects (TLB flushes,
 //! frame memory) reach this crate only through small traits that the firmware implements.
+//!
+//! How the pieces fit: a [`fault::Vm`] owns one VM's [`gpa_table::GpaTable`] (table frames from
+//! a [`table_frames::TableFrames`]), its [`memslot::Memslots`] with dirty logs, and its
+//! [`host_mem::HostMem`] (guest RAM in refcounted frames of a [`frame_pool::FramePool`], whose
+//! contents a [`frame_pool::FrameMemory`] reaches). Host-side changes reach the table through
+//! the [`notifier::MmuNotifier`] protocol; every table change yields a [`flush::FlushToken`],
+//! applied through the firmware's [`shootdown::RemoteFlush`] (IPIs, or the portable
+//! [`shootdown::QuiescenceTracker`]). Guest faults enter through [`fault::Vm::map_page`].
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 

@@ -332,3 +332,42 @@ fn teardown_with_shared_swapped_and_mapped_pages_frees_everything() {
     vm.check_invariants().unwrap();
     teardown_returns_everything(vm);
 }
+
+#[test]
+fn remote_flush_completes_before_the_frame_is_freed() {
+    let (vm, b, _) = vm_with_slot(SlotFlags::empty());
+    vm.host_write(b, 0, 0, b"x").unwrap();
+    vm.host_write(b, 1, 0, b"x").unwrap();
+    vm.map_page(gpa(0x100), false).unwrap();
+    vm.map_page(gpa(0x101), false).unwrap();
+    let epochs = vm.host().lock().pool().epochs();
+    for op in 0..2 {
+        let page = 1 - op as u64;
+        let hfn = vm.lookup(gpa(0x100 + page)).unwrap().hfn().unwrap();
+        let before = epochs.epoch(hfn).unwrap();
+        *vm.remote_flush().watch.lock().unwrap() = Some((epochs.clone(), hfn));
+        vm.remote_flush().epochs_at_flush.lock().unwrap().clear();
+        if op == 0 {
+            // Merge page 1 onto page 0: page 1's frame is dropped after its remap.
+            assert_eq!(vm.merge((b, 1), (b, 0)), Ok(true));
+        } else {
+            // Balloon both pages: the shared frame loses both references.
+            vm.balloon(b, 0..2).unwrap();
+        }
+        let at_flush = vm.remote_flush().epochs_at_flush.lock().unwrap().clone();
+        assert!(
+            !at_flush.is_empty(),
+            "a young mapping changed without a flush"
+        );
+        assert!(
+            at_flush.iter().all(|&e| e == before),
+            "frame freed before the remote flush returned"
+        );
+        assert_eq!(
+            epochs.epoch(hfn),
+            Some(before + 1),
+            "frame freed afterwards"
+        );
+    }
+    teardown_returns_everything(vm);
+}

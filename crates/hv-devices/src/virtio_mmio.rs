@@ -224,7 +224,8 @@ pub enum DriverError {
         /// Why.
         error: QueueError,
     },
-    /// `QueueNotify` before `DRIVER_OK` (section 3.1.1: no buffers before it).
+    /// `QueueNotify` before `DRIVER_OK` for a queue that is not ready, or while the device
+    /// needs a reset (a ready queue's early notification is deferred, not refused).
     NotifyBeforeDriverOk,
     /// `QueueNotify` for a queue that does not exist or is not ready.
     NotifyNotReady {
@@ -365,6 +366,8 @@ pub struct TransportStats {
     pub notifies: u64,
     /// Used-buffer interrupts raised.
     pub used_interrupts: u64,
+    /// Notifications for ready queues before DRIVER_OK, deferred until it is set.
+    pub early_notifies: u64,
 }
 
 /// One virtio-mmio device: transport registers around backend `B`, with the VM's guest
@@ -385,6 +388,8 @@ pub struct VirtioMmio<B, M, I> {
     interrupt_status: u32,
     config_generation: u32,
     irq_level: bool,
+    /// Queues notified before DRIVER_OK (bit n = queue n), processed when it comes.
+    pending_notify: u64,
     last_error: Option<DriverError>,
     stats: TransportStats,
 }
@@ -429,6 +434,7 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
             interrupt_status: 0,
             config_generation: 0,
             irq_level: false,
+            pending_notify: 0,
             last_error: None,
             stats: TransportStats::default(),
         })
@@ -552,6 +558,7 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
             };
         }
         self.interrupt_status = 0;
+        self.pending_notify = 0;
         self.stats.resets += 1;
         self.update_irq();
     }
@@ -591,6 +598,15 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
             }
         }
         self.status = new | kept;
+        if rising & self.status & status::DRIVER_OK != 0 && kept == 0 {
+            let pending = core::mem::take(&mut self.pending_notify);
+            for queue in 0..self.queues.len() {
+                // Queue indices are below MAX_QUEUES = 64 (checked in new()).
+                if pending & (1 << queue) != 0 && self.queues[queue].live.is_some() {
+                    self.run_queue(queue as u16);
+                }
+            }
+        }
     }
 
     fn features_ok(&self) -> bool {
@@ -661,6 +677,7 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
         if value & 1 == 0 {
             // Turning a queue off is always allowed; its ring state is forgotten.
             if self.queues[usize::from(index)].live.take().is_some() {
+                self.pending_notify &= !(1 << index);
                 self.backend.queue_disabled(index);
             }
             return;
@@ -709,16 +726,31 @@ impl<B: VirtioDevice, M: GuestMemory, I: IrqLine> VirtioMmio<B, M, I> {
     }
 
     fn notify(&mut self, value: u32) {
-        if !self.is_active() {
-            self.reject(DriverError::NotifyBeforeDriverOk);
+        // Without VIRTIO_F_NOTIFICATION_DATA the value is just the queue index.
+        let ready = u16::try_from(value).ok().filter(|&i| self.queue_ready(i));
+        let broken = self.status & status::DEVICE_NEEDS_RESET != 0;
+        if self.status & status::DRIVER_OK == 0 || broken {
+            match ready {
+                // Linux's balloon primes and kicks its statistics queue before DRIVER_OK
+                // (init_vqs), then waits for the device. Buffers must not be used before
+                // DRIVER_OK (section 3.1.1), so remember the kick and act on it then.
+                Some(queue) if !broken => {
+                    self.pending_notify |= 1 << queue;
+                    self.stats.early_notifies += 1;
+                }
+                _ => self.reject(DriverError::NotifyBeforeDriverOk),
+            }
             return;
         }
-        // Without VIRTIO_F_NOTIFICATION_DATA the value is just the queue index.
-        let index = u16::try_from(value).ok().filter(|&i| self.queue_ready(i));
-        let Some(queue) = index else {
+        let Some(queue) = ready else {
             self.reject(DriverError::NotifyNotReady { queue: value });
             return;
         };
+        self.run_queue(queue);
+    }
+
+    /// Lets the backend process `queue` (ready, device active).
+    fn run_queue(&mut self, queue: u16) {
         self.stats.notifies += 1;
         let slot = &mut self.queues[usize::from(queue)];
         let Some(vq) = slot.live.as_mut() else { return };
@@ -1280,6 +1312,26 @@ mod tests {
         assert_eq!(d.stats().notifies, 1);
         assert_eq!(d.stats().used_interrupts, 1);
         assert_eq!(d.last_error(), None);
+    }
+
+    #[test]
+    fn early_notify_is_deferred_until_driver_ok() {
+        let mut d = dev();
+        assert!(negotiate(&mut d, VIRTIO_F_VERSION_1));
+        set_queue(&mut d, 0, 16);
+        put(&mut d, DATA, b"ab");
+        desc(&mut d, 0, DATA, 2, VIRTQ_DESC_F_NEXT, 1);
+        desc(&mut d, 1, DATA + 0x100, 2, VIRTQ_DESC_F_WRITE, 0);
+        offer(&mut d, 0, 0);
+        w(&mut d, regs::QUEUE_NOTIFY, 0);
+        assert_eq!(d.stats().early_notifies, 1);
+        assert_eq!(d.stats().notifies, 0, "nothing used before DRIVER_OK");
+        assert_eq!(&d.memory().bytes()[0x8100..0x8102], b"\0\0");
+        assert_eq!(d.last_error(), None);
+        driver_ok(&mut d);
+        assert_eq!(d.stats().notifies, 1);
+        assert_eq!(&d.memory().bytes()[0x8100..0x8102], b"ba");
+        assert_eq!(r(&mut d, regs::INTERRUPT_STATUS), INT_USED_BUFFER);
     }
 
     #[test]

@@ -656,7 +656,7 @@ impl SplitQueue {
         if index >= self.layout.size {
             return Err(QueueError::HeadOutOfRange { index });
         }
-        self.in_flight += 1;
+        self.in_flight = self.in_flight.saturating_add(1);
         self.walk_chain(mem, index).map(Some)
     }
 

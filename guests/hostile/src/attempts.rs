@@ -69,10 +69,13 @@ pub const ALL: [Attempt; 9] = [
 
 /// A fixed-size line buffer (no allocator in the guest).
 pub mod heapless_line {
-    /// Up to 200 bytes of text (with the `OUTCOME n name: ` prefix the line stays within one
-    /// 256-byte console write); longer text is cut.
+    /// Bytes of outcome text kept: with the `OUTCOME n name: ` prefix a line stays below
+    /// 200 characters, the longest line mipsvisor's console keeps in one piece.
+    const LINE_CAPACITY: usize = 150;
+
+    /// Up to [`LINE_CAPACITY`] bytes of text; longer text is cut.
     pub struct Line {
-        buf: [u8; 200],
+        buf: [u8; LINE_CAPACITY],
         len: usize,
     }
 
@@ -80,7 +83,7 @@ pub mod heapless_line {
         /// An empty line.
         pub const fn new() -> Self {
             Line {
-                buf: [0; 200],
+                buf: [0; LINE_CAPACITY],
                 len: 0,
             }
         }
@@ -310,7 +313,7 @@ fn gpa_outside_memslots(ram: u64) -> AttemptResult {
     let window = [
         probe::load(window_address(ram + (16 << 20))),
         probe::load(window_address(0x1000_0000)),
-        probe::load(window_address(0x1e00_0000)),
+        probe::load(window_address(0x1d00_0000)),
     ];
     // A 36-bit GPA (32 GiB) mapped through the guest's own TLB at the mapped kernel segment.
     let entry = tlb::TlbEntry {
@@ -331,7 +334,7 @@ fn gpa_outside_memslots(ram: u64) -> AttemptResult {
     // SAFETY: as above; the target is not this guest's memory.
     let via_tlb_store = unsafe { probe::store(0x6100_1000, 0xbad0_bad0) };
     guest_rt::println!(
-        "  window: GPA ram+16MiB {}; GPA 0x10000000 {}; GPA 0x1e000000 {}",
+        "  window: GPA ram+16MiB {}; GPA 0x10000000 {}; GPA 0x1d000000 {}",
         window[0],
         window[1],
         window[2]
@@ -406,31 +409,52 @@ fn other_vm_memory(ram: u64) -> AttemptResult {
     }
 }
 
-/// A store to the read-only memory slot (VM info keys 7/8 if offered, else the boot ROM
-/// region at GPA 0x1fc0_0000); a breach if the stored value can be read back.
+/// Where mipsvisor's isolation configuration (configs/isolation.dts) puts the hostile VM's
+/// read-only slot, tried when VM info key 7 is not offered.
+const DEFAULT_ROM_GPA: u64 = 0x1e00_0000;
+/// The architectural boot ROM region (GPA of 0xbfc0_0000), tried as well.
+const BOOT_ROM_GPA: u64 = 0x1fc0_0000;
+
+/// Stores to the read-only memory slot (VM info key 7, else [`DEFAULT_ROM_GPA`]) and to the
+/// boot ROM region; a breach if a stored value can be read back.
 fn write_readonly(_ram: u64) -> AttemptResult {
-    let (base, from_info) = match hypercall::vm_info(VmInfoKey::ReadOnlyBase) {
+    let (rom, from_info) = match hypercall::vm_info(VmInfoKey::ReadOnlyBase) {
         Ok(base) => (base, true),
-        Err(_) => (0x1fc0_0000, false),
+        Err(_) => (DEFAULT_ROM_GPA, false),
     };
-    let addr = window_address(base);
-    let before = probe::load(addr);
-    const MARK: u64 = 0x0bad_0bad_0bad_0bad;
-    // SAFETY: a read-only region (or no memory at all); not this guest's writable memory.
-    let store = unsafe { probe::store(addr, MARK) };
-    let after = probe::load(addr);
-    let stuck = after == Probe::Completed(MARK) && before != Probe::Completed(MARK);
-    result(
-        stuck,
-        format_args!(
-            "GPA {base:#x} ({}): load {before}; store {store}; load again {after}",
+    let mut text = Text::new();
+    let mut stuck = false;
+    for (gpa, what) in [
+        (
+            rom,
             if from_info {
-                "from VM info"
+                "rom (VM info)"
             } else {
-                "boot ROM default"
-            }
+                "rom (default)"
+            },
         ),
-    )
+        (rom + 0x808, "rom+0x808"),
+        (BOOT_ROM_GPA, "boot ROM"),
+    ] {
+        let addr = window_address(gpa);
+        let before = probe::load(addr);
+        const MARK: u64 = 0x0bad_0bad_0bad_0bad;
+        // SAFETY: a read-only region (or no memory at all); not this guest's memory.
+        let store = unsafe { probe::store(addr, MARK) };
+        let after = probe::load(addr);
+        let changed = after == Probe::Completed(MARK) && before != Probe::Completed(MARK);
+        stuck |= changed;
+        guest_rt::println!("  {what} {gpa:#x}: load {before}, store {store}, reload {after}");
+        let _ = write!(
+            text,
+            "{what} {}; ",
+            if changed { "CHANGED" } else { "unchanged" }
+        );
+    }
+    AttemptResult {
+        text,
+        breach: stuck,
+    }
 }
 
 /// Interrupts masked, no hypercall, no exception: spins until the hypervisor stops the VM.

@@ -1,12 +1,12 @@
 //! Shared test harness: a host-side VM with recording remote flush.
 #![allow(dead_code)]
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hv_core::addr::{Gfn, GfnRange, Hfn};
 use hv_core::fault::Vm;
 use hv_core::flush::FlushScope;
-use hv_core::frame_pool::{FramePool, VecFrameMemory};
+use hv_core::frame_pool::{FrameEpochs, FramePool, VecFrameMemory};
 use hv_core::shootdown::RemoteFlush;
 use hv_core::table_frames::ArenaTableFrames;
 
@@ -14,6 +14,9 @@ use hv_core::table_frames::ArenaTableFrames;
 #[derive(Debug, Default)]
 pub struct RecordingFlush {
     pub scopes: Mutex<Vec<FlushScope>>,
+    /// A frame whose free epoch is recorded at every flush (to check flush-before-free).
+    pub watch: Mutex<Option<(Arc<FrameEpochs>, Hfn)>>,
+    pub epochs_at_flush: Mutex<Vec<u64>>,
 }
 
 impl RecordingFlush {
@@ -34,6 +37,10 @@ impl RecordingFlush {
 impl RemoteFlush for RecordingFlush {
     fn flush_remote(&self, scope: FlushScope) {
         self.scopes.lock().unwrap().push(scope);
+        if let Some((epochs, hfn)) = &*self.watch.lock().unwrap() {
+            let epoch = epochs.epoch(*hfn).unwrap();
+            self.epochs_at_flush.lock().unwrap().push(epoch);
+        }
     }
 }
 
