@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod balloon;
+pub mod idle;
 
 #[cfg(test)]
 mod testvm;
