@@ -98,6 +98,9 @@ pub trait BalloonHooks {
     fn report_free(&mut self, gpa: Gpa, len: u32) -> Result<(), PageRefused>;
     /// A new set of memory statistics (tag, value) arrived.
     fn stats(&mut self, entries: &[(u16, u64)]);
+    /// A chain on queue `role` was malformed and went back unused (already counted in
+    /// [`BalloonStats::bad_chains`]); lets the firmware log it.
+    fn chain_rejected(&mut self, _role: QueueRole) {}
 }
 
 /// Counters for the stats console and the `balloon` scenario.
@@ -367,6 +370,7 @@ impl<H: BalloonHooks> VirtioDevice for VirtioBalloon<H> {
                 Err(e) => match e.head() {
                     Some(head) => {
                         self.stats.bad_chains += 1;
+                        self.hooks.chain_rejected(role);
                         vq.push_used(mem, head, 0)?;
                         continue;
                     }
@@ -378,6 +382,7 @@ impl<H: BalloonHooks> VirtioDevice for VirtioBalloon<H> {
                 // second one returns the first.
                 if !self.read_stats(&chain, mem) {
                     self.stats.bad_chains += 1;
+                    self.hooks.chain_rejected(role);
                     vq.push_used(mem, chain.head, 0)?;
                     continue;
                 }
@@ -388,6 +393,7 @@ impl<H: BalloonHooks> VirtioDevice for VirtioBalloon<H> {
             }
             if !self.handle_chain(role, &chain, mem) {
                 self.stats.bad_chains += 1;
+                self.hooks.chain_rejected(role);
             }
             vq.push_used(mem, chain.head, 0)?;
         }
@@ -413,6 +419,7 @@ mod tests {
         ballooned: BTreeSet<u64>,
         stats: Vec<Vec<(u16, u64)>>,
         reports: Vec<(Gpa, u32)>,
+        rejected: Vec<QueueRole>,
     }
 
     impl BalloonHooks for Recorder {
@@ -440,6 +447,9 @@ mod tests {
         }
         fn stats(&mut self, entries: &[(u16, u64)]) {
             self.stats.push(entries.to_vec());
+        }
+        fn chain_rejected(&mut self, role: QueueRole) {
+            self.rejected.push(role);
         }
     }
 
@@ -600,6 +610,7 @@ mod tests {
         desc(&mut d, 0, 5, 0x10_0000, 4, 0, 0);
         kick(&mut d, 0, 5);
         assert_eq!(d.backend().stats().bad_chains, 5);
+        assert_eq!(d.backend().hooks().rejected, vec![QueueRole::Inflate; 5]);
         assert_eq!(d.backend().stats().inflated_pages, 0);
         assert_eq!(used_idx(&d, 0), 5, "every chain went back to the driver");
         assert!(d.is_active(), "bad chains do not break the device");

@@ -7,3 +7,9 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod balloon;
+pub mod idle;
+
+#[cfg(test)]
+mod testvm;

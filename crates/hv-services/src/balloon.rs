@@ -1,0 +1,727 @@
+//! The memory side of the virtio-balloon: [`BalloonHooks`] over a VM's memory core.
+//!
+//! hv-devices' [`VirtioBalloon`] parses the queues; [`VmBalloon`] decides what a PFN means.
+//! An inflated page is given back through [`Vm::balloon`], which unmaps it through the
+//! notifier and returns its frame to the host pool; a deflated (or simply re-touched) page
+//! comes back zero-filled through the fault slow path. Free page reports drop the frames of
+//! the reported range the same way, without counting the pages as inflated.
+//!
+//! The guest driver is untrusted: a PFN outside the VM's writable RAM, a page inflated twice
+//! or deflated while not inflated, and a report that is unaligned or not RAM are refused,
+//! counted and recorded in a short event log that the firmware drains and prints. Malformed
+//! chains are counted by the device and reach the log through
+//! [`BalloonHooks::chain_rejected`].
+
+use alloc::collections::{BTreeSet, VecDeque};
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use hv_core::addr::{Gfn, GfnRange, Gpa};
+use hv_core::fault::Vm;
+use hv_core::frame_pool::FrameMemory;
+use hv_core::host_mem::PageState;
+use hv_core::memslot::BackingId;
+use hv_core::shootdown::RemoteFlush;
+use hv_core::table_frames::TableFrames;
+use hv_devices::irq::IrqLine;
+use hv_devices::virtio_balloon::{BalloonHooks, PageRefused, QueueRole, VirtioBalloon};
+use hv_devices::virtio_mmio::VirtioMmio;
+use hv_devices::virtqueue::GuestMemory;
+
+/// Event records kept until drained; older ones are dropped (and counted) beyond this.
+pub const EVENT_LOG_LEN: usize = 32;
+/// Largest free page report accepted in one buffer (4 MiB, Linux reports at most 2 MiB
+/// blocks with 4 KiB pages).
+pub const MAX_REPORT_BYTES: u32 = 4 << 20;
+
+/// Why an operator or configuration request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalloonError {
+    /// The target is larger than the VM's balloonable RAM.
+    TargetTooLarge {
+        /// Requested target, in 4 KiB pages.
+        requested: u64,
+        /// Balloonable RAM, in 4 KiB pages.
+        ram_pages: u64,
+    },
+}
+
+impl fmt::Display for BalloonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            BalloonError::TargetTooLarge {
+                requested,
+                ram_pages,
+            } => write!(
+                f,
+                "balloon target of {requested} pages exceeds the VM's {ram_pages} pages of RAM"
+            ),
+        }
+    }
+}
+
+/// What a log record is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalloonEventKind {
+    /// An inflate PFN was refused.
+    InflateRefused(PageRefused),
+    /// A deflate PFN was refused.
+    DeflateRefused(PageRefused),
+    /// A free page report was refused.
+    ReportRefused(PageRefused),
+    /// A malformed chain went back unused.
+    BadChain(QueueRole),
+}
+
+/// One log record: what happened and the guest address concerned (0 for a bad chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BalloonEvent {
+    /// What happened.
+    pub kind: BalloonEventKind,
+    /// The guest physical address concerned.
+    pub gpa: Gpa,
+}
+
+fn reason(r: PageRefused) -> &'static str {
+    match r {
+        PageRefused::OutOfRange => "not RAM of this VM",
+        PageRefused::Duplicate => "already in that state",
+        PageRefused::NotAllowed => "not allowed",
+    }
+}
+
+impl fmt::Display for BalloonEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            BalloonEventKind::InflateRefused(r) => {
+                write!(f, "balloon: refused inflate of {}: {}", self.gpa, reason(r))
+            }
+            BalloonEventKind::DeflateRefused(r) => {
+                write!(f, "balloon: refused deflate of {}: {}", self.gpa, reason(r))
+            }
+            BalloonEventKind::ReportRefused(r) => {
+                write!(
+                    f,
+                    "balloon: refused free report at {}: {}",
+                    self.gpa,
+                    reason(r)
+                )
+            }
+            BalloonEventKind::BadChain(role) => {
+                write!(
+                    f,
+                    "balloon: malformed chain on the {role:?} queue returned unused"
+                )
+            }
+        }
+    }
+}
+
+/// Counters of the memory side (the device counts chains and PFNs in `BalloonStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BalloonCounters {
+    /// Pages currently inflated.
+    pub inflated_now: u64,
+    /// Frames given back to the host pool by inflation and reports (private frames only;
+    /// a shared frame stays with its other sharers).
+    pub frames_returned: u64,
+    /// Pages dropped by free page reports.
+    pub reported_pages: u64,
+    /// Refused PFNs: not RAM of this VM.
+    pub refused_out_of_range: u64,
+    /// Refused PFNs: already inflated, or deflated while not inflated.
+    pub refused_duplicate: u64,
+    /// Refused PFNs: read-only memory, unaligned reports.
+    pub refused_not_allowed: u64,
+    /// Malformed chains reported by the device.
+    pub bad_chains: u64,
+    /// Log records dropped because the log was full.
+    pub events_dropped: u64,
+}
+
+/// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
+pub struct VmBalloon<T, M, R> {
+    vm: Arc<Vm<T, M, R>>,
+    inflated: BTreeSet<u64>,
+    counters: BalloonCounters,
+    events: VecDeque<BalloonEvent>,
+    guest_stats: Vec<(u16, u64)>,
+}
+
+impl<T, M, R> fmt::Debug for VmBalloon<T, M, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VmBalloon")
+            .field("counters", &self.counters)
+            .finish()
+    }
+}
+
+impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
+    /// The balloon policy of `vm`, with nothing inflated.
+    pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
+        Self {
+            vm,
+            inflated: BTreeSet::new(),
+            counters: BalloonCounters::default(),
+            events: VecDeque::new(),
+            guest_stats: Vec::new(),
+        }
+    }
+
+    /// The VM.
+    pub fn vm(&self) -> &Arc<Vm<T, M, R>> {
+        &self.vm
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> BalloonCounters {
+        self.counters
+    }
+
+    /// Whether guest frame `gfn` is inflated.
+    pub fn is_inflated(&self, gfn: Gfn) -> bool {
+        self.inflated.contains(&gfn.raw())
+    }
+
+    /// The latest statistics the guest sent (tag, value).
+    pub fn guest_stats(&self) -> &[(u16, u64)] {
+        &self.guest_stats
+    }
+
+    /// Takes the log records gathered since the last call, oldest first.
+    pub fn drain_events(&mut self) -> impl Iterator<Item = BalloonEvent> + '_ {
+        self.events.drain(..)
+    }
+
+    /// Pages of writable RAM the balloon may take (4 KiB units).
+    pub fn ram_pages(&self) -> u64 {
+        self.vm.with_mmu(|st| {
+            st.slots
+                .iter()
+                .filter(|s| !s.is_read_only())
+                .map(|s| s.gfns().npages())
+                .sum()
+        })
+    }
+
+    /// Checks an operator or configuration target (4 KiB pages) against the VM's RAM.
+    pub fn check_target(&self, pages: u64) -> Result<u32, BalloonError> {
+        let ram_pages = self.ram_pages();
+        match u32::try_from(pages) {
+            Ok(p) if pages <= ram_pages => Ok(p),
+            _ => Err(BalloonError::TargetTooLarge {
+                requested: pages,
+                ram_pages,
+            }),
+        }
+    }
+
+    fn log(&mut self, kind: BalloonEventKind, gpa: Gpa) {
+        if self.events.len() == EVENT_LOG_LEN {
+            self.events.pop_front();
+            self.counters.events_dropped += 1;
+        }
+        self.events.push_back(BalloonEvent { kind, gpa });
+    }
+
+    fn count_refusal(&mut self, r: PageRefused) {
+        let c = &mut self.counters;
+        match r {
+            PageRefused::OutOfRange => c.refused_out_of_range += 1,
+            PageRefused::Duplicate => c.refused_duplicate += 1,
+            PageRefused::NotAllowed => c.refused_not_allowed += 1,
+        }
+    }
+
+    fn refuse(
+        &mut self,
+        r: PageRefused,
+        kind: fn(PageRefused) -> BalloonEventKind,
+        gpa: Gpa,
+    ) -> PageRefused {
+        self.count_refusal(r);
+        self.log(kind(r), gpa);
+        r
+    }
+
+    /// The backing page of writable RAM at `gfn`.
+    fn backing_page(&self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
+        self.vm.with_mmu(|st| {
+            let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
+            if slot.is_read_only() {
+                return Err(PageRefused::NotAllowed);
+            }
+            let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
+            Ok((slot.backing(), page))
+        })
+    }
+
+    /// Number of private frames among `pages` of `backing` (the frames dropping them frees).
+    fn private_frames(&self, backing: BackingId, pages: core::ops::Range<u64>) -> u64 {
+        let host = self.vm.host().lock();
+        pages
+            .filter(|&p| matches!(host.page(backing, p), Ok(PageState::Private(_))))
+            .count() as u64
+    }
+
+    /// Drops the frames of backing pages; `Err` only if the core refuses (never for pages
+    /// found through a memslot, barring a concurrent slot removal).
+    fn give_back(&mut self, backing: BackingId, pages: core::ops::Range<u64>) -> bool {
+        let freed = self.private_frames(backing, pages.clone());
+        match self.vm.balloon(backing, pages) {
+            Ok(()) => {
+                self.counters.frames_returned += freed;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+        let (backing, page) = self.backing_page(gfn)?;
+        if self.inflated.contains(&gfn.raw()) {
+            return Err(PageRefused::Duplicate);
+        }
+        if !self.give_back(backing, page..page + 1) {
+            return Err(PageRefused::OutOfRange);
+        }
+        self.inflated.insert(gfn.raw());
+        self.counters.inflated_now += 1;
+        Ok(())
+    }
+
+    fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+        self.backing_page(gfn)?;
+        if !self.inflated.remove(&gfn.raw()) {
+            return Err(PageRefused::Duplicate);
+        }
+        // Nothing to map: the next touch zero-fills through the fault slow path.
+        self.counters.inflated_now -= 1;
+        Ok(())
+    }
+
+    fn report_range(&mut self, gpa: Gpa, len: u32) -> Result<(), PageRefused> {
+        if len == 0 || len > MAX_REPORT_BYTES {
+            return Err(PageRefused::NotAllowed);
+        }
+        let range =
+            GfnRange::from_gpa_len(gpa, u64::from(len)).map_err(|_| PageRefused::NotAllowed)?;
+        let (backing, first) = self.backing_page(range.start())?;
+        let last_gfn = range.end().checked_sub(1).ok_or(PageRefused::OutOfRange)?;
+        // The whole range must be one slot's contiguous backing pages.
+        match self.backing_page(last_gfn)? {
+            (b, last) if b == backing && last == first + range.npages() - 1 => {}
+            _ => return Err(PageRefused::OutOfRange),
+        }
+        if !self.give_back(backing, first..first + range.npages()) {
+            return Err(PageRefused::OutOfRange);
+        }
+        self.counters.reported_pages += range.npages();
+        Ok(())
+    }
+}
+
+fn gpa_of(gfn: Gfn) -> Gpa {
+    gfn.checked_addr().unwrap_or(Gpa::new(u64::MAX))
+}
+
+impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> BalloonHooks for VmBalloon<T, M, R> {
+    fn inflate(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+        self.inflate_page(gfn)
+            .map_err(|r| self.refuse(r, BalloonEventKind::InflateRefused, gpa_of(gfn)))
+    }
+
+    fn deflate(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+        self.deflate_page(gfn)
+            .map_err(|r| self.refuse(r, BalloonEventKind::DeflateRefused, gpa_of(gfn)))
+    }
+
+    fn report_free(&mut self, gpa: Gpa, len: u32) -> Result<(), PageRefused> {
+        self.report_range(gpa, len)
+            .map_err(|r| self.refuse(r, BalloonEventKind::ReportRefused, gpa))
+    }
+
+    fn stats(&mut self, entries: &[(u16, u64)]) {
+        self.guest_stats.clear();
+        self.guest_stats.extend_from_slice(entries);
+    }
+
+    fn chain_rejected(&mut self, role: QueueRole) {
+        self.counters.bad_chains += 1;
+        self.log(BalloonEventKind::BadChain(role), Gpa::new(0));
+    }
+}
+
+/// Sets a balloon's target (operator console or configuration), in 4 KiB pages, after
+/// checking it against the VM's RAM, and tells the driver (configuration change interrupt).
+pub fn set_target<T, M, R, G, I>(
+    dev: &mut VirtioMmio<VirtioBalloon<VmBalloon<T, M, R>>, G, I>,
+    pages: u64,
+) -> Result<(), BalloonError>
+where
+    T: TableFrames,
+    M: FrameMemory,
+    R: RemoteFlush,
+    G: GuestMemory,
+    I: IrqLine,
+{
+    let pages = dev.backend().hooks().check_target(pages)?;
+    dev.backend_mut().set_target_pages(pages);
+    dev.config_changed();
+    Ok(())
+}
+
+/// [`set_target`] in MiB, the console's unit.
+pub fn set_target_mib<T, M, R, G, I>(
+    dev: &mut VirtioMmio<VirtioBalloon<VmBalloon<T, M, R>>, G, I>,
+    mib: u64,
+) -> Result<(), BalloonError>
+where
+    T: TableFrames,
+    M: FrameMemory,
+    R: RemoteFlush,
+    G: GuestMemory,
+    I: IrqLine,
+{
+    set_target(dev, mib.saturating_mul(256))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testvm::{self, gpa, guest_fill, guest_read, TestVm, RAM_GFN};
+    use hv_core::memslot::SlotFlags;
+    use hv_devices::bus::MmioDevice;
+    use hv_devices::irq::LatchedLine;
+    use hv_devices::virtio_balloon::{config, F_DEFLATE_ON_OOM, F_REPORTING, MAX_PFNS_PER_CHAIN};
+    use hv_devices::virtio_mmio::{regs, status, VIRTIO_F_VERSION_1};
+    use hv_devices::virtqueue::{read_u16, VecMemory, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+    use hv_devices::Width;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::thread;
+
+    type Hooks = VmBalloon<
+        hv_core::table_frames::ArenaTableFrames,
+        hv_core::frame_pool::VecFrameMemory,
+        testvm::NoRemote,
+    >;
+    type Dev = VirtioMmio<VirtioBalloon<Hooks>, VecMemory, LatchedLine>;
+
+    const RAM: u64 = 64;
+    const FRAMES: usize = 256;
+    /// Where the test driver puts PFN arrays in its ring memory.
+    const DATA: u64 = 0x2_0000;
+
+    fn queue_base(q: u16) -> u64 {
+        0x4000 * (u64::from(q) + 1)
+    }
+
+    fn w(d: &mut Dev, offset: u64, value: u32) {
+        d.write(offset, Width::Word, u64::from(value)).unwrap();
+    }
+
+    /// A balloon for `vm` whose driver negotiated `features` and set up `queues` queues.
+    fn device(vm: &Arc<TestVm>, features: u64, queues: u16) -> Dev {
+        let balloon = VirtioBalloon::new(VmBalloon::new(vm.clone()));
+        // Ring memory covers the RAM slot too, as guest RAM would.
+        let rings = VecMemory::new(Gpa::new(0), 0x20_0000);
+        let mut d = VirtioMmio::new(balloon, rings, LatchedLine::default()).unwrap();
+        w(&mut d, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        let all = features | VIRTIO_F_VERSION_1;
+        w(&mut d, regs::DRIVER_FEATURES_SEL, 0);
+        w(&mut d, regs::DRIVER_FEATURES, all as u32);
+        w(&mut d, regs::DRIVER_FEATURES_SEL, 1);
+        w(&mut d, regs::DRIVER_FEATURES, (all >> 32) as u32);
+        w(
+            &mut d,
+            regs::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        for q in 0..queues {
+            let base = queue_base(q);
+            w(&mut d, regs::QUEUE_SEL, u32::from(q));
+            w(&mut d, regs::QUEUE_NUM, 16);
+            w(&mut d, regs::QUEUE_DESC_LOW, base as u32);
+            w(&mut d, regs::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
+            w(&mut d, regs::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
+            w(&mut d, regs::QUEUE_READY, 1);
+        }
+        let s = d.read(regs::STATUS, Width::Word).unwrap() as u32;
+        w(&mut d, regs::STATUS, s | status::DRIVER_OK);
+        assert!(d.is_active(), "{:?}", d.last_error());
+        d
+    }
+
+    fn desc(d: &mut Dev, q: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&addr.to_le_bytes());
+        b[8..12].copy_from_slice(&len.to_le_bytes());
+        b[12..14].copy_from_slice(&flags.to_le_bytes());
+        b[14..].copy_from_slice(&next.to_le_bytes());
+        let at = Gpa::new(queue_base(q) + 16 * u64::from(i));
+        d.memory_mut().write(at, &b).unwrap();
+    }
+
+    fn kick(d: &mut Dev, q: u16, head: u16) {
+        let avail = queue_base(q) + 0x1000;
+        let idx = read_u16(d.memory(), Gpa::new(avail + 2)).unwrap();
+        let slot = Gpa::new(avail + 4 + 2 * u64::from(idx % 16));
+        d.memory_mut().write(slot, &head.to_le_bytes()).unwrap();
+        let next = idx.wrapping_add(1).to_le_bytes();
+        d.memory_mut().write(Gpa::new(avail + 2), &next).unwrap();
+        w(d, regs::QUEUE_NOTIFY, u32::from(q));
+    }
+
+    /// Sends guest frames `gfns` as one PFN array on queue `q` (0 inflate, 1 deflate).
+    fn send(d: &mut Dev, q: u16, gfns: impl IntoIterator<Item = u64>) {
+        let bytes: Vec<u8> = gfns
+            .into_iter()
+            .flat_map(|g| (g as u32).to_le_bytes())
+            .collect();
+        d.memory_mut().write(Gpa::new(DATA), &bytes).unwrap();
+        desc(d, q, 0, DATA, bytes.len() as u32, 0, 0);
+        kick(d, q, 0);
+    }
+
+    fn free_frames(vm: &TestVm) -> usize {
+        vm.host().lock().pool().free_count()
+    }
+
+    fn hooks(d: &Dev) -> &Hooks {
+        d.backend().hooks()
+    }
+
+    #[test]
+    fn inflating_half_the_ram_returns_frames_and_deflated_pages_read_zero() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..RAM {
+            guest_fill(&vm, b, i, 0x5a);
+        }
+        let before = free_frames(&vm);
+        let mut d = device(&vm, F_DEFLATE_ON_OOM, 2);
+        set_target(&mut d, RAM / 2).unwrap();
+        assert_eq!(
+            d.read(regs::CONFIG + config::NUM_PAGES, Width::Word),
+            Ok(32)
+        );
+        // The driver inflates the even pages, in two chains.
+        let evens: Vec<u64> = (0..RAM).step_by(2).map(|i| RAM_GFN + i).collect();
+        send(&mut d, 0, evens[..16].iter().copied());
+        send(&mut d, 0, evens[16..].iter().copied());
+        d.write(regs::CONFIG + config::ACTUAL, Width::Word, 32)
+            .unwrap();
+        assert_eq!(d.backend().actual_pages(), 32);
+        assert_eq!(free_frames(&vm), before + 32, "half the frames went back");
+        let c = hooks(&d).counters();
+        assert_eq!((c.inflated_now, c.frames_returned), (32, 32));
+        for i in (0..RAM).step_by(2) {
+            assert!(vm.lookup(gpa(i)).is_none_or(|p| !p.is_present()));
+            let state = vm.host().lock().page(b, i).unwrap();
+            assert_eq!(state, PageState::Ballooned);
+        }
+        vm.check_invariants().unwrap();
+        // Deflate all, then the guest re-touches every page.
+        send(&mut d, 1, evens.iter().copied());
+        assert_eq!(hooks(&d).counters().inflated_now, 0);
+        for i in 0..RAM {
+            let want = if i.is_multiple_of(2) { 0 } else { 0x5a };
+            assert!(guest_read(&vm, b, i).iter().all(|&x| x == want), "page {i}");
+        }
+        assert_eq!(free_frames(&vm), before);
+        assert_eq!(hooks(&d).counters().refused_duplicate, 0);
+        drop(d);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn hostile_inputs_are_refused_counted_and_logged() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        let ro = GfnRange::from_start_len(Gfn::new(0x800), 4).unwrap();
+        let rob = vm.host().create_backing(4).unwrap();
+        vm.add_memslot(ro, rob, 0, SlotFlags::READ_ONLY).unwrap();
+        guest_fill(&vm, b, 3, 7);
+        let mut d = device(&vm, F_REPORTING, 3);
+        // Outside RAM (below, above, huge), read-only, then a duplicate.
+        send(
+            &mut d,
+            0,
+            [0, RAM_GFN - 1, RAM_GFN + RAM, u32::MAX as u64, 0x801],
+        );
+        send(&mut d, 0, [RAM_GFN + 3, RAM_GFN + 3]);
+        // Deflating a page that is not inflated.
+        send(&mut d, 1, [RAM_GFN + 5]);
+        let c = hooks(&d).counters();
+        assert_eq!(c.refused_out_of_range, 4);
+        assert_eq!(c.refused_not_allowed, 1);
+        assert_eq!(c.refused_duplicate, 2);
+        assert_eq!(c.inflated_now, 1);
+        assert_eq!(d.backend().stats().refused_pfns, 7);
+        // An oversized chain and a buffer outside the ring memory.
+        let too_long = 4 * (MAX_PFNS_PER_CHAIN as u32 + 1);
+        desc(&mut d, 0, 1, DATA, too_long, 0, 0);
+        kick(&mut d, 0, 1);
+        desc(&mut d, 0, 2, 0x7fff_f000, 8, 0, 0);
+        kick(&mut d, 0, 2);
+        // Reports: unaligned, zero length, not RAM, straddling the end of RAM.
+        for (i, (at, len)) in [
+            (gpa(8).raw() + 1, 4096),
+            (gpa(8).raw(), 0),
+            (0x10_0000_0000, 4096),
+            (gpa(RAM - 1).raw(), 8192),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            desc(&mut d, 2, i as u16, at, len, VIRTQ_DESC_F_WRITE, 0);
+            kick(&mut d, 2, i as u16);
+        }
+        let c = hooks(&d).counters();
+        // The report outside guest memory is a bad chain too.
+        assert_eq!(c.bad_chains, 3);
+        assert_eq!(d.backend().stats().bad_chains, 3);
+        assert_eq!(c.refused_not_allowed, 3);
+        assert_eq!(c.refused_out_of_range, 5);
+        assert_eq!(c.reported_pages, 0);
+        assert!(d.is_active(), "hostile input never stops the device");
+        let events: Vec<BalloonEvent> = d.backend_mut().hooks_mut().drain_events().collect();
+        assert_eq!(events.len(), 7 + 3 + 3);
+        assert_eq!(
+            events[0].to_string(),
+            "balloon: refused inflate of 0x0: not RAM of this VM"
+        );
+        assert!(events
+            .iter()
+            .any(|e| e.kind == BalloonEventKind::BadChain(QueueRole::Inflate)));
+        assert!(hooks(&d).counters().events_dropped == 0);
+        // The one good page is ballooned; everything else is as it was.
+        assert_eq!(vm.host().lock().page(b, 3), Ok(PageState::Ballooned));
+        vm.check_invariants().unwrap();
+        drop(d);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn event_log_keeps_the_newest_records() {
+        let (vm, _) = testvm::vm(FRAMES, RAM);
+        let mut h = VmBalloon::new(vm.clone());
+        for g in 0..(EVENT_LOG_LEN as u64 + 5) {
+            assert_eq!(h.inflate(Gfn::new(g)), Err(PageRefused::OutOfRange));
+        }
+        assert_eq!(h.counters().events_dropped, 5);
+        let first = h.drain_events().next().unwrap();
+        assert_eq!(first.gpa, Gpa::new(5 << 12));
+        assert_eq!(h.drain_events().count(), 0);
+        drop(h);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn free_page_reports_drop_frames_without_inflating() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..8 {
+            guest_fill(&vm, b, i, 9);
+        }
+        let before = free_frames(&vm);
+        let mut d = device(&vm, F_REPORTING, 3);
+        desc(
+            &mut d,
+            2,
+            0,
+            gpa(2).raw(),
+            4 * 4096,
+            VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT,
+            1,
+        );
+        desc(&mut d, 2, 1, gpa(40).raw(), 4096, VIRTQ_DESC_F_WRITE, 0);
+        kick(&mut d, 2, 0);
+        let c = hooks(&d).counters();
+        assert_eq!((c.reported_pages, c.frames_returned), (5, 4));
+        assert_eq!(c.inflated_now, 0);
+        assert_eq!(free_frames(&vm), before + 4);
+        assert!(guest_read(&vm, b, 3).iter().all(|&x| x == 0));
+        assert!(guest_read(&vm, b, 1).iter().all(|&x| x == 9));
+        drop(d);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn target_is_checked_against_ram() {
+        let (vm, _) = testvm::vm(FRAMES, RAM);
+        let mut d = device(&vm, 0, 2);
+        let irqs = d.irq().rising_edges;
+        assert_eq!(
+            set_target(&mut d, RAM + 1),
+            Err(BalloonError::TargetTooLarge {
+                requested: RAM + 1,
+                ram_pages: RAM
+            })
+        );
+        assert_eq!(d.backend().target_pages(), 0);
+        assert_eq!(d.irq().rising_edges, irqs, "no change, no interrupt");
+        assert!(set_target_mib(&mut d, 1).is_err(), "1 MiB is 256 pages");
+        set_target(&mut d, RAM).unwrap();
+        assert_eq!(d.backend().target_pages(), RAM as u32);
+        assert!(d.irq().asserted);
+        assert!(BalloonError::TargetTooLarge {
+            requested: 1,
+            ram_pages: 0
+        }
+        .to_string()
+        .contains("exceeds"));
+    }
+
+    /// Inflation and deflation race guest faults on the same pages: no entry ever names a
+    /// frame its page no longer holds, and every frame comes back at the end.
+    #[test]
+    fn inflate_races_guest_faults() {
+        const PAGES: u64 = 32;
+        let (vm, b) = testvm::vm(FRAMES, PAGES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let faults = Arc::new(AtomicU64::new(0));
+        let guests: Vec<_> = (0..2u64)
+            .map(|t| {
+                let vm = vm.clone();
+                let stop = stop.clone();
+                let faults = faults.clone();
+                thread::spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let i = (n * 7 + t) % PAGES;
+                        let pair = vm.map_page(gpa(i), n.is_multiple_of(3)).unwrap();
+                        let pte = if i.is_multiple_of(2) { pair.0 } else { pair.1 };
+                        assert!(pte.is_present());
+                        n += 1;
+                        faults.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        let mut h = VmBalloon::new(vm.clone());
+        // At least 200 rounds, and on until the guests have faulted a fair amount (the host
+        // may be busy), but not forever.
+        let mut round = 0u64;
+        while round < 200 || (faults.load(Ordering::Relaxed) < 5000 && round < 200_000) {
+            round += 1;
+            for i in (round % 2..PAGES).step_by(2) {
+                h.inflate(Gfn::new(RAM_GFN + i)).unwrap();
+            }
+            if round.is_multiple_of(20) {
+                vm.check_invariants().unwrap();
+            }
+            for i in (round % 2..PAGES).step_by(2) {
+                h.deflate(Gfn::new(RAM_GFN + i)).unwrap();
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for g in guests {
+            g.join().unwrap();
+        }
+        assert!(faults.load(Ordering::Relaxed) > 0);
+        assert_eq!(h.counters().inflated_now, 0);
+        drop(h);
+        vm.check_invariants().unwrap();
+        let _ = b;
+        testvm::teardown_clean(vm);
+    }
+}
