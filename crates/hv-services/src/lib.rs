@@ -10,6 +10,7 @@ extern crate alloc;
 
 pub mod balloon;
 pub mod dedup;
+pub mod idle;
 pub mod router;
 
 #[cfg(test)]
