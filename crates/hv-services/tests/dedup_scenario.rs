@@ -225,9 +225,9 @@ fn dedup_scenario_merges_99_percent_in_two_scans_and_cow_keeps_every_byte() {
         );
     }
     // Unique pages stay private.
-    for v in 0..VMS {
+    for &b in &backings {
         for p in ZEROES..PAGES {
-            assert_eq!(shared_frame(&host, backings[v], p), None);
+            assert_eq!(shared_frame(&host, b, p), None);
         }
     }
     verify(&vms, &backings, &shadow, "after merging");
