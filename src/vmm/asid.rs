@@ -80,6 +80,7 @@ pub fn ensure(
         state.generation += 1;
         state.next = FIRST_GUEST_ASID;
         tlb::flush_all();
+        crate::arch::guest::refill_cache_clear();
         ROLLOVERS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }
     let kernel = state.next as u8;

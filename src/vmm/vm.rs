@@ -154,6 +154,8 @@ pub struct Mark {
     pub refill_exits: u64,
     /// map_page calls so far.
     pub gpa_faults: u64,
+    /// Refills the vector served or tried from this CPU's refill cache so far.
+    pub cached_refills: u64,
 }
 
 /// How a VM ended.
@@ -393,6 +395,7 @@ impl Vm {
             exits: VmStats::get(&self.stats.exits),
             refill_exits: VmStats::get(&self.stats.refill_exits),
             gpa_faults: VmStats::get(&self.stats.gpa_faults),
+            cached_refills: crate::arch::guest::refill_cache_attempts(crate::arch::cpu_id()),
         };
         {
             let mut marks = self.marks.lock();

@@ -83,6 +83,10 @@ global_asm!(
     kind_cache_error = const KIND_CACHE_ERROR,
     kstack_top = sym KSTACK_TOP,
     trap_entry = sym trap_entry,
+    refill_cache = sym super::guest::REFILL_CACHE,
+    cache_cpu_mask = const MAX_CPUS - 1,
+    cache_shift = const super::guest::REFILL_CACHE_SHIFT,
+    cache_slot_mask = const super::guest::REFILL_SLOT_MASK,
 );
 
 const _: () = assert!(size_of::<TrapFrame>().is_multiple_of(16));

@@ -90,8 +90,42 @@ exception_vectors:
     j       exc_refill_entry
     nop
     .org 0x080
-    j       exc_refill_entry
+# XTLB refill. From a guest, first try this CPU's refill cache (guest.rs): a slot whose
+# tag equals EntryHi (VPN2 + the guest's host ASID) holds both EntryLo values of a root
+# entry the vCPU loop installed before; write it with TLBWR and return straight to the
+# guest. A miss, or a refill from the host, takes the general path.
+    .set noat
+    dmtc0   $k0, $30                # park k0 (guest or host)
+    mfc0    $k0, $12
+    andi    $k0, $k0, 0x18
+    beqz    $k0, exc_refill_entry_parked
+    dmtc0   $k1, $31                # park k1 (delay slot; DESAVE is free on the host path)
+    mfc0    $k0, $15, 1
+    andi    $k0, $k0, {cache_cpu_mask}
+    dsll    $k0, $k0, {cache_shift}
+    lui     $k1, %hi({refill_cache})
+    daddiu  $k1, $k1, %lo({refill_cache})
+    daddu   $k1, $k1, $k0           # this CPU's cache block
+    ld      $k0, 0($k1)             # count the attempt
+    daddiu  $k0, $k0, 1
+    sd      $k0, 0($k1)
+    dmfc0   $k0, $10
+    dsrl    $k0, $k0, 8
+    andi    $k0, $k0, {cache_slot_mask}
+    daddu   $k1, $k1, $k0           # slot - header; fields at +32 tag, +40 lo0, +48 lo1
+    ld      $k0, 40($k1)
+    dmtc0   $k0, $2
+    ld      $k0, 48($k1)
+    dmtc0   $k0, $3
+    ld      $k1, 32($k1)
+    dmfc0   $k0, $10
+    bne     $k0, $k1, guest_refill_miss
     nop
+    tlbwr
+    dmfc0   $k0, $30
+    dmfc0   $k1, $31
+    eret
+    .set at
     .org 0x100
     j       exc_cache_error_entry
     nop
@@ -116,9 +150,15 @@ exc_general_entry:
     nop
 3:  .set at
     SAVE_FRAME {kind_general}
+guest_refill_miss:
+    .set noat
+    dmfc0   $k1, $31                # guest k1 back: GUEST_EXIT parks it itself
+    j       guest_exit_refill
+    nop
 exc_refill_entry:
     .set noat
     dmtc0   $k0, $30
+exc_refill_entry_parked:
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
     beqz    $k0, 3f
