@@ -116,6 +116,7 @@ pub struct HostState<M> {
     pool: FramePool<M>,
     backings: Vec<Option<Vec<PageState>>>,
     swap: Vec<Option<Vec<u8>>>,
+    cow_breaks: u64,
 }
 
 impl<M: FrameMemory> HostState<M> {
@@ -156,6 +157,24 @@ impl<M: FrameMemory> HostState<M> {
     /// Every page state of a backing object.
     pub fn pages_of(&self, backing: BackingId) -> Result<&[PageState], HostMemError> {
         Ok(self.pages(backing)?)
+    }
+
+    /// Runs `f` over the bytes of a resident page (`None` if it has no frame).
+    pub fn with_page_contents<X>(
+        &self,
+        backing: BackingId,
+        page: u64,
+        f: impl FnOnce(&[u8]) -> X,
+    ) -> Result<Option<X>, HostMemError> {
+        match self.page(backing, page)?.frame() {
+            Some(hfn) => Ok(Some(self.pool.with_contents(hfn, f)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes that broke sharing of a shared frame so far (copies and last-sharer takeovers).
+    pub fn cow_breaks(&self) -> u64 {
+        self.cow_breaks
     }
 
     /// Number of pages in the swap store.
@@ -246,6 +265,7 @@ impl<M: FrameMemory> HostMem<M> {
                 pool,
                 backings: Vec::new(),
                 swap: Vec::new(),
+                cow_breaks: 0,
             }),
             epochs,
         }
@@ -303,6 +323,25 @@ impl<M: FrameMemory> HostMem<M> {
                 hfn,
                 writable: false,
             },
+            PageState::Shared(last) if st.pool.refcount(last) == 1 => {
+                // The last sharer (nobody else, not even an in-flight fault, holds the frame):
+                // take the frame itself instead of copying it.
+                notifier.set_entry(
+                    backing,
+                    page,
+                    HostEntry {
+                        hfn: last,
+                        writable: true,
+                        dirty: true,
+                    },
+                );
+                st.set_page(backing, page, PageState::Private(last));
+                st.cow_breaks += 1;
+                Resolved {
+                    hfn: last,
+                    writable: true,
+                }
+            }
             PageState::Shared(shared) => {
                 let copy = st.pool.alloc()?;
                 st.pool.copy(copy, shared)?;
@@ -319,6 +358,7 @@ impl<M: FrameMemory> HostMem<M> {
                 );
                 st.set_page(backing, page, PageState::Private(copy));
                 st.pool.put(shared)?;
+                st.cow_breaks += 1;
                 Resolved {
                     hfn: copy,
                     writable: true,
@@ -461,7 +501,16 @@ impl<M: FrameMemory> HostMem<M> {
         ) else {
             return Ok(false);
         };
-        if from == to || from_hfn == to_hfn || !st.pool.same_contents(from_hfn, to_hfn)? {
+        if from == to || from_hfn == to_hfn {
+            return Ok(false);
+        }
+        // Write-protect both pages before comparing: a guest store through a writable
+        // translation could otherwise land between the comparison and the remap (lost, or
+        // seen by the other sharer). Any store from now on faults and waits for our lock.
+        write_protect(notifier, to, to_hfn);
+        write_protect(notifier, from, from_hfn);
+        if !st.pool.same_contents(from_hfn, to_hfn)? {
+            // Both stay private; their next store faults once and gets write access back.
             return Ok(false);
         }
         let shared = HostEntry {
@@ -469,14 +518,84 @@ impl<M: FrameMemory> HostMem<M> {
             writable: false,
             dirty: false,
         };
-        // Write-protect the surviving page's mappings first, then move `from` over to it.
-        notifier.set_entry(to.0, to.1, shared);
         st.set_page(to.0, to.1, PageState::Shared(to_hfn));
         st.pool.get(to_hfn)?;
         notifier.set_entry(from.0, from.1, shared);
         st.set_page(from.0, from.1, PageState::Shared(to_hfn));
         st.pool.put(from_hfn)?;
         Ok(true)
+    }
+
+    /// Makes a resident page shared read-only in place and takes one extra reference to its
+    /// frame for the caller (a same-page merger's stable frame). Returns the frame, or `None`
+    /// if the page is not resident. The caller must never write the frame and drops its
+    /// reference with [`HostMem::release_frame`]; while it holds it, no write fault can take
+    /// the frame back as private, so the frame stays a valid target for
+    /// [`HostMem::merge_onto`].
+    pub fn share_page(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        page: (BackingId, u64),
+    ) -> Result<Option<Hfn>, HostMemError> {
+        let mut st = self.state.lock();
+        let hfn = match st.page(page.0, page.1)? {
+            PageState::Shared(hfn) => hfn,
+            PageState::Private(hfn) => {
+                write_protect(notifier, page, hfn);
+                st.set_page(page.0, page.1, PageState::Shared(hfn));
+                hfn
+            }
+            _ => return Ok(None),
+        };
+        st.pool.get(hfn)?;
+        Ok(Some(hfn))
+    }
+
+    /// Merges a resident page onto `target`, a shared frame the caller holds a reference to
+    /// (from [`HostMem::share_page`]), if their bytes are equal. The page is write-protected
+    /// before the comparison, so a concurrent guest store either lands before it (and the
+    /// comparison sees it) or faults and copies afterwards. Returns whether the page now
+    /// shares `target` because of this call.
+    pub fn merge_onto(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        page: (BackingId, u64),
+        target: Hfn,
+    ) -> Result<bool, HostMemError> {
+        let mut st = self.state.lock();
+        let Some(old) = st.page(page.0, page.1)?.frame() else {
+            return Ok(false);
+        };
+        if old == target {
+            return Ok(false);
+        }
+        write_protect(notifier, page, old);
+        if !st.pool.same_contents(old, target)? {
+            return Ok(false);
+        }
+        notifier.set_entry(
+            page.0,
+            page.1,
+            HostEntry {
+                hfn: target,
+                writable: false,
+                dirty: false,
+            },
+        );
+        st.set_page(page.0, page.1, PageState::Shared(target));
+        st.pool.get(target)?;
+        st.pool.put(old)?;
+        Ok(true)
+    }
+
+    /// Drops a reference taken by [`HostMem::share_page`] (freeing the frame if no page
+    /// shares it any more).
+    pub fn release_frame(&self, hfn: Hfn) -> Result<(), HostMemError> {
+        self.state.lock().pool.put(hfn).map_err(|e| match e {
+            PoolError::BadFrame | PoolError::NotAllocated => HostMemError::NotResident,
+            other => HostMemError::from(other),
+        })?;
+        Ok(())
     }
 
     /// Ages `pages` in the guest mappings; returns whether any was young.
@@ -522,6 +641,19 @@ impl<M: FrameMemory> HostMem<M> {
         st.backings[backing.0 as usize] = None;
         Ok(())
     }
+}
+
+/// Takes write access away from every guest mapping of `page` (still on frame `hfn`).
+fn write_protect(notifier: &(impl MmuNotifier + ?Sized), page: (BackingId, u64), hfn: Hfn) {
+    notifier.set_entry(
+        page.0,
+        page.1,
+        HostEntry {
+            hfn,
+            writable: false,
+            dirty: false,
+        },
+    );
 }
 
 /// How many references each frame gets from the page states `states` (for invariant checks).

@@ -9,7 +9,9 @@
 extern crate alloc;
 
 pub mod balloon;
+pub mod dedup;
 pub mod idle;
+pub mod router;
 
 #[cfg(test)]
 mod testvm;
