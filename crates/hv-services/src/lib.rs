@@ -12,6 +12,7 @@ pub mod balloon;
 pub mod dedup;
 pub mod idle;
 pub mod router;
+pub mod swap;
 
 #[cfg(test)]
 mod testvm;
