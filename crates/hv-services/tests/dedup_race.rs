@@ -110,9 +110,22 @@ struct TlbEntry {
     writable: bool,
 }
 
+/// A guest that fails leaves the guest, so a scanner waiting for its flush acknowledgement
+/// does not hang and the failure is reported.
+struct LeaveOnPanic<'a>(&'a QuiescenceTracker);
+
+impl Drop for LeaveOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.0.exit_guest(0);
+        }
+    }
+}
+
 /// The guest: random loads and stores of word 0, through a software TLB.
 fn guest(vm: &RaceVm, memory: &AtomicFrames, progress: &Progress) -> Vec<u64> {
     let tracker = vm.remote_flush();
+    let _leave = LeaveOnPanic(tracker);
     let mut tlb: Vec<Option<TlbEntry>> = vec![None; PAGES as usize];
     let mut shadow = vec![0u64; PAGES as usize];
     let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -150,12 +163,13 @@ fn guest(vm: &RaceVm, memory: &AtomicFrames, progress: &Progress) -> Vec<u64> {
                 let gfn = Gfn::new(RAM_GFN + page as u64);
                 let (even, odd) = vm.map_page(gfn.checked_addr().unwrap(), write).unwrap();
                 let pte = if gfn.is_odd() { odd } else { even };
-                tracker.enter_guest(0, || flush(&mut tlb)).unwrap();
-                // Installed after entry: a flush requested meanwhile was already taken.
+                // Installed before entry, so that a flush requested since the fault resolved
+                // (while this CPU was out of the guest) drops it again.
                 tlb[page] = Some(TlbEntry {
                     hfn: pte.hfn().unwrap(),
                     writable: pte.entrylo() & entrylo::D != 0,
                 });
+                tracker.enter_guest(0, || flush(&mut tlb)).unwrap();
             }
         }
     }
