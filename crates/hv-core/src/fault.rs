@@ -27,6 +27,7 @@
 //! may itself notify), then retakes the lock and starts again if an invalidation is in progress
 //! or completed meanwhile; so it never installs a frame that the backing page no longer holds.
 
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
@@ -147,7 +148,8 @@ pub struct MmuState<T> {
 pub struct Vm<T, M, R> {
     mmu: Mutex<MmuState<T>>,
     seq: NotifierSeq,
-    host: HostMem<M>,
+    /// Shared with other VMs when they may share frames (a dedup trust group).
+    host: Arc<HostMem<M>>,
     flush: R,
     cca: Cca,
 }
@@ -164,7 +166,15 @@ pub type PtePair = (GpaPte, GpaPte);
 impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
     /// A VM with an empty GPA table (root from `frames`), guest RAM from `pool`, and derived
     /// translations flushed through `flush`. Guest RAM is mapped cacheable non-coherent.
-    pub fn new(mut frames: T, pool: FramePool<M>, flush: R) -> Result<Self, VmError> {
+    pub fn new(frames: T, pool: FramePool<M>, flush: R) -> Result<Self, VmError> {
+        Self::with_host(frames, Arc::new(HostMem::new(pool)), flush)
+    }
+
+    /// A VM whose guest RAM lives in `host`, a host memory layer other VMs may share (so a
+    /// same-page merger can share frames between them). Each backing object must be mapped
+    /// by one VM only, and host-side changes to a shared layer must notify the VM owning the
+    /// backing; tear such a VM down with [`Vm::detach`].
+    pub fn with_host(mut frames: T, host: Arc<HostMem<M>>, flush: R) -> Result<Self, VmError> {
         let table = GpaTable::new(&mut frames).map_err(|OutOfMemory| VmError::OutOfMemory)?;
         Ok(Self {
             mmu: Mutex::new(MmuState {
@@ -173,7 +183,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
                 slots: Memslots::new(),
             }),
             seq: NotifierSeq::new(),
-            host: HostMem::new(pool),
+            host,
             flush,
             cca: Cca::CACHED_NONCOHERENT,
         })
@@ -525,7 +535,36 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
         table
             .destroy(&mut frames)
             .apply(&mut RemoteInvalidator(&flush));
+        let host = Arc::try_unwrap(host)
+            .unwrap_or_else(|_| panic!("teardown of a VM on a shared host layer: use detach"));
         (frames, host.into_pool())
+    }
+
+    /// Tears down a VM on a shared host layer (see [`Vm::with_host`]): frees the backing
+    /// objects its memslots name (through the notifier) and every table frame, and returns
+    /// the table-frame source. The layer, with the other VMs' backings, stays.
+    pub fn detach(self) -> T {
+        let mut ids: Vec<BackingId> = self
+            .mmu
+            .lock()
+            .slots
+            .iter()
+            .map(|slot| slot.backing())
+            .collect();
+        ids.sort_unstable_by_key(|id| id.0);
+        ids.dedup();
+        for id in ids {
+            // A backing another path already removed is fine to skip.
+            let _ = self.host.remove_backing(&self, id);
+        }
+        let Vm { mmu, flush, .. } = self;
+        let MmuState {
+            table, mut frames, ..
+        } = mmu.into_inner();
+        table
+            .destroy(&mut frames)
+            .apply(&mut RemoteInvalidator(&flush));
+        frames
     }
 }
 

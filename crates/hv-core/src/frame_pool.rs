@@ -66,6 +66,14 @@ pub trait FrameMemory {
     fn read(&self, hfn: Hfn, offset: usize, buf: &mut [u8]);
     /// Writes `data` at `offset` inside the frame.
     fn write(&mut self, hfn: Hfn, offset: usize, data: &[u8]);
+    /// Runs `f` over the whole frame's bytes (a page checksum, say). The default reads a copy
+    /// into a stack buffer; implementations that can lend the bytes directly should, since a
+    /// scanner calls this for every page it looks at.
+    fn with_frame<X>(&self, hfn: Hfn, f: impl FnOnce(&[u8]) -> X) -> X {
+        let mut buf = [0u8; FRAME_BYTES];
+        self.read(hfn, 0, &mut buf);
+        f(&buf)
+    }
 }
 
 /// Host-side [`FrameMemory`]: one heap buffer holding frames `base..base + nframes`.
@@ -126,6 +134,10 @@ impl FrameMemory for VecFrameMemory {
     fn write(&mut self, hfn: Hfn, offset: usize, data: &[u8]) {
         let span = self.span(hfn, offset, data.len());
         self.bytes[span].copy_from_slice(data);
+    }
+
+    fn with_frame<X>(&self, hfn: Hfn, f: impl FnOnce(&[u8]) -> X) -> X {
+        f(&self.bytes[self.span(hfn, 0, FRAME_BYTES)])
     }
 }
 
@@ -311,6 +323,12 @@ impl<M: FrameMemory> FramePool<M> {
         Ok(())
     }
 
+    /// Runs `f` over the bytes of an allocated frame (see [`FrameMemory::with_frame`]).
+    pub fn with_contents<X>(&self, hfn: Hfn, f: impl FnOnce(&[u8]) -> X) -> Result<X, PoolError> {
+        self.allocated_index(hfn)?;
+        Ok(self.memory.with_frame(hfn, f))
+    }
+
     /// Whether two allocated frames hold the same bytes.
     pub fn same_contents(&self, a: Hfn, b: Hfn) -> Result<bool, PoolError> {
         self.allocated_index(a)?;
@@ -402,7 +420,11 @@ mod tests {
         let mut buf = [0u8; 3];
         p.read(b, 10, &mut buf).unwrap();
         assert_eq!(buf, [7, 8, 9]);
+        let sum = |bytes: &[u8]| bytes.iter().map(|&x| u64::from(x)).sum::<u64>();
+        assert_eq!(p.with_contents(b, sum), Ok(7 + 8 + 9));
+        assert_eq!(p.with_contents(b, <[u8]>::len), Ok(FRAME_BYTES));
         p.put(a).unwrap();
+        assert_eq!(p.with_contents(a, sum), Err(PoolError::NotAllocated));
         // A freed frame's contents are not reachable through the pool any more.
         assert_eq!(p.read(a, 0, &mut buf), Err(PoolError::NotAllocated));
     }

@@ -16,6 +16,8 @@
 //! with an extra reference, which the caller drops with [`HostMem::release`] once it has
 //! installed (or abandoned) the mapping.
 
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -26,6 +28,7 @@ use crate::addr::Hfn;
 use crate::frame_pool::{FrameEpochs, FrameMemory, FramePool, PoolError, FRAME_BYTES};
 use crate::memslot::BackingId;
 use crate::notifier::{HostEntry, MmuNotifier};
+use crate::swap_store::{PlainSwap, SwapStore, SwapStoreError};
 use crate::sync::{Mutex, MutexGuard};
 
 /// Index of a saved page in the swap store.
@@ -72,6 +75,8 @@ pub enum HostMemError {
     NotResident,
     /// A byte range does not fit inside one page.
     BadOffset,
+    /// The swap store could not read a saved page back.
+    SwapIo,
 }
 
 impl fmt::Display for HostMemError {
@@ -83,6 +88,7 @@ impl fmt::Display for HostMemError {
             HostMemError::OutOfMemory => "out of host memory",
             HostMemError::NotResident => "page is not resident",
             HostMemError::BadOffset => "byte range does not fit in a page",
+            HostMemError::SwapIo => "swap store could not read a saved page back",
         })
     }
 }
@@ -110,12 +116,47 @@ pub struct Resolved {
     pub writable: bool,
 }
 
+impl From<SwapStoreError> for HostMemError {
+    fn from(e: SwapStoreError) -> Self {
+        match e {
+            SwapStoreError::Full => HostMemError::OutOfMemory,
+            SwapStoreError::Io => HostMemError::SwapIo,
+        }
+    }
+}
+
+/// Swap traffic counters of one layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwapCounters {
+    /// Pages written to the swap store.
+    pub written: u64,
+    /// Pages swapped out without writing: clean, their copy still in the store.
+    pub clean_reused: u64,
+    /// Pages read back in.
+    pub read_back: u64,
+}
+
 /// Everything behind the layer's lock.
-#[derive(Debug)]
 pub struct HostState<M> {
     pool: FramePool<M>,
     backings: Vec<Option<Vec<PageState>>>,
-    swap: Vec<Option<Vec<u8>>>,
+    swap: Box<dyn SwapStore>,
+    /// Resident private pages whose contents still equal their swap copy (only with a store
+    /// that keeps clean copies); such pages are mapped read-only until written.
+    clean_copies: BTreeMap<(u32, u64), SwapSlot>,
+    swap_counters: SwapCounters,
+    cow_breaks: u64,
+}
+
+impl<M> fmt::Debug for HostState<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostState")
+            .field("pool", &self.pool)
+            .field("backings", &self.backings.len())
+            .field("swap_counters", &self.swap_counters)
+            .field("cow_breaks", &self.cow_breaks)
+            .finish()
+    }
 }
 
 impl<M: FrameMemory> HostState<M> {
@@ -158,9 +199,37 @@ impl<M: FrameMemory> HostState<M> {
         Ok(self.pages(backing)?)
     }
 
-    /// Number of pages in the swap store.
+    /// Runs `f` over the bytes of a resident page (`None` if it has no frame).
+    pub fn with_page_contents<X>(
+        &self,
+        backing: BackingId,
+        page: u64,
+        f: impl FnOnce(&[u8]) -> X,
+    ) -> Result<Option<X>, HostMemError> {
+        match self.page(backing, page)?.frame() {
+            Some(hfn) => Ok(Some(self.pool.with_contents(hfn, f)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes that broke sharing of a shared frame so far (copies and last-sharer takeovers).
+    pub fn cow_breaks(&self) -> u64 {
+        self.cow_breaks
+    }
+
+    /// Number of pages in the swap store (including clean copies of resident pages).
     pub fn swapped_pages(&self) -> usize {
-        self.swap.iter().filter(|s| s.is_some()).count()
+        self.swap.slots_in_use()
+    }
+
+    /// Swap traffic so far.
+    pub fn swap_counters(&self) -> SwapCounters {
+        self.swap_counters
+    }
+
+    /// Whether a resident page still has a clean copy in the swap store.
+    pub fn has_clean_copy(&self, backing: BackingId, page: u64) -> bool {
+        self.clean_copies.contains_key(&(backing.0, page))
     }
 
     fn pages(&self, backing: BackingId) -> Result<&Vec<PageState>, HostMemError> {
@@ -181,6 +250,12 @@ impl<M: FrameMemory> HostState<M> {
     }
 
     fn set_page(&mut self, backing: BackingId, page: u64, state: PageState) {
+        if let Some(slot) = self.clean_copies.remove(&(backing.0, page)) {
+            // The copy survives only as the page's own swapped-out state.
+            if state != PageState::SwappedOut(slot) {
+                self.swap.free(slot);
+            }
+        }
         let pages = self.backings[backing.0 as usize]
             .as_mut()
             .expect("checked backing");
@@ -194,35 +269,38 @@ impl<M: FrameMemory> HostState<M> {
             PageState::Private(h) | PageState::Shared(h) => {
                 self.pool.put(h).expect("page held a reference");
             }
-            PageState::SwappedOut(slot) => {
-                self.swap[slot.0 as usize] = None;
-            }
+            PageState::SwappedOut(slot) => self.swap.free(slot),
             PageState::NotTouched | PageState::Ballooned => {}
         }
         self.set_page(backing, page, state);
     }
 
-    fn save_to_swap(&mut self, hfn: Hfn) -> Result<SwapSlot, HostMemError> {
-        let mut copy = Vec::new();
-        copy.try_reserve_exact(FRAME_BYTES)
-            .map_err(|_| HostMemError::OutOfMemory)?;
-        copy.resize(FRAME_BYTES, 0);
+    /// The slot holding `page`'s contents: its clean copy if it has one, else a new copy.
+    fn save_to_swap(
+        &mut self,
+        backing: BackingId,
+        page: u64,
+        hfn: Hfn,
+    ) -> Result<SwapSlot, HostMemError> {
+        if let Some(&slot) = self.clean_copies.get(&(backing.0, page)) {
+            self.swap_counters.clean_reused += 1;
+            return Ok(slot);
+        }
+        let mut copy = page_buffer()?;
         self.pool.read(hfn, 0, &mut copy)?;
-        let index = match self.swap.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.swap
-                    .try_reserve(1)
-                    .map_err(|_| HostMemError::OutOfMemory)?;
-                self.swap.push(None);
-                self.swap.len() - 1
-            }
-        };
-        self.swap[index] = Some(copy);
-        Ok(SwapSlot(
-            u32::try_from(index).map_err(|_| HostMemError::OutOfMemory)?,
-        ))
+        let slot = self.swap.store(&copy)?;
+        self.swap_counters.written += 1;
+        Ok(slot)
     }
+}
+
+/// A heap buffer of one frame (frames are too big for small firmware stacks).
+fn page_buffer() -> Result<Vec<u8>, HostMemError> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(FRAME_BYTES)
+        .map_err(|_| HostMemError::OutOfMemory)?;
+    buf.resize(FRAME_BYTES, 0);
+    Ok(buf)
 }
 
 /// The host memory layer of one VM (or of several VMs sharing a pool).
@@ -245,7 +323,10 @@ impl<M: FrameMemory> HostMem<M> {
             state: Mutex::new(HostState {
                 pool,
                 backings: Vec::new(),
-                swap: Vec::new(),
+                swap: Box::new(PlainSwap::new()),
+                clean_copies: BTreeMap::new(),
+                swap_counters: SwapCounters::default(),
+                cow_breaks: 0,
             }),
             epochs,
         }
@@ -259,6 +340,17 @@ impl<M: FrameMemory> HostMem<M> {
     /// The frames' free epochs, readable without any lock.
     pub fn epochs(&self) -> &FrameEpochs {
         &self.epochs
+    }
+
+    /// Replaces the swap store (default: [`PlainSwap`]). Refused, returning the store, while
+    /// any page is in the current one.
+    pub fn set_swap_store(&self, store: Box<dyn SwapStore>) -> Result<(), Box<dyn SwapStore>> {
+        let mut st = self.state.lock();
+        if st.swap.slots_in_use() != 0 {
+            return Err(store);
+        }
+        st.swap = store;
+        Ok(())
     }
 
     /// Consumes the layer, returning its pool (to check that every frame came back).
@@ -295,14 +387,42 @@ impl<M: FrameMemory> HostMem<M> {
     ) -> Result<Resolved, HostMemError> {
         let mut st = self.state.lock();
         let resolved = match st.page(backing, page)? {
-            PageState::Private(hfn) => Resolved {
-                hfn,
-                writable: true,
-            },
+            PageState::Private(hfn) => {
+                // A page with a clean swap copy stays read-only until written; the write that
+                // gets here makes the copy stale.
+                let clean = st.clean_copies.contains_key(&(backing.0, page));
+                if clean && write {
+                    let slot = st.clean_copies.remove(&(backing.0, page)).expect("present");
+                    st.swap.free(slot);
+                }
+                Resolved {
+                    hfn,
+                    writable: write || !clean,
+                }
+            }
             PageState::Shared(hfn) if !write => Resolved {
                 hfn,
                 writable: false,
             },
+            PageState::Shared(last) if st.pool.refcount(last) == 1 => {
+                // The last sharer (nobody else, not even an in-flight fault, holds the frame):
+                // take the frame itself instead of copying it.
+                notifier.set_entry(
+                    backing,
+                    page,
+                    HostEntry {
+                        hfn: last,
+                        writable: true,
+                        dirty: true,
+                    },
+                );
+                st.set_page(backing, page, PageState::Private(last));
+                st.cow_breaks += 1;
+                Resolved {
+                    hfn: last,
+                    writable: true,
+                }
+            }
             PageState::Shared(shared) => {
                 let copy = st.pool.alloc()?;
                 st.pool.copy(copy, shared)?;
@@ -319,6 +439,7 @@ impl<M: FrameMemory> HostMem<M> {
                 );
                 st.set_page(backing, page, PageState::Private(copy));
                 st.pool.put(shared)?;
+                st.cow_breaks += 1;
                 Resolved {
                     hfn: copy,
                     writable: true,
@@ -333,15 +454,23 @@ impl<M: FrameMemory> HostMem<M> {
                 }
             }
             PageState::SwappedOut(slot) => {
+                let mut saved = page_buffer()?;
+                st.swap.load(slot, &mut saved)?;
                 let hfn = st.pool.alloc()?;
-                let saved = st.swap[slot.0 as usize]
-                    .take()
-                    .expect("swapped-out page has a swap copy");
                 st.pool.write(hfn, 0, &saved)?;
-                st.set_page(backing, page, PageState::Private(hfn));
+                st.swap_counters.read_back += 1;
+                let keep = !write && st.swap.keeps_clean_copies();
+                if keep {
+                    // set_page frees a page's old slot unless it is recorded as clean.
+                    st.set_page(backing, page, PageState::Private(hfn));
+                    st.clean_copies.insert((backing.0, page), slot);
+                } else {
+                    st.swap.free(slot);
+                    st.set_page(backing, page, PageState::Private(hfn));
+                }
                 Resolved {
                     hfn,
-                    writable: true,
+                    writable: !keep,
                 }
             }
         };
@@ -394,11 +523,12 @@ impl<M: FrameMemory> HostMem<M> {
             Some(end) if end <= FRAME_BYTES => {}
             _ => return Err(HostMemError::BadOffset),
         }
-        let st = self.state.lock();
+        let mut st = self.state.lock();
         match st.page(backing, page)? {
             PageState::Private(h) | PageState::Shared(h) => st.pool.read(h, offset, buf)?,
             PageState::SwappedOut(slot) => {
-                let saved = st.swap[slot.0 as usize].as_ref().expect("swap copy");
+                let mut saved = page_buffer()?;
+                st.swap.load(slot, &mut saved)?;
                 buf.copy_from_slice(&saved[offset..offset + buf.len()]);
             }
             PageState::NotTouched | PageState::Ballooned => buf.fill(0),
@@ -419,7 +549,7 @@ impl<M: FrameMemory> HostMem<M> {
             return Ok(false);
         };
         // Reserve the swap copy first: nothing may fail once the notifier has run.
-        let slot = st.save_to_swap(hfn)?;
+        let slot = st.save_to_swap(backing, page, hfn)?;
         let pages = page..page + 1;
         notifier.invalidate_range_start(backing, pages.clone());
         st.drop_page(backing, page, PageState::SwappedOut(slot));
@@ -461,7 +591,16 @@ impl<M: FrameMemory> HostMem<M> {
         ) else {
             return Ok(false);
         };
-        if from == to || from_hfn == to_hfn || !st.pool.same_contents(from_hfn, to_hfn)? {
+        if from == to || from_hfn == to_hfn {
+            return Ok(false);
+        }
+        // Write-protect both pages before comparing: a guest store through a writable
+        // translation could otherwise land between the comparison and the remap (lost, or
+        // seen by the other sharer). Any store from now on faults and waits for our lock.
+        write_protect(notifier, to, to_hfn);
+        write_protect(notifier, from, from_hfn);
+        if !st.pool.same_contents(from_hfn, to_hfn)? {
+            // Both stay private; their next store faults once and gets write access back.
             return Ok(false);
         }
         let shared = HostEntry {
@@ -469,14 +608,84 @@ impl<M: FrameMemory> HostMem<M> {
             writable: false,
             dirty: false,
         };
-        // Write-protect the surviving page's mappings first, then move `from` over to it.
-        notifier.set_entry(to.0, to.1, shared);
         st.set_page(to.0, to.1, PageState::Shared(to_hfn));
         st.pool.get(to_hfn)?;
         notifier.set_entry(from.0, from.1, shared);
         st.set_page(from.0, from.1, PageState::Shared(to_hfn));
         st.pool.put(from_hfn)?;
         Ok(true)
+    }
+
+    /// Makes a resident page shared read-only in place and takes one extra reference to its
+    /// frame for the caller (a same-page merger's stable frame). Returns the frame, or `None`
+    /// if the page is not resident. The caller must never write the frame and drops its
+    /// reference with [`HostMem::release_frame`]; while it holds it, no write fault can take
+    /// the frame back as private, so the frame stays a valid target for
+    /// [`HostMem::merge_onto`].
+    pub fn share_page(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        page: (BackingId, u64),
+    ) -> Result<Option<Hfn>, HostMemError> {
+        let mut st = self.state.lock();
+        let hfn = match st.page(page.0, page.1)? {
+            PageState::Shared(hfn) => hfn,
+            PageState::Private(hfn) => {
+                write_protect(notifier, page, hfn);
+                st.set_page(page.0, page.1, PageState::Shared(hfn));
+                hfn
+            }
+            _ => return Ok(None),
+        };
+        st.pool.get(hfn)?;
+        Ok(Some(hfn))
+    }
+
+    /// Merges a resident page onto `target`, a shared frame the caller holds a reference to
+    /// (from [`HostMem::share_page`]), if their bytes are equal. The page is write-protected
+    /// before the comparison, so a concurrent guest store either lands before it (and the
+    /// comparison sees it) or faults and copies afterwards. Returns whether the page now
+    /// shares `target` because of this call.
+    pub fn merge_onto(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        page: (BackingId, u64),
+        target: Hfn,
+    ) -> Result<bool, HostMemError> {
+        let mut st = self.state.lock();
+        let Some(old) = st.page(page.0, page.1)?.frame() else {
+            return Ok(false);
+        };
+        if old == target {
+            return Ok(false);
+        }
+        write_protect(notifier, page, old);
+        if !st.pool.same_contents(old, target)? {
+            return Ok(false);
+        }
+        notifier.set_entry(
+            page.0,
+            page.1,
+            HostEntry {
+                hfn: target,
+                writable: false,
+                dirty: false,
+            },
+        );
+        st.set_page(page.0, page.1, PageState::Shared(target));
+        st.pool.get(target)?;
+        st.pool.put(old)?;
+        Ok(true)
+    }
+
+    /// Drops a reference taken by [`HostMem::share_page`] (freeing the frame if no page
+    /// shares it any more).
+    pub fn release_frame(&self, hfn: Hfn) -> Result<(), HostMemError> {
+        self.state.lock().pool.put(hfn).map_err(|e| match e {
+            PoolError::BadFrame | PoolError::NotAllocated => HostMemError::NotResident,
+            other => HostMemError::from(other),
+        })?;
+        Ok(())
     }
 
     /// Ages `pages` in the guest mappings; returns whether any was young.
@@ -522,6 +731,19 @@ impl<M: FrameMemory> HostMem<M> {
         st.backings[backing.0 as usize] = None;
         Ok(())
     }
+}
+
+/// Takes write access away from every guest mapping of `page` (still on frame `hfn`).
+fn write_protect(notifier: &(impl MmuNotifier + ?Sized), page: (BackingId, u64), hfn: Hfn) {
+    notifier.set_entry(
+        page.0,
+        page.1,
+        HostEntry {
+            hfn,
+            writable: false,
+            dirty: false,
+        },
+    );
 }
 
 /// How many references each frame gets from the page states `states` (for invariant checks).

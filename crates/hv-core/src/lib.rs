@@ -30,5 +30,6 @@ pub mod memslot;
 pub mod notifier;
 pub mod pte;
 pub mod shootdown;
+pub mod swap_store;
 pub mod sync;
 pub mod table_frames;

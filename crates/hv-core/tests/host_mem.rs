@@ -123,7 +123,12 @@ fn merge_remaps_before_dropping_the_old_frame() {
     assert_eq!(
         rec.events.into_inner(),
         [
+            // Both write-protected before the comparison, then page 0 moved over.
             (Event::SetEntry(1, shared), vec![0, 0]),
+            (
+                Event::SetEntry(0, HostEntry { hfn: h0, ..shared }),
+                vec![0, 0]
+            ),
             (Event::SetEntry(0, shared), vec![0, 0]),
         ]
     );
@@ -245,4 +250,130 @@ fn bad_input_is_an_error_and_notifies_nothing() {
         Err(HostMemError::OutOfMemory)
     );
     assert_eq!(host.lock().page(b, 3), Ok(PageState::NotTouched));
+}
+
+#[test]
+fn merge_of_different_pages_write_protects_and_changes_nothing_else() {
+    let (host, b, h0, h1) = setup();
+    let rec = Recorder::new(&host, vec![]);
+    host.write(&rec, b, 0, 100, &[1]).unwrap();
+    let rec = Recorder::new(&host, vec![]);
+    assert_eq!(host.merge(&rec, (b, 0), (b, 1)), Ok(false));
+    let ro = |hfn| HostEntry {
+        hfn,
+        writable: false,
+        dirty: false,
+    };
+    let events: Vec<Event> = rec
+        .events
+        .into_inner()
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect();
+    assert_eq!(
+        events,
+        [Event::SetEntry(1, ro(h1)), Event::SetEntry(0, ro(h0))]
+    );
+    let st = host.lock();
+    assert_eq!(st.page(b, 0), Ok(PageState::Private(h0)));
+    assert_eq!(st.page(b, 1), Ok(PageState::Private(h1)));
+}
+
+#[test]
+fn share_page_then_merge_onto_its_frame_and_release() {
+    let (host, b, h0, h1) = setup();
+    let rec = Recorder::new(&host, vec![h0]);
+    assert_eq!(host.share_page(&rec, (b, 2)), Ok(None), "not resident");
+    assert_eq!(host.share_page(&rec, (b, 1)), Ok(Some(h1)));
+    assert_eq!(host.lock().page(b, 1), Ok(PageState::Shared(h1)));
+    assert_eq!(host.lock().pool().refcount(h1), 2, "page + caller");
+    assert_eq!(
+        host.merge_onto(&rec, (b, 1), h1),
+        Ok(false),
+        "already on it"
+    );
+    assert_eq!(host.merge_onto(&rec, (b, 2), h1), Ok(false), "not resident");
+    assert_eq!(host.merge_onto(&rec, (b, 0), h1), Ok(true));
+    let ro = |hfn| HostEntry {
+        hfn,
+        writable: false,
+        dirty: false,
+    };
+    assert_eq!(
+        rec.events.into_inner(),
+        [
+            (Event::SetEntry(1, ro(h1)), vec![0]),
+            (Event::SetEntry(0, ro(h0)), vec![0]),
+            (Event::SetEntry(0, ro(h1)), vec![0]),
+        ],
+        "write-protected, compared, remapped, and only then freed"
+    );
+    {
+        let st = host.lock();
+        assert_eq!(st.page(b, 0), Ok(PageState::Shared(h1)));
+        assert_eq!(st.pool().refcount(h0), 0);
+        assert_eq!(st.pool().refcount(h1), 3);
+    }
+    // A page with other bytes is refused and stays private.
+    let quiet = Recorder::new(&host, vec![]);
+    host.write(&quiet, b, 3, 0, &[9]).unwrap();
+    let h3 = host.lock().page(b, 3).unwrap().frame().unwrap();
+    assert_eq!(host.merge_onto(&quiet, (b, 3), h1), Ok(false));
+    assert_eq!(host.lock().page(b, 3), Ok(PageState::Private(h3)));
+    // The caller's reference keeps the frame shared even with one page left on it.
+    let r = host.resolve(&quiet, b, 0, true).unwrap();
+    assert_ne!(r.hfn, h1, "copied: page 1 still shares the frame");
+    host.release(r);
+    host.release_frame(h1).unwrap();
+    assert_eq!(host.lock().pool().refcount(h1), 1);
+    assert_eq!(
+        host.release_frame(Hfn::new(0x1)),
+        Err(HostMemError::NotResident)
+    );
+    let sum = host.lock().with_page_contents(b, 3, |bytes| {
+        bytes.iter().map(|&x| u32::from(x)).sum::<u32>()
+    });
+    assert_eq!(sum, Ok(Some(9)));
+    assert_eq!(
+        host.lock().with_page_contents(b, 4, <[u8]>::len),
+        Err(HostMemError::PageOutOfRange)
+    );
+}
+
+#[test]
+fn last_sharer_takes_the_frame_itself_on_write() {
+    let (host, b, _, h1) = setup();
+    let quiet = Recorder::new(&host, vec![]);
+    host.merge(&quiet, (b, 0), (b, 1)).unwrap();
+    let r = host.resolve(&quiet, b, 0, true).unwrap();
+    host.release(r);
+    assert_ne!(r.hfn, h1, "first writer copies");
+    assert_eq!(host.lock().pool().refcount(h1), 1, "only page 1 left on it");
+    let rec = Recorder::new(&host, vec![h1]);
+    let r = host.resolve(&rec, b, 1, true).unwrap();
+    assert_eq!(
+        r,
+        hv_core::host_mem::Resolved {
+            hfn: h1,
+            writable: true
+        }
+    );
+    host.release(r);
+    assert_eq!(
+        rec.events.into_inner(),
+        [(
+            Event::SetEntry(
+                1,
+                HostEntry {
+                    hfn: h1,
+                    writable: true,
+                    dirty: true
+                }
+            ),
+            vec![0]
+        )]
+    );
+    assert_eq!(host.lock().page(b, 1), Ok(PageState::Private(h1)));
+    assert_eq!(host.lock().pool().allocated_count(), 2);
+    assert_eq!(host.lock().cow_breaks(), 2, "one copy, one takeover");
 }

@@ -333,6 +333,94 @@ fn teardown_with_shared_swapped_and_mapped_pages_frees_everything() {
     teardown_returns_everything(vm);
 }
 
+/// Routes host-side notifications on a shared layer to the VM owning the backing.
+struct Router<'a>(Vec<(BackingId, &'a TestVm)>);
+
+impl Router<'_> {
+    fn vm(&self, backing: BackingId) -> &TestVm {
+        self.0.iter().find(|(b, _)| *b == backing).unwrap().1
+    }
+}
+
+impl MmuNotifier for Router<'_> {
+    fn invalidate_range_start(&self, b: BackingId, pages: std::ops::Range<u64>) {
+        self.vm(b).invalidate_range_start(b, pages);
+    }
+    fn invalidate_range_end(&self, b: BackingId, pages: std::ops::Range<u64>) {
+        self.vm(b).invalidate_range_end(b, pages);
+    }
+    fn set_entry(&self, b: BackingId, page: u64, entry: hv_core::notifier::HostEntry) {
+        self.vm(b).set_entry(b, page, entry);
+    }
+    fn clear_young(&self, b: BackingId, pages: std::ops::Range<u64>) -> bool {
+        self.vm(b).clear_young(b, pages)
+    }
+    fn test_young(&self, b: BackingId, page: u64) -> bool {
+        self.vm(b).test_young(b, page)
+    }
+}
+
+#[test]
+fn two_vms_on_a_shared_host_layer_share_a_frame_and_detach_cleanly() {
+    use hv_core::fault::Vm;
+    use hv_core::host_mem::HostMem;
+    use hv_core::table_frames::ArenaTableFrames;
+    use std::sync::Arc;
+
+    let host = Arc::new(HostMem::new(pool(16)));
+    let new_vm = |table_base| {
+        Vm::with_host(
+            ArenaTableFrames::with_base(hv_core::addr::Hfn::new(table_base)),
+            Arc::clone(&host),
+            RecordingFlush::default(),
+        )
+        .unwrap()
+    };
+    let (vm0, vm1): (TestVm, TestVm) = (new_vm(0x100_0000), new_vm(0x200_0000));
+    let b0 = host.create_backing(4).unwrap();
+    let b1 = host.create_backing(4).unwrap();
+    vm0.add_memslot(range(0x100, 4), b0, 0, SlotFlags::empty())
+        .unwrap();
+    vm1.add_memslot(range(0x100, 4), b1, 0, SlotFlags::empty())
+        .unwrap();
+    vm0.host_write(b0, 0, 0, b"same").unwrap();
+    vm1.host_write(b1, 0, 0, b"same").unwrap();
+    vm0.map_page(gpa(0x100), true).unwrap();
+    vm1.map_page(gpa(0x100), true).unwrap();
+
+    let router = Router(vec![(b0, &vm0), (b1, &vm1)]);
+    assert_eq!(host.merge(&router, (b1, 0), (b0, 0)), Ok(true));
+    let (p0, p1) = (
+        vm0.lookup(gpa(0x100)).unwrap(),
+        vm1.lookup(gpa(0x100)).unwrap(),
+    );
+    assert_eq!(p0.hfn(), p1.hfn(), "one frame, two VMs");
+    assert!(!p0.is_writable() && !p1.is_writable());
+    vm0.check_invariants().unwrap();
+    vm1.check_invariants().unwrap();
+
+    // VM 1 writes: it gets a copy; VM 0 keeps the shared frame and its bytes.
+    let (even, _) = vm1.map_page(gpa(0x100), true).unwrap();
+    assert_ne!(even.hfn(), p0.hfn());
+    vm1.host_write(b1, 0, 0, b"mine").unwrap();
+    let mut buf = [0u8; 4];
+    host.read(b0, 0, 0, &mut buf).unwrap();
+    assert_eq!(&buf, b"same");
+    vm0.check_invariants().unwrap();
+    vm1.check_invariants().unwrap();
+
+    drop(router);
+    assert_eq!(vm0.detach().live_tables(), 0);
+    assert_eq!(host.lock().page(b0, 0), Err(HostMemError::NoSuchBacking));
+    assert!(
+        host.lock().page(b1, 0).unwrap().frame().is_some(),
+        "VM 1's backing stays"
+    );
+    assert_eq!(vm1.detach().live_tables(), 0);
+    let pool = Arc::try_unwrap(host).unwrap().into_pool();
+    assert_eq!(pool.allocated_count(), 0, "host frames leaked");
+}
+
 #[test]
 fn remote_flush_completes_before_the_frame_is_freed() {
     let (vm, b, _) = vm_with_slot(SlotFlags::empty());

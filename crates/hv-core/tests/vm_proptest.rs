@@ -190,6 +190,15 @@ impl Model {
         }
     }
 
+    /// Pages holding `frame` (the model has no other references).
+    fn holders(&self, frame: usize) -> usize {
+        self.pages
+            .iter()
+            .flatten()
+            .filter(|&&p| Self::frame_of(p) == Some(frame))
+            .count()
+    }
+
     fn unmap_page(&mut self, backing: usize, page: u64) {
         for (_, gfn) in self.gfns_of(backing, page) {
             self.ptes.remove(&gfn);
@@ -201,6 +210,12 @@ impl Model {
         match self.pages[backing][page as usize] {
             MPage::Private(f) => (f, true),
             MPage::Shared(f) if !write => (f, false),
+            MPage::Shared(f) if self.holders(f) == 1 => {
+                // The last sharer takes the frame itself.
+                self.set_entry(backing, page, f, true, true);
+                self.pages[backing][page as usize] = MPage::Private(f);
+                (f, true)
+            }
             MPage::Shared(_) => {
                 let copy = self.new_frame();
                 self.set_entry(backing, page, copy, true, true);
@@ -375,6 +390,13 @@ fn run(slots: Vec<SlotSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 let real = vm.merge((backings[from.0], from.1), (backings[to.0], to.1));
                 prop_assert_eq!(real, Ok(want), "merge {:?} -> {:?}", from, to);
+                if let (Some(ff), Some(tf)) = (Model::frame_of(fp), Model::frame_of(tp)) {
+                    if from != to && ff != tf {
+                        // Both write-protected before the comparison, equal or not.
+                        model.set_entry(to.0, to.1, tf, false, false);
+                        model.set_entry(from.0, from.1, ff, false, false);
+                    }
+                }
                 if want {
                     let tf = Model::frame_of(tp).unwrap();
                     model.set_entry(to.0, to.1, tf, false, false);

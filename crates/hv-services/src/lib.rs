@@ -9,7 +9,10 @@
 extern crate alloc;
 
 pub mod balloon;
+pub mod dedup;
 pub mod idle;
+pub mod router;
+pub mod swap;
 
 #[cfg(test)]
 mod testvm;

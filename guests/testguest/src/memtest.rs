@@ -145,6 +145,37 @@ fn plant_invalid_entry() {
     }
 }
 
+/// Writes a sentinel entry at index 0 and sets Wired = 1, so TLBWR (every refill) must
+/// leave it alone; returns the entry.
+fn wire_sentinel() -> tlb::TlbEntry {
+    let entry = tlb::TlbEntry {
+        hi: tlb::entry_hi(0x7f00_0000, paging::KERNEL_ASID),
+        lo0: tlb::entry_lo(0, tlb::LO_CACHED),
+        lo1: tlb::entry_lo(0x1000, tlb::LO_CACHED),
+        page_mask: tlb::PAGE_MASK_4K,
+    };
+    // SAFETY: the entry is invalid (V = 0) at an address nothing uses; Wired only restricts
+    // where TLBWR writes.
+    unsafe {
+        if let Some(index) = tlb::probe(entry.hi) {
+            // Never leave a duplicate of the sentinel's VPN2 behind.
+            tlb::write_indexed(
+                index,
+                &tlb::TlbEntry {
+                    hi: tlb::entry_hi(0x4000_0000 + u64::from(index) * 0x2000, 0),
+                    lo0: 0,
+                    lo1: 0,
+                    page_mask: 0,
+                },
+            );
+        }
+        tlb::write_indexed(0, &entry);
+        guest_rt::cp0::write32::<6, 0>(1);
+    }
+    tlb::set_asid(paging::KERNEL_ASID);
+    entry
+}
+
 /// Runs every round of `plan`.
 pub fn run(plan: &Plan) -> Report {
     paging::set_kseg2(plan.base_gpa, plan.kseg2_bytes);
@@ -166,6 +197,7 @@ pub fn run(plan: &Plan) -> Report {
     };
     let split = plan.base_gpa + plan.kseg2_bytes;
     let end = plan.base_gpa + plan.bytes;
+    let wired = wire_sentinel();
     let invalids_before = crate::tlb_invalids();
     let kernel_faults_before = crate::kernel_tlb_faults();
     for round in 0..plan.rounds {
@@ -196,6 +228,15 @@ pub fn run(plan: &Plan) -> Report {
     }
     if plan.kseg2_bytes > 0 && crate::kernel_tlb_faults() == kernel_faults_before {
         println!("testguest: FAIL the mapped kernel segment took no TLB exception");
+        report.mismatches += 1;
+    }
+    // Hundreds of TLBWR refills later the wired entry must still be there.
+    let still = tlb::read(0);
+    tlb::set_asid(paging::KERNEL_ASID);
+    // SAFETY: Wired back to 0; the sentinel maps nothing anybody uses.
+    unsafe { guest_rt::cp0::write32::<6, 0>(0) };
+    if still != wired {
+        println!("testguest: FAIL TLBWR replaced the wired entry 0: now {still:x?}");
         report.mismatches += 1;
     }
     if plan.kseg2_bytes > 0 && crate::tlb_invalids() == invalids_before {

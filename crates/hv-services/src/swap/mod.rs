@@ -1,0 +1,368 @@
+//! Compressed swap: when free host frames fall below a watermark, the coldest pages of VMs
+//! above their reservation are evicted into a compressed pool, and faulted back in on access.
+//!
+//! Eviction goes through [`Vm::swap_out`], which saves the page to the VM's swap store
+//! ([`store::SharedSwap`] over a [`store::SwapBackend`]), unmaps it through the notifier and
+//! drops its frame. The fault slow path reads it back. A page read back keeps its copy while
+//! it stays unwritten (the memory core maps it read-only until the first write), so evicting
+//! it again writes nothing: that is the dirty tracking that decides what must be written out.
+//!
+//! [`policy::select_victims`] chooses the pages from the idle ages of [`IdleTracker`]; only
+//! private pages are candidates (evicting one sharer of a merged frame frees nothing).
+
+pub mod policy;
+pub mod store;
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use hv_core::fault::Vm;
+use hv_core::frame_pool::FrameMemory;
+use hv_core::host_mem::{HostMemError, PageState};
+use hv_core::shootdown::RemoteFlush;
+use hv_core::table_frames::TableFrames;
+
+use crate::idle::IdleTracker;
+use policy::{select_victims, Candidate, VmUsage};
+
+/// Errors from the swap service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwapError {
+    /// The watermarks are inconsistent (low above high).
+    BadWatermarks,
+    /// The memory core refused an eviction for another reason than a full pool.
+    Core(HostMemError),
+}
+
+impl fmt::Display for SwapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwapError::BadWatermarks => f.write_str("swap low watermark above the high one"),
+            SwapError::Core(e) => write!(f, "memory core: {e}"),
+        }
+    }
+}
+
+/// When and how much to evict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapConfig {
+    /// Evict when fewer frames than this are free.
+    pub low_watermark: usize,
+    /// Then evict until this many are free (or nothing more may go).
+    pub high_watermark: usize,
+    /// Pages younger than this (idle age) are never evicted.
+    pub min_age: u8,
+}
+
+/// Counters of the swap service.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwapperCounters {
+    /// Balance calls that found free frames below the low watermark.
+    pub pressure_events: u64,
+    /// Pages evicted.
+    pub evicted: u64,
+    /// Evictions refused because the swap pool was full.
+    pub pool_full: u64,
+}
+
+/// One VM as the swap service sees it.
+#[derive(Debug)]
+pub struct SwapVm<'a, T, M, R> {
+    /// The VM.
+    pub vm: &'a Vm<T, M, R>,
+    /// Its idle ages (from the latest pass).
+    pub idle: &'a IdleTracker,
+    /// Resident pages it always keeps.
+    pub reservation: u64,
+}
+
+/// The swap service.
+#[derive(Debug)]
+pub struct Swapper {
+    config: SwapConfig,
+    counters: SwapperCounters,
+}
+
+impl Swapper {
+    /// A service with `config`.
+    pub fn new(config: SwapConfig) -> Result<Self, SwapError> {
+        if config.low_watermark > config.high_watermark {
+            return Err(SwapError::BadWatermarks);
+        }
+        Ok(Self {
+            config,
+            counters: SwapperCounters::default(),
+        })
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> SwapperCounters {
+        self.counters
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> SwapConfig {
+        self.config
+    }
+
+    /// With `free_frames` host frames free, evicts pages of `vms` if that is below the low
+    /// watermark, up to the high watermark. Returns the frames freed.
+    pub fn balance<T, M, R>(
+        &mut self,
+        free_frames: usize,
+        vms: &[SwapVm<'_, T, M, R>],
+    ) -> Result<usize, SwapError>
+    where
+        T: TableFrames,
+        M: FrameMemory,
+        R: RemoteFlush,
+    {
+        if free_frames >= self.config.low_watermark {
+            return Ok(0);
+        }
+        self.counters.pressure_events += 1;
+        let want = self.config.high_watermark - free_frames;
+        let mut usage = Vec::with_capacity(vms.len());
+        let mut candidates = Vec::new();
+        for (index, v) in vms.iter().enumerate() {
+            let host = v.vm.host().lock();
+            let mut resident = 0;
+            for (backing, page, age) in v.idle.ages() {
+                match host.page(backing, page) {
+                    Ok(PageState::Private(_)) => {
+                        resident += 1;
+                        candidates.push(Candidate {
+                            vm: index,
+                            backing,
+                            page,
+                            age,
+                        });
+                    }
+                    Ok(PageState::Shared(_)) => resident += 1,
+                    _ => {}
+                }
+            }
+            usage.push(VmUsage {
+                resident,
+                reservation: v.reservation,
+            });
+        }
+        let mut freed = 0;
+        for c in select_victims(&usage, candidates, want, self.config.min_age) {
+            match vms[c.vm].vm.swap_out(c.backing, c.page) {
+                Ok(true) => {
+                    freed += 1;
+                    self.counters.evicted += 1;
+                }
+                // Became non-resident meanwhile (ballooned, already out): nothing to do.
+                Ok(false) => {}
+                Err(HostMemError::OutOfMemory) => {
+                    self.counters.pool_full += 1;
+                    break;
+                }
+                Err(e) => return Err(SwapError::Core(e)),
+            }
+        }
+        Ok(freed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::store::{MemBackend, SharedSwap};
+    use super::*;
+    use crate::testvm::{self, gpa, guest_read, TestVm};
+    use alloc::boxed::Box;
+    use alloc::sync::Arc;
+    use hv_core::fault::FaultError;
+    use hv_core::memslot::BackingId;
+
+    /// Contents of page `page` of VM `vm` at `version`: mostly compressible text, every fifth
+    /// page noise (stored raw).
+    fn contents(vm: usize, page: u64, version: u32) -> Vec<u8> {
+        let mut x = (vm as u64) << 40 | page << 8 | u64::from(version) | 1;
+        (0..4096)
+            .map(|i| {
+                if page.is_multiple_of(5) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                } else {
+                    let tag = [vm as u8, page as u8, version as u8, b'-'];
+                    tag[i % 4]
+                }
+            })
+            .collect()
+    }
+
+    fn guest_write(vm: &TestVm, b: BackingId, page: u64, data: &[u8]) {
+        vm.map_page(gpa(page), true).unwrap();
+        vm.host_write(b, page, 0, data).unwrap();
+    }
+
+    /// Three guests of 64 pages each under a host budget of 120 frames: they write, read
+    /// back and rewrite all their memory in waves, with aging and balancing between chunks.
+    #[test]
+    fn overcommitted_guests_keep_their_memory_byte_exact() {
+        const VMS: usize = 3;
+        const RAM: u64 = 64;
+        const BUDGET: usize = 120;
+        const CHUNK: u64 = 8;
+        let pool = SharedSwap::new(MemBackend::new(4 << 20));
+        let vms: Vec<(Arc<TestVm>, BackingId)> = (0..VMS)
+            .map(|_| {
+                let (vm, b) = testvm::vm(RAM as usize + 8, RAM);
+                assert!(vm.host().set_swap_store(Box::new(pool.clone())).is_ok());
+                (vm, b)
+            })
+            .collect();
+        let mut idle: Vec<IdleTracker> = vms
+            .iter()
+            .map(|(vm, _)| IdleTracker::new(&**vm, 4).unwrap())
+            .collect();
+        let mut swapper = Swapper::new(SwapConfig {
+            low_watermark: 16,
+            high_watermark: 32,
+            min_age: 0,
+        })
+        .unwrap();
+        let allocated = |vms: &[(Arc<TestVm>, BackingId)]| -> usize {
+            vms.iter()
+                .map(|(vm, _)| vm.host().lock().pool().allocated_count())
+                .sum()
+        };
+        let mut versions = [[0u32; RAM as usize]; VMS];
+        let mut most = 0;
+        // Wave 0 writes everything; 1 verifies and rewrites the odd pages; 2 and 3 verify.
+        for wave in 0..4 {
+            for start in (0..RAM).step_by(CHUNK as usize) {
+                for (v, (vm, b)) in vms.iter().enumerate() {
+                    for page in start..start + CHUNK {
+                        let version = &mut versions[v][page as usize];
+                        if wave > 0 {
+                            let got = guest_read(vm, *b, page);
+                            assert!(
+                                got == contents(v, page, *version),
+                                "vm {v} page {page} wave {wave}"
+                            );
+                        }
+                        if wave == 0 || (wave == 1 && page % 2 == 1) {
+                            *version += 1;
+                            guest_write(vm, *b, page, &contents(v, page, *version));
+                        }
+                    }
+                }
+                most = most.max(allocated(&vms));
+                for (t, (vm, _)) in idle.iter_mut().zip(&vms) {
+                    t.pass(&**vm).unwrap();
+                }
+                let views: Vec<SwapVm<'_, _, _, _>> = vms
+                    .iter()
+                    .zip(&idle)
+                    .map(|((vm, _), t)| SwapVm {
+                        vm: &**vm,
+                        idle: t,
+                        reservation: 8,
+                    })
+                    .collect();
+                let free = BUDGET.saturating_sub(allocated(&vms));
+                swapper.balance(free, &views).unwrap();
+                assert!(
+                    allocated(&vms) + 16 <= BUDGET,
+                    "balance left {} frames in use",
+                    allocated(&vms)
+                );
+            }
+        }
+        assert!(most <= BUDGET, "peak {most} within one chunk of the budget");
+        let c = swapper.counters();
+        assert!(c.evicted > 0 && c.pressure_events > 0 && c.pool_full == 0);
+        let mut written = 0;
+        let mut clean = 0;
+        for (vm, _) in &vms {
+            let sc = vm.host().lock().swap_counters();
+            assert!(sc.read_back > 0);
+            written += sc.written;
+            clean += sc.clean_reused;
+            vm.check_invariants().unwrap();
+        }
+        assert!(
+            clean > 0,
+            "clean pages were evicted again without rewriting"
+        );
+        assert_eq!(written + clean, c.evicted);
+        let stats = pool.stats();
+        assert!(stats.raw_pages > 0);
+        assert!(
+            stats.stored_bytes < stats.slots * 4096 / 2,
+            "{stats:?}: the text pages compress"
+        );
+        for (vm, _) in vms {
+            testvm::teardown_clean(vm);
+        }
+        assert_eq!(pool.stats().slots, 0, "every swap slot freed at teardown");
+        assert_eq!(pool.stats().stored_bytes, 0);
+    }
+
+    /// A VM whose own pool is smaller than its RAM: a fault that finds no frame runs the
+    /// swapper and retries.
+    #[test]
+    fn fault_out_of_memory_swaps_and_retries() {
+        const RAM: u64 = 64;
+        let (vm, b) = testvm::vm(40, RAM);
+        let pool = SharedSwap::new(MemBackend::new(1 << 20));
+        assert!(vm.host().set_swap_store(Box::new(pool.clone())).is_ok());
+        let mut idle = IdleTracker::new(&*vm, 2).unwrap();
+        let mut swapper = Swapper::new(SwapConfig {
+            low_watermark: 4,
+            high_watermark: 8,
+            min_age: 0,
+        })
+        .unwrap();
+        let mut retries = 0;
+        let mut touch = |page: u64, write: bool, idle: &mut IdleTracker| loop {
+            match vm.map_page(gpa(page), write) {
+                Ok(_) => return,
+                Err(FaultError::OutOfMemory) => {
+                    retries += 1;
+                    idle.pass(&*vm).unwrap();
+                    let free = vm.host().lock().pool().free_count();
+                    let view = [SwapVm {
+                        vm: &*vm,
+                        idle: &*idle,
+                        reservation: 0,
+                    }];
+                    assert!(swapper.balance(free, &view).unwrap() > 0);
+                }
+                Err(e) => panic!("fault: {e}"),
+            }
+        };
+        for round in 0..3u8 {
+            for page in 0..RAM {
+                touch(page, true, &mut idle);
+                vm.host_write(b, page, 0, &[round ^ page as u8; 64])
+                    .unwrap();
+            }
+            for page in 0..RAM {
+                touch(page, false, &mut idle);
+                let mut got = [0u8; 64];
+                vm.host().read(b, page, 0, &mut got).unwrap();
+                assert_eq!(got, [round ^ page as u8; 64], "page {page}");
+            }
+        }
+        assert!(retries > 0);
+        assert!(SwapError::BadWatermarks.to_string().contains("watermark"));
+        assert_eq!(
+            Swapper::new(SwapConfig {
+                low_watermark: 9,
+                high_watermark: 8,
+                min_age: 0
+            })
+            .err(),
+            Some(SwapError::BadWatermarks)
+        );
+        testvm::teardown_clean(vm);
+        assert_eq!(pool.stats().slots, 0);
+    }
+}

@@ -1,0 +1,441 @@
+//! The compressed swap pool: page slots over a [`SwapBackend`] that stores byte blobs.
+//!
+//! [`CompressedSwap`] implements the memory core's [`SwapStore`]: a zero page takes no
+//! space, other pages are LZ4-compressed (`lz4_flex` block format, `no_std`, its safe
+//! encoder and decoder) and stored raw when compression does not pay. It keeps clean copies,
+//! so a page read back and not written is swapped out again without recompression.
+//!
+//! [`MemBackend`] keeps blobs on the heap up to a byte budget; a block-device backend
+//! (virtio-blk) can implement the same trait later. [`SharedSwap`] lets several VMs (each
+//! with its own memory layer) share one pool while the service reads its statistics.
+
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+
+use hv_core::frame_pool::FRAME_BYTES;
+use hv_core::host_mem::SwapSlot;
+use hv_core::swap_store::{SwapStore, SwapStoreError};
+use hv_core::sync::Mutex;
+
+/// A blob stored by a [`SwapBackend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobId(pub u32);
+
+/// Storage of variable-sized byte blobs (compressed pages).
+pub trait SwapBackend: Send {
+    /// Stores `data`; returns its id.
+    fn write(&mut self, data: &[u8]) -> Result<BlobId, SwapStoreError>;
+    /// Reads blob `blob` into `buf`, whose length is the blob's length.
+    fn read(&mut self, blob: BlobId, buf: &mut [u8]) -> Result<(), SwapStoreError>;
+    /// Forgets a blob.
+    fn free(&mut self, blob: BlobId);
+    /// Bytes stored.
+    fn used_bytes(&self) -> usize;
+}
+
+/// A [`SwapBackend`] on the heap, refusing to hold more than a byte budget.
+#[derive(Debug)]
+pub struct MemBackend {
+    blobs: Vec<Option<Box<[u8]>>>,
+    free_ids: Vec<u32>,
+    used: usize,
+    budget: usize,
+}
+
+impl MemBackend {
+    /// A backend holding at most `budget` bytes of blobs.
+    pub fn new(budget: usize) -> Self {
+        Self {
+            blobs: Vec::new(),
+            free_ids: Vec::new(),
+            used: 0,
+            budget,
+        }
+    }
+}
+
+impl SwapBackend for MemBackend {
+    fn write(&mut self, data: &[u8]) -> Result<BlobId, SwapStoreError> {
+        if self.used + data.len() > self.budget {
+            return Err(SwapStoreError::Full);
+        }
+        let mut copy = Vec::new();
+        copy.try_reserve_exact(data.len())
+            .map_err(|_| SwapStoreError::Full)?;
+        copy.extend_from_slice(data);
+        let id = match self.free_ids.pop() {
+            Some(id) => id,
+            None => {
+                self.blobs
+                    .try_reserve(1)
+                    .map_err(|_| SwapStoreError::Full)?;
+                self.blobs.push(None);
+                u32::try_from(self.blobs.len() - 1).map_err(|_| SwapStoreError::Full)?
+            }
+        };
+        self.blobs[id as usize] = Some(copy.into_boxed_slice());
+        self.used += data.len();
+        Ok(BlobId(id))
+    }
+
+    fn read(&mut self, blob: BlobId, buf: &mut [u8]) -> Result<(), SwapStoreError> {
+        match self.blobs.get(blob.0 as usize) {
+            Some(Some(data)) if data.len() == buf.len() => {
+                buf.copy_from_slice(data);
+                Ok(())
+            }
+            _ => Err(SwapStoreError::Io),
+        }
+    }
+
+    fn free(&mut self, blob: BlobId) {
+        if let Some(Some(data)) = self.blobs.get(blob.0 as usize) {
+            self.used -= data.len();
+            self.blobs[blob.0 as usize] = None;
+            self.free_ids.push(blob.0);
+        }
+    }
+
+    fn used_bytes(&self) -> usize {
+        self.used
+    }
+}
+
+/// How one slot's page is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Saved {
+    Zero,
+    Lz4 { blob: BlobId, len: u32 },
+    Raw { blob: BlobId },
+}
+
+/// Statistics of a compressed pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SwapPoolStats {
+    /// Slots in use.
+    pub slots: u64,
+    /// Of which zero pages (no storage).
+    pub zero_pages: u64,
+    /// Of which stored uncompressed (compression did not pay).
+    pub raw_pages: u64,
+    /// Bytes the backend holds.
+    pub stored_bytes: u64,
+    /// Pages stored so far.
+    pub stores: u64,
+    /// Pages loaded so far.
+    pub loads: u64,
+}
+
+/// Compressed page slots over a [`SwapBackend`].
+#[derive(Debug)]
+pub struct CompressedSwap<B> {
+    backend: B,
+    slots: Vec<Option<Saved>>,
+    free_slots: Vec<u32>,
+    scratch: Vec<u8>,
+    stats: SwapPoolStats,
+}
+
+impl<B: SwapBackend> CompressedSwap<B> {
+    /// An empty pool over `backend`.
+    pub fn new(backend: B) -> Self {
+        Self {
+            backend,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            scratch: vec![0; lz4_flex::block::get_maximum_output_size(FRAME_BYTES)],
+            stats: SwapPoolStats::default(),
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Statistics.
+    pub fn stats(&self) -> SwapPoolStats {
+        SwapPoolStats {
+            stored_bytes: self.backend.used_bytes() as u64,
+            ..self.stats
+        }
+    }
+
+    fn saved(&self, slot: SwapSlot) -> Result<Saved, SwapStoreError> {
+        self.slots
+            .get(slot.0 as usize)
+            .copied()
+            .flatten()
+            .ok_or(SwapStoreError::Io)
+    }
+
+    fn place(&mut self, saved: Saved) -> Result<SwapSlot, SwapStoreError> {
+        let index = match self.free_slots.pop() {
+            Some(i) => i,
+            None => {
+                self.slots
+                    .try_reserve(1)
+                    .map_err(|_| SwapStoreError::Full)?;
+                self.slots.push(None);
+                u32::try_from(self.slots.len() - 1).map_err(|_| SwapStoreError::Full)?
+            }
+        };
+        self.slots[index as usize] = Some(saved);
+        Ok(SwapSlot(index))
+    }
+
+    fn encode(&mut self, page: &[u8]) -> Result<Saved, SwapStoreError> {
+        if page.iter().all(|&b| b == 0) {
+            self.stats.zero_pages += 1;
+            return Ok(Saved::Zero);
+        }
+        // Below 7/8 of a page compression saves too little to pay for the decode.
+        match lz4_flex::block::compress_into(page, &mut self.scratch) {
+            Ok(len) if len < FRAME_BYTES / 8 * 7 => {
+                let blob = self.backend.write(&self.scratch[..len])?;
+                Ok(Saved::Lz4 {
+                    blob,
+                    len: len as u32,
+                })
+            }
+            _ => {
+                let blob = self.backend.write(page)?;
+                self.stats.raw_pages += 1;
+                Ok(Saved::Raw { blob })
+            }
+        }
+    }
+}
+
+impl<B: SwapBackend> SwapStore for CompressedSwap<B> {
+    fn store(&mut self, page: &[u8]) -> Result<SwapSlot, SwapStoreError> {
+        if page.len() != FRAME_BYTES {
+            return Err(SwapStoreError::Io);
+        }
+        let saved = self.encode(page)?;
+        match self.place(saved) {
+            Ok(slot) => {
+                self.stats.stores += 1;
+                self.stats.slots += 1;
+                Ok(slot)
+            }
+            Err(e) => {
+                self.release(saved);
+                Err(e)
+            }
+        }
+    }
+
+    fn load(&mut self, slot: SwapSlot, page: &mut [u8]) -> Result<(), SwapStoreError> {
+        if page.len() != FRAME_BYTES {
+            return Err(SwapStoreError::Io);
+        }
+        match self.saved(slot)? {
+            Saved::Zero => page.fill(0),
+            Saved::Raw { blob } => self.backend.read(blob, page)?,
+            Saved::Lz4 { blob, len } => {
+                let compressed = &mut self.scratch[..len as usize];
+                self.backend.read(blob, compressed)?;
+                match lz4_flex::block::decompress_into(compressed, page) {
+                    Ok(n) if n == FRAME_BYTES => {}
+                    _ => return Err(SwapStoreError::Io),
+                }
+            }
+        }
+        self.stats.loads += 1;
+        Ok(())
+    }
+
+    fn free(&mut self, slot: SwapSlot) {
+        if let Ok(saved) = self.saved(slot) {
+            self.slots[slot.0 as usize] = None;
+            self.free_slots.push(slot.0);
+            self.stats.slots -= 1;
+            self.release(saved);
+        }
+    }
+
+    fn slots_in_use(&self) -> usize {
+        self.stats.slots as usize
+    }
+
+    fn keeps_clean_copies(&self) -> bool {
+        true
+    }
+}
+
+impl<B: SwapBackend> CompressedSwap<B> {
+    fn release(&mut self, saved: Saved) {
+        match saved {
+            Saved::Zero => self.stats.zero_pages -= 1,
+            Saved::Raw { blob } => {
+                self.stats.raw_pages -= 1;
+                self.backend.free(blob);
+            }
+            Saved::Lz4 { blob, .. } => self.backend.free(blob),
+        }
+    }
+}
+
+/// One pool shared by several memory layers (a clone per VM), readable by the service.
+pub struct SharedSwap<B> {
+    inner: Arc<Mutex<CompressedSwap<B>>>,
+}
+
+impl<B> Clone for SharedSwap<B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B> fmt::Debug for SharedSwap<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SharedSwap { .. }")
+    }
+}
+
+impl<B: SwapBackend> SharedSwap<B> {
+    /// A shared pool over `backend`.
+    pub fn new(backend: B) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(CompressedSwap::new(backend))),
+        }
+    }
+
+    /// The pool's statistics (all sharers together).
+    pub fn stats(&self) -> SwapPoolStats {
+        self.inner.lock().stats()
+    }
+}
+
+impl<B: SwapBackend> SwapStore for SharedSwap<B> {
+    fn store(&mut self, page: &[u8]) -> Result<SwapSlot, SwapStoreError> {
+        self.inner.lock().store(page)
+    }
+
+    fn load(&mut self, slot: SwapSlot, page: &mut [u8]) -> Result<(), SwapStoreError> {
+        self.inner.lock().load(slot, page)
+    }
+
+    fn free(&mut self, slot: SwapSlot) {
+        self.inner.lock().free(slot)
+    }
+
+    /// Slots of all sharers: a memory layer only checks it for zero before replacing its
+    /// store, which a shared pool in use rightly refuses.
+    fn slots_in_use(&self) -> usize {
+        self.inner.lock().slots_in_use()
+    }
+
+    fn keeps_clean_copies(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(f: impl FnMut(usize) -> u8) -> Vec<u8> {
+        (0..FRAME_BYTES).map(f).collect()
+    }
+
+    fn noise(seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        page(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+    }
+
+    #[test]
+    fn pages_round_trip_compressed_raw_and_zero() {
+        let mut s = CompressedSwap::new(MemBackend::new(1 << 20));
+        let text = page(|i| b"mipsvisor swap "[i % 15]);
+        let random = noise(7);
+        let zero = vec![0u8; FRAME_BYTES];
+        let slots: Vec<SwapSlot> = [&text, &random, &zero]
+            .iter()
+            .map(|p| s.store(p).unwrap())
+            .collect();
+        let st = s.stats();
+        assert_eq!((st.slots, st.zero_pages, st.raw_pages), (3, 1, 1));
+        assert!(st.stored_bytes < 2 * FRAME_BYTES as u64);
+        assert!(
+            st.stored_bytes > FRAME_BYTES as u64,
+            "the random page is raw"
+        );
+        for (slot, want) in slots.iter().zip([&text, &random, &zero]) {
+            let mut out = vec![0xee; FRAME_BYTES];
+            s.load(*slot, &mut out).unwrap();
+            assert_eq!(&out, want);
+        }
+        // Loads keep the slot; frees release the storage and reuse the slot.
+        assert_eq!(s.slots_in_use(), 3);
+        for slot in &slots {
+            s.free(*slot);
+        }
+        s.free(slots[0]);
+        assert_eq!(s.stats().stored_bytes, 0);
+        assert_eq!(s.slots_in_use(), 0);
+        assert_eq!(s.store(&text), Ok(slots[2]));
+        let mut out = vec![0; FRAME_BYTES];
+        assert_eq!(s.load(slots[1], &mut out), Err(SwapStoreError::Io));
+        assert_eq!(s.load(SwapSlot(99), &mut out), Err(SwapStoreError::Io));
+        assert_eq!(s.store(&text[..10]), Err(SwapStoreError::Io));
+    }
+
+    #[test]
+    fn a_full_backend_refuses_and_keeps_nothing() {
+        let mut s = CompressedSwap::new(MemBackend::new(FRAME_BYTES + 100));
+        s.store(&noise(1)).unwrap();
+        assert_eq!(s.store(&noise(2)), Err(SwapStoreError::Full));
+        assert_eq!(s.slots_in_use(), 1);
+        // Zero pages need no room.
+        assert!(s.store(&[0; FRAME_BYTES]).is_ok());
+        assert_eq!(s.stats().stored_bytes, FRAME_BYTES as u64);
+    }
+
+    #[test]
+    fn corrupt_blobs_are_io_errors() {
+        let mut s = CompressedSwap::new(MemBackend::new(1 << 20));
+        let slot = s.store(&page(|i| (i / 64) as u8)).unwrap();
+        let Some(Saved::Lz4 { blob, len }) = s.slots[slot.0 as usize] else {
+            panic!("compressible page stored compressed");
+        };
+        let garbage = vec![0xff; len as usize];
+        s.backend.blobs[blob.0 as usize] = Some(garbage.into_boxed_slice());
+        let mut out = vec![0; FRAME_BYTES];
+        assert_eq!(s.load(slot, &mut out), Err(SwapStoreError::Io));
+    }
+
+    #[test]
+    fn shared_pool_serves_several_stores() {
+        let shared = SharedSwap::new(MemBackend::new(1 << 20));
+        let (mut a, mut b) = (shared.clone(), shared.clone());
+        let sa = a.store(&page(|i| i as u8)).unwrap();
+        let sb = b.store(&page(|i| (i * 3) as u8)).unwrap();
+        assert_ne!(sa, sb);
+        assert_eq!(shared.stats().slots, 2);
+        let mut out = vec![0; FRAME_BYTES];
+        b.load(sa, &mut out).unwrap();
+        assert_eq!(out, page(|i| i as u8));
+        a.free(sa);
+        b.free(sb);
+        assert_eq!(
+            shared.stats(),
+            SwapPoolStats {
+                stores: 2,
+                loads: 1,
+                ..SwapPoolStats::default()
+            }
+        );
+    }
+}
