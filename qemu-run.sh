@@ -2,7 +2,7 @@
 # Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
 #
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
-#                 [--no-build] [-- extra QEMU arguments]
+#                 [--config NAME] [--initrd FILE] [--no-build] [-- extra QEMU arguments]
 #
 # Defaults: scenario boot, CPU MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
 # expected CPU count and RAM size reach the firmware on the boot command line (-append),
@@ -24,6 +24,8 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
   --smp N           CPUs, 1..8 (default 2)
   --mem MiB         RAM in MiB, 64..2048 (default 512)
   --icount          deterministic instruction counting (-icount shift=0)
+  --config NAME     VM layout configs/NAME.dts for the guest scenarios (config=NAME)
+  --initrd FILE     run the guest ELF FILE (passed with -initrd) in every VM of the layout
   --gdb             wait for gdb-multiarch on localhost:1234 before starting
   --no-build        boot the last build in out/ without rebuilding
   -h, --help        this text
@@ -43,13 +45,15 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO=boot CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1
+SCENARIO=boot CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
-    --scenario | --cpu | --smp | --mem)
+    --scenario | --cpu | --smp | --mem | --config | --initrd)
         [ $# -ge 2 ] || die_usage "$1 needs a value"
         case "$1" in
+        --config) CONFIG=$2 ;;
+        --initrd) INITRD=$2 ;;
         --scenario) SCENARIO=$2 ;;
         --cpu) CPU=$2 ;;
         --smp) SMP=$2 ;;
@@ -91,7 +95,11 @@ fi
 
 QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
       -semihosting -kernel "$OUT/mipsvisor.elf"
-      -append "scenario=$SCENARIO cpus=$SMP mem=$MEM")
+      -append "scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}${INITRD:+ image=initrd}")
+if [ -n "$INITRD" ]; then
+    [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
+    QEMU+=(-initrd "$INITRD")
+fi
 [ $ICOUNT -eq 1 ] && QEMU+=(-icount shift=0)
 if [ $GDB -eq 1 ]; then
     QEMU+=(-s -S)

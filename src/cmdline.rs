@@ -21,6 +21,9 @@ pub struct BootOptions<'a> {
     pub expect_mem_mib: Option<u64>,
     /// VM layout to use (`config=NAME`, an embedded configs/NAME.dtb).
     pub config: Option<&'a str>,
+    /// Guest image for every VM, overriding the layout (`image=NAME`; `initrd` for the
+    /// loader's initrd).
+    pub image: Option<&'a str>,
     /// Initrd start address (`rd_start=`, a KSEG0 address from the boot loader).
     pub rd_start: Option<u64>,
     /// Initrd size in bytes (`rd_size=`).
@@ -68,6 +71,7 @@ pub fn parse<'a>(
         expect_cpus: None,
         expect_mem_mib: None,
         config: None,
+        image: None,
         rd_start: None,
         rd_size: None,
     };
@@ -87,6 +91,7 @@ pub fn parse<'a>(
                 options.expect_mem_mib = Some(n);
             }
             "config" if !value.is_empty() => options.config = Some(value),
+            "image" if !value.is_empty() => options.image = Some(value),
             "rd_start" => {
                 let n = parse_number(value).ok_or(CmdlineError::BadNumber { key, value })?;
                 options.rd_start = Some(n);
@@ -122,6 +127,21 @@ mod tests {
         assert_eq!(options.scenario, "panic-selftest");
         assert_eq!(options.expect_cpus, Some(4));
         assert_eq!(options.expect_mem_mib, Some(1024));
+        assert_eq!(options.rd_start, Some(0xffff_ffff_80f0_0000));
+        assert_eq!(options.rd_size, Some(123));
+        assert_eq!(options.config, None);
+        assert_eq!(options.image, None);
+    }
+
+    #[test]
+    fn guest_options() {
+        let options = parse(["scenario=guests config=dedup image=initrd"]).unwrap();
+        assert_eq!(options.config, Some("dedup"));
+        assert_eq!(options.image, Some("initrd"));
+        // Empty values are ignored rather than naming nothing.
+        let options = parse(["config= image="]).unwrap();
+        assert_eq!((options.config, options.image), (None, None));
+        assert!(parse(["rd_size=12k"]).is_err());
     }
 
     #[test]

@@ -181,6 +181,9 @@ run_qemu() {
     scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
     scenario_case "guests-smp4" guests --smp 4
     scenario_case "guests-smp1" guests --smp 1
+    scenario_case "guests-dedup-layout-affinity" guests --smp 2 --config dedup
+    scenario_case "guests-initrd-image" guests --smp 2 \
+        --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
     fail_case "panic-selftest" \

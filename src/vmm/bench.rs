@@ -80,6 +80,7 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         ram_bytes: BENCH_RAM_BYTES,
         rom: None,
         devices: Vec::new(),
+        affinity: None,
         image: ImageSource::Flat {
             bytes: bench_guest::image(),
             gpa: bench_guest::LOAD_GPA,

@@ -60,8 +60,19 @@ fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), S
     ))
 }
 
-/// Builds the VM specs of `layout`.
-fn specs(info: &BootInfo, layout: &VmLayout) -> Result<Vec<VmSpec<'static>>, String> {
+/// Builds the VM specs of `layout`, after checking it against this host (`cpus` online).
+fn specs(info: &BootInfo, layout: &VmLayout, cpus: usize) -> Result<Vec<VmSpec<'static>>, String> {
+    let mut known: Vec<&str> = images::embedded_names().collect();
+    known.push("initrd");
+    let mut checked = layout.clone();
+    if let Some(image) = info.options.image {
+        for vm in &mut checked.vms {
+            vm.image = String::from(image);
+        }
+    }
+    checked
+        .check_host(&known, cpus as u32)
+        .map_err(|e| format!("VM layout does not fit this host: {e}"))?;
     let mut specs = Vec::new();
     for vm in &layout.vms {
         if vm.ram.base.raw() != 0 {
@@ -73,13 +84,14 @@ fn specs(info: &BootInfo, layout: &VmLayout) -> Result<Vec<VmSpec<'static>>, Str
                 vm.name, vm.vcpus
             ));
         }
-        let (bytes, image) = image_bytes(info, &vm.image)?;
+        let (bytes, image) = image_bytes(info, info.options.image.unwrap_or(&vm.image))?;
         crate::log!("VM {}: image {image}", vm.name);
         specs.push(VmSpec {
             name: vm.name.clone(),
             ram_bytes: vm.ram.size_bytes,
             rom: vm.rom.map(|r| (r.base, r.size_bytes)),
             devices: vm.devices.clone(),
+            affinity: vm.affinity.map(|set| set.mask()),
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
         });
@@ -129,7 +141,7 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
         "guests: {} VMs from {source} on {cpus} CPUs",
         layout.vms.len()
     );
-    let specs = specs(info, &layout)?;
+    let specs = specs(info, &layout, cpus)?;
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let passed = super::report(&vms, &[]);
@@ -160,6 +172,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             ram_bytes: SELFTEST_RAM_BYTES,
             rom: Some((Gpa::new(0x1e00_0000), 0x1_0000)),
             devices: VmLayout::builtin_default().vms[0].devices.clone(),
+            affinity: None,
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
         })
@@ -202,7 +215,7 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
         layout.vms.len(),
         layout.vms[hostile_index].name
     );
-    let specs = specs(info, &layout)?;
+    let specs = specs(info, &layout, cpus)?;
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let hostile = &vms[hostile_index];

@@ -1,6 +1,7 @@
 //! Timer-driven round robin of vCPUs over the host CPUs.
 //!
-//! One global run queue. Every participating CPU takes the first vCPU that is not waiting,
+//! One global run queue. Every participating CPU takes the first vCPU that is not waiting
+//! and whose VM's CPU affinity (from the layout) includes it,
 //! runs it for one slice (until its next host timer tick, a yield, a WAIT or the VM's end)
 //! and puts it back at the tail, so a vCPU may run on a different CPU each slice. A vCPU
 //! carries its host ASIDs only for the CPU it last ran on (asid.rs), so moving it never
@@ -60,12 +61,14 @@ pub fn migrations() -> u64 {
     MIGRATIONS.load(Ordering::Relaxed)
 }
 
-/// Takes the first vCPU that can run now, leaving waiting ones in order.
-fn pick() -> Option<Box<Vcpu>> {
+/// Takes the first vCPU that may and can run on `cpu` now (its VM's CPU affinity allows
+/// `cpu`, it is not waiting), leaving the others in order.
+fn pick(cpu: usize) -> Option<Box<Vcpu>> {
     let mut queue = QUEUE.lock();
     for _ in 0..queue.len() {
         let mut vcpu = queue.pop_front()?;
-        if vcpu.is_waiting() {
+        let allowed = vcpu.vm.affinity.is_none_or(|mask| mask & (1 << cpu) != 0);
+        if !allowed || vcpu.is_waiting() {
             queue.push_back(vcpu);
         } else {
             return Some(vcpu);
@@ -92,7 +95,7 @@ fn run_on_this_cpu(timeout_ticks: Option<u64>) -> bool {
         if timeout_ticks.is_some_and(|limit| elapsed >= limit) {
             return false;
         }
-        let Some(mut vcpu) = pick() else {
+        let Some(mut vcpu) = pick(cpu) else {
             // Nothing runnable: sleep until the next tick (a waiting guest's timer is
             // checked then).
             arch::wait_for_interrupt();

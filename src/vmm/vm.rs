@@ -46,6 +46,8 @@ pub struct VmSpec<'a> {
     pub rom: Option<(Gpa, u64)>,
     /// Emulated devices.
     pub devices: Vec<DeviceSpec>,
+    /// Host CPUs (bit mask) the VM's vCPUs may run on; `None` for any.
+    pub affinity: Option<u64>,
     /// The guest image.
     pub image: ImageSource<'a>,
     /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
@@ -188,6 +190,8 @@ pub struct Vm {
     pub image_end: u64,
     /// Number of vCPUs.
     pub vcpus: usize,
+    /// Host CPUs (bit mask) its vCPUs may run on; `None` for any.
+    pub affinity: Option<u64>,
     /// Counters.
     pub stats: VmStats,
     console_line: Mutex<String>,
@@ -289,6 +293,7 @@ impl Vm {
             entry,
             image_end,
             vcpus: 1,
+            affinity: spec.affinity,
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
             recorded: Mutex::new(Vec::new()),

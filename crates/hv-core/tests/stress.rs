@@ -290,13 +290,15 @@ fn vcpus_and_host_race_for_a_million_operations() {
     let mut flushes = 0;
     for t in vcpus {
         let (f, fl) = t.join().expect("vcpu thread panicked");
-        assert!(
-            f > 10_000 && fl > 0,
-            "too little contention: {f} faults, {fl} flushes"
-        );
         faults += f;
         flushes += fl;
     }
+    // The host paces the vCPUs as a group, so one thread may run most of the operations when
+    // the machine is loaded: judge the contention over all vCPUs, not per thread.
+    assert!(
+        faults > 10_000 && flushes > 0,
+        "too little contention: {faults} faults, {flushes} local flushes"
+    );
     let total =
         progress.vcpu_ops.load(Ordering::Relaxed) + progress.host_ops.load(Ordering::Relaxed);
     assert!(total >= 1_000_000, "only {total} operations");

@@ -724,4 +724,72 @@ mod tests {
         let _ = b;
         testvm::teardown_clean(vm);
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Inflate(u64),
+        Deflate(u64),
+        Report(u64, u64),
+        Touch(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Guest frames around the RAM slot (RAM_GFN..RAM_GFN + 16) and far away.
+        let gfn = prop_oneof![RAM_GFN - 2..RAM_GFN + 18, any::<u32>().prop_map(u64::from)];
+        prop_oneof![
+            gfn.clone().prop_map(Op::Inflate),
+            gfn.clone().prop_map(Op::Deflate),
+            (gfn, 0u64..4).prop_map(|(g, n)| Op::Report(g, n)),
+            (0u64..16).prop_map(Op::Touch),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Arbitrary inflate, deflate, report and touch sequences against a model: the hooks
+        /// accept exactly what the model allows, inflated pages hold no frame until touched,
+        /// the memory core's invariants hold, and nothing leaks.
+        #[test]
+        fn balloon_matches_its_model(ops in proptest::collection::vec(op(), 1..60)) {
+            const PAGES: u64 = 16;
+            let (vm, b) = testvm::vm(64, PAGES);
+            let mut h = VmBalloon::new(vm.clone());
+            let mut model = BTreeSet::new();
+            let in_ram = |g: u64| (RAM_GFN..RAM_GFN + PAGES).contains(&g);
+            for op in ops {
+                match op {
+                    Op::Inflate(g) => {
+                        let ok = in_ram(g) && !model.contains(&g);
+                        proptest::prop_assert_eq!(h.inflate(Gfn::new(g)).is_ok(), ok);
+                        if ok {
+                            model.insert(g);
+                            let state = vm.host().lock().page(b, g - RAM_GFN).unwrap();
+                            proptest::prop_assert_eq!(state, PageState::Ballooned);
+                        }
+                    }
+                    Op::Deflate(g) => {
+                        let ok = model.remove(&g);
+                        proptest::prop_assert_eq!(h.deflate(Gfn::new(g)).is_ok(), ok);
+                    }
+                    Op::Report(g, n) => {
+                        let ok = n > 0 && in_ram(g) && in_ram(g + n - 1);
+                        let at = Gfn::new(g).checked_addr().unwrap_or(Gpa::new(1));
+                        let got = h.report_free(at, (n * 4096) as u32).is_ok();
+                        proptest::prop_assert_eq!(got, ok);
+                    }
+                    Op::Touch(i) => guest_fill(&vm, b, i, i as u8 + 1),
+                }
+                proptest::prop_assert_eq!(h.counters().inflated_now, model.len() as u64);
+                proptest::prop_assert!(vm.check_invariants().is_ok());
+            }
+            let c = h.counters();
+            let refused = c.refused_out_of_range + c.refused_duplicate + c.refused_not_allowed;
+            proptest::prop_assert_eq!(h.drain_events().count() as u64,
+                refused.min(EVENT_LOG_LEN as u64));
+            drop(h);
+            testvm::teardown_clean(vm);
+        }
+    }
 }

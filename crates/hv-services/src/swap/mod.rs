@@ -123,7 +123,10 @@ impl Swapper {
         self.counters.pressure_events += 1;
         let want = self.config.high_watermark - free_frames;
         let mut usage = Vec::with_capacity(vms.len());
-        let mut candidates = Vec::new();
+        // Within one age, pages whose swap copy is still valid go first: evicting them
+        // writes nothing.
+        let mut clean = Vec::new();
+        let mut dirty = Vec::new();
         for (index, v) in vms.iter().enumerate() {
             let host = v.vm.host().lock();
             let mut resident = 0;
@@ -131,12 +134,17 @@ impl Swapper {
                 match host.page(backing, page) {
                     Ok(PageState::Private(_)) => {
                         resident += 1;
-                        candidates.push(Candidate {
+                        let c = Candidate {
                             vm: index,
                             backing,
                             page,
                             age,
-                        });
+                        };
+                        if host.has_clean_copy(backing, page) {
+                            clean.push(c);
+                        } else {
+                            dirty.push(c);
+                        }
                     }
                     Ok(PageState::Shared(_)) => resident += 1,
                     _ => {}
@@ -148,6 +156,7 @@ impl Swapper {
             });
         }
         let mut freed = 0;
+        let candidates = clean.into_iter().chain(dirty);
         for c in select_victims(&usage, candidates, want, self.config.min_age) {
             match vms[c.vm].vm.swap_out(c.backing, c.page) {
                 Ok(true) => {
@@ -303,6 +312,47 @@ mod tests {
         }
         assert_eq!(pool.stats().slots, 0, "every swap slot freed at teardown");
         assert_eq!(pool.stats().stored_bytes, 0);
+    }
+
+    /// Among pages of the same age, clean ones (copy still in the pool) go first.
+    #[test]
+    fn clean_pages_are_evicted_before_dirty_ones() {
+        let (vm, b) = testvm::vm(16, 4);
+        let pool = SharedSwap::new(MemBackend::new(1 << 20));
+        assert!(vm.host().set_swap_store(Box::new(pool.clone())).is_ok());
+        for page in 0..4 {
+            guest_write(&vm, b, page, &contents(0, page + 1, 1));
+        }
+        for page in 2..4 {
+            vm.swap_out(b, page).unwrap();
+            guest_read(&vm, b, page);
+        }
+        let mut idle = IdleTracker::new(&*vm, 2).unwrap();
+        idle.pass(&*vm).unwrap();
+        assert!((0..4).all(|p| idle.age_of(b, p) == Some(0)));
+        let mut swapper = Swapper::new(SwapConfig {
+            low_watermark: 13,
+            high_watermark: 14,
+            min_age: 0,
+        })
+        .unwrap();
+        let view = [SwapVm {
+            vm: &*vm,
+            idle: &idle,
+            reservation: 0,
+        }];
+        assert_eq!(swapper.balance(12, &view), Ok(2));
+        let host = vm.host().lock();
+        assert!(matches!(host.page(b, 2), Ok(PageState::SwappedOut(_))));
+        assert!(matches!(host.page(b, 3), Ok(PageState::SwappedOut(_))));
+        assert!(matches!(host.page(b, 0), Ok(PageState::Private(_))));
+        let c = host.swap_counters();
+        assert_eq!((c.written, c.clean_reused), (2, 2));
+        drop(host);
+        // Enough free frames: nothing happens.
+        assert_eq!(swapper.balance(13, &view), Ok(0));
+        assert_eq!(swapper.counters().pressure_events, 1);
+        testvm::teardown_clean(vm);
     }
 
     /// A VM whose own pool is smaller than its RAM: a fault that finds no frame runs the
