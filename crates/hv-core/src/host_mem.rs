@@ -502,13 +502,20 @@ impl<M: FrameMemory> HostMem<M> {
             Some(end) if end <= FRAME_BYTES => {}
             _ => return Err(HostMemError::BadOffset),
         }
-        let resolved = self.resolve(notifier, backing, page, true)?;
-        let mut st = self.state.lock();
-        // Still ours: we hold a reference, and only a notifier-bracketed change could have
-        // replaced it, which cannot free a referenced frame.
-        let result = st.pool.write(resolved.hfn, offset, data);
-        st.pool.put(resolved.hfn).expect("resolve reference");
-        result.map_err(HostMemError::from)
+        loop {
+            let resolved = self.resolve(notifier, backing, page, true)?;
+            let mut st = self.state.lock();
+            // Our reference keeps the frame from being freed or reused, but between `resolve`
+            // and this lock a merge, swap-out or balloon may have moved the page off it:
+            // writing then would be lost (or seen by sharers). Write only while the page
+            // still owns the frame privately; otherwise resolve again.
+            let still_ours = st.page(backing, page)? == PageState::Private(resolved.hfn);
+            let result = still_ours.then(|| st.pool.write(resolved.hfn, offset, data));
+            st.pool.put(resolved.hfn).expect("resolve reference");
+            if let Some(result) = result {
+                return result.map_err(HostMemError::from);
+            }
+        }
     }
 
     /// Reads a page's current contents (zeroes if it has no frame or swap copy).
