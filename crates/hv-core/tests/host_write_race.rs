@@ -77,7 +77,8 @@ fn host_writes_survive_concurrent_merges_and_swap_outs() {
                 if host.merge(&NoGuest, (backing, a), (backing, b)).unwrap() {
                     merges.fetch_add(1, Ordering::Relaxed);
                 }
-                if next(&mut seed) % 4 == 0 && host.swap_out(&NoGuest, backing, a).unwrap() {
+                if next(&mut seed).is_multiple_of(4) && host.swap_out(&NoGuest, backing, a).unwrap()
+                {
                     swap_outs.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -103,7 +104,7 @@ fn host_writes_survive_concurrent_merges_and_swap_outs() {
             "write to page {page} lost"
         );
         // Let the mover in between writes too (this machine may have few cores).
-        if writes % 16 == 0 {
+        if writes.is_multiple_of(16) {
             std::thread::yield_now();
         }
     }
