@@ -22,9 +22,9 @@ const POOL_BASE: Hfn = Hfn::new(0x4000);
 const FRAMES: usize = 32;
 const PAGES: u64 = 8;
 /// Writes at least this many, and go on until the mover has moved pages often enough.
-const WRITES: u64 = 20_000;
+const WRITES: u64 = 5_000;
 /// Merges and swap-outs the mover must have done while the writer ran.
-const MOVES: u64 = 50;
+const MOVES: u64 = 20;
 /// Upper bound on writes, so a mover that never gets to run fails the test instead of hanging.
 const WRITES_MAX: u64 = 5_000_000;
 
