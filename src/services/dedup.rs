@@ -103,6 +103,9 @@ pub struct DedupService {
     budget_permille: u32,
     max_page_sharing: u32,
     ns_per_page: u64,
+    /// Count at the start of the previous pass (the real interval feeds the advisor: a
+    /// round may come later than asked, after a guest slice or a sleep to the next tick).
+    last_pass_start: Option<u32>,
     gate: Option<Gate>,
     started: bool,
     scans_at_start: u64,
@@ -164,6 +167,7 @@ impl DedupService {
             budget_permille: spec.dedup_cpu_budget_permille,
             max_page_sharing: spec.dedup_max_page_sharing,
             ns_per_page: INITIAL_NS_PER_PAGE,
+            last_pass_start: None,
             gate,
             started: false,
             scans_at_start: 0,
@@ -215,6 +219,10 @@ impl DedupService {
             router.route(vm.ram_backing, &*vm.memory);
         }
         let start = cp0::count();
+        if let Some(previous) = self.last_pass_start.replace(start) {
+            let us = u64::from(start.wrapping_sub(previous)) / COUNT_TICKS_PER_US;
+            self.interval_us = (self.interval_us * 7 + us.max(1)).div_ceil(8);
+        }
         let report = self
             .dedup
             .scan_pass(host, &router)
@@ -320,6 +328,7 @@ impl DedupService {
             self.dedup.config().pages_per_pass
         );
         crate::println!("STAT {prefix}dedup_ns_per_page={}", self.ns_per_page);
+        crate::println!("STAT {prefix}dedup_pass_interval_us={}", self.interval_us);
     }
 
     /// Stops tracking every VM and lets go of every frame the service holds.

@@ -37,6 +37,8 @@ pub type SharedHost = HostMem<FwFrameMemory>;
 pub const COUNT_TICKS_PER_US: u64 = 100;
 /// Frames the default pool leaves to the frame allocator (GPA tables, other uses).
 const POOL_RESERVE_FRAMES: usize = 2048;
+/// Fewest rounds between two `STAT sample` lines (keeps a busy run readable).
+const SAMPLE_EVERY_ROUNDS: u64 = 10;
 /// Largest default pool (its bookkeeping lives on the 8 MiB kernel heap: ~28 bytes a frame).
 const DEFAULT_POOL_MAX_FRAMES: usize = (256 << 20) / 4096;
 
@@ -124,7 +126,10 @@ pub fn register(hook: Hook) {
 /// The running service scenario.
 struct Task {
     dedup: Option<dedup::DedupService>,
-    last_sample: Option<Sample>,
+    /// The last sample printed, and its round.
+    last_sample: Option<(u64, Sample)>,
+    /// A change not printed yet.
+    unprinted_change: bool,
 }
 
 /// The figures of one `STAT sample` line.
@@ -245,6 +250,7 @@ pub fn start(
     *TASK.lock() = Some(Task {
         dedup,
         last_sample: None,
+        unprinted_change: false,
     });
     let interval = u64::from(spec.round_interval_us) * COUNT_TICKS_PER_US;
     INTERVAL.store(interval.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
@@ -323,7 +329,19 @@ fn run_round() {
         }
     }
     sample.free = free_frames();
-    if changed || task.last_sample.is_some_and(|last| last != sample) {
+    // A sample when a service changed something (free frames alone move with every guest
+    // fault), at most every SAMPLE_EVERY_ROUNDS rounds.
+    let savings = |s: &Sample| (s.dedup, s.balloon, s.swap);
+    task.unprinted_change |= changed
+        || task
+            .last_sample
+            .is_some_and(|(_, last)| savings(&last) != savings(&sample));
+    let spaced = task
+        .last_sample
+        .is_none_or(|(at, _)| round >= at + SAMPLE_EVERY_ROUNDS);
+    if task.unprinted_change && spaced {
+        task.unprinted_change = false;
+        task.last_sample = Some((round, sample));
         crate::println!(
             "STAT sample t={round} dedup_saved_pages={} balloon_saved_pages={} swap_saved_pages={} free_frames={}",
             sample.dedup,
@@ -332,7 +350,6 @@ fn run_round() {
             sample.free
         );
     }
-    task.last_sample = Some(sample);
     ROUND.store(round, Ordering::Release);
 }
 
