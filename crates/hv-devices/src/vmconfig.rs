@@ -1078,7 +1078,10 @@ mod tests {
             plain_vm(b, 0);
             balloon(b);
         });
-        assert_eq!(VmLayout::parse(&absent).unwrap().vms[0].balloon_target_mib, None);
+        assert_eq!(
+            VmLayout::parse(&absent).unwrap().vms[0].balloon_target_mib,
+            None
+        );
         for e in [
             ConfigError::BalloonTargetTooLarge { vm: 3 },
             ConfigError::BalloonTargetWithoutBalloon { vm: 3 },
