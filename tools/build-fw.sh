@@ -28,7 +28,7 @@ build)
     # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
     if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
         GUEST_NAMES=()
-        for guest in hello testguest hostile; do
+        for guest in hello testguest hostile balloonguest; do
             [ -f "$ROOT/guests/$guest/Cargo.toml" ] && GUEST_NAMES+=("$guest")
         done
         if [ ${#GUEST_NAMES[@]} -gt 0 ]; then

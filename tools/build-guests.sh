@@ -16,7 +16,7 @@ OUT=${MIPSVISOR_OUT:-$ROOT/out}/guests
 GUESTS_DIR=$ROOT/guests
 TARGET_JSON=$GUESTS_DIR/mips64el-mipsvisor-guest.json
 TARGET_NAME=mips64el-mipsvisor-guest
-ALL_GUESTS=(hello testguest hostile)
+ALL_GUESTS=(hello testguest hostile balloonguest)
 MODE=build
 if [ $# -gt 0 ]; then
     case "$1" in

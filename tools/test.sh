@@ -186,6 +186,8 @@ run_qemu() {
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    scenario_case "balloon-smp2" balloon --smp 2
+    scenario_case "balloon-smp1" balloon --smp 1
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
