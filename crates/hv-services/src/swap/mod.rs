@@ -580,6 +580,17 @@ mod tests {
                 }
             }
         }
+        {
+            // Slots minus clean copies is exactly the pages out of memory now.
+            let st = host.lock();
+            let out = vms
+                .iter()
+                .flat_map(|(_, b)| st.pages_of(*b).unwrap())
+                .filter(|s| matches!(s, PageState::SwappedOut(_)))
+                .count();
+            assert!(out > 0 && st.clean_copy_count() > 0);
+            assert_eq!(st.swapped_pages() - st.clean_copy_count(), out);
+        }
         let c = host.lock().swap_counters();
         assert!(c.read_back > 0 && c.written > 0);
         assert!(
