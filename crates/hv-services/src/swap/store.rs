@@ -321,6 +321,15 @@ enum Saved {
     Raw { blob: BlobId },
 }
 
+/// Bytes a saved page occupies before the backend rounds them.
+fn payload_len(saved: Saved) -> u64 {
+    match saved {
+        Saved::Zero => 0,
+        Saved::Lz4 { len, .. } => u64::from(len),
+        Saved::Raw { .. } => FRAME_BYTES as u64,
+    }
+}
+
 /// Statistics of a compressed pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SwapPoolStats {
@@ -330,8 +339,11 @@ pub struct SwapPoolStats {
     pub zero_pages: u64,
     /// Of which stored uncompressed (compression did not pay).
     pub raw_pages: u64,
-    /// Bytes the backend holds.
+    /// Bytes the backend holds (with a [`FrameBackend`], whole chunks).
     pub stored_bytes: u64,
+    /// Bytes of the stored pages themselves: compressed lengths, raw pages whole, zero
+    /// pages nothing.
+    pub payload_bytes: u64,
     /// Pages stored so far.
     pub stores: u64,
     /// Pages loaded so far.
@@ -425,6 +437,8 @@ impl<B: SwapBackend> SwapStore for CompressedSwap<B> {
             return Err(SwapStoreError::Io);
         }
         let saved = self.encode(page)?;
+        // Counted with the encode's own counters, so `release` undoes all of them.
+        self.stats.payload_bytes += payload_len(saved);
         match self.place(saved) {
             Ok(slot) => {
                 self.stats.stores += 1;
@@ -478,6 +492,7 @@ impl<B: SwapBackend> SwapStore for CompressedSwap<B> {
 
 impl<B: SwapBackend> CompressedSwap<B> {
     fn release(&mut self, saved: Saved) {
+        self.stats.payload_bytes -= payload_len(saved);
         match saved {
             Saved::Zero => self.stats.zero_pages -= 1,
             Saved::Raw { blob } => {
@@ -577,6 +592,10 @@ mod tests {
             .collect();
         let st = s.stats();
         assert_eq!((st.slots, st.zero_pages, st.raw_pages), (3, 1, 1));
+        assert_eq!(
+            st.payload_bytes, st.stored_bytes,
+            "the heap backend stores exact blobs"
+        );
         assert!(st.stored_bytes < 2 * FRAME_BYTES as u64);
         assert!(
             st.stored_bytes > FRAME_BYTES as u64,
@@ -611,6 +630,11 @@ mod tests {
         // Zero pages need no room.
         assert!(s.store(&[0; FRAME_BYTES]).is_ok());
         assert_eq!(s.stats().stored_bytes, FRAME_BYTES as u64);
+        assert_eq!(
+            s.stats().payload_bytes,
+            FRAME_BYTES as u64,
+            "the refused page left nothing"
+        );
     }
 
     #[test]
@@ -667,6 +691,7 @@ mod tests {
         // The raw page takes 16 chunks, the text page a few: rounded to whole chunks.
         assert!(st.stored_bytes > FRAME_BYTES as u64);
         assert_eq!(st.stored_bytes % CHUNK_BYTES as u64, 0);
+        assert!(st.payload_bytes > FRAME_BYTES as u64 && st.payload_bytes <= st.stored_bytes);
         for (slot, want) in [(a, &text), (b, &random), (z, &vec![0; FRAME_BYTES])] {
             let mut out = vec![0x5a; FRAME_BYTES];
             s.load(slot, &mut out).unwrap();
@@ -675,6 +700,7 @@ mod tests {
         s.free(a);
         s.free(b);
         assert_eq!(s.stats().stored_bytes, 0);
+        assert_eq!(s.stats().payload_bytes, 0);
         assert_eq!(s.backend().capacity_bytes(), 4 * FRAME_BYTES);
     }
 
