@@ -21,7 +21,7 @@ use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
 use hv_core::addr::{Gpa, PAGE_SIZE};
-use hv_emul::hypercall::Workload;
+pub use hv_emul::hypercall::Workload;
 
 use crate::bus::MmioWindow;
 
