@@ -98,6 +98,7 @@ pub(super) fn specs(
             affinity: vm.affinity.map(|set| set.mask()),
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
+            workload: vm.workload,
             balloon_target_mib: vm.balloon_target_mib,
         });
     }
@@ -180,6 +181,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             affinity: None,
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
+            workload: None,
             balloon_target_mib: None,
         })
         .collect();

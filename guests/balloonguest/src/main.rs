@@ -43,8 +43,6 @@ mod exit {
     pub const TIMEOUT: u64 = 5;
 }
 
-/// VM-info key: GPA of the first virtio-mmio balloon (services contract, section 2).
-const KEY_BALLOON_GPA: u64 = 13;
 /// Where configs/balloon.dts puts the balloon when key 13 is not answered.
 const FALLBACK_BALLOON_GPA: u64 = 0x1f00_1000;
 /// Virtio device id of the balloon.
@@ -352,10 +350,7 @@ fn report_scratch(b: &mut Balloon, vm: u64, scratch: u64) -> Result<bool, Virtio
 
 fn main() -> u64 {
     let vm = hypercall::vm_info(VmInfoKey::VmNumber).unwrap_or(0);
-    let gpa = match hypercall::raw(hypercall::VM_INFO, KEY_BALLOON_GPA, 0, 0, 0) {
-        raw if raw > 0 => raw as u64,
-        _ => FALLBACK_BALLOON_GPA,
-    };
+    let gpa = hypercall::vm_info(VmInfoKey::BalloonGpa).unwrap_or(FALLBACK_BALLOON_GPA);
     let (mut b, features) = match Balloon::open(gpa) {
         Ok(opened) => opened,
         Err(e) => {
