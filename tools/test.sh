@@ -166,6 +166,21 @@ scenario_case() {
     fi
 }
 
+# log_case NAME LOG PATTERN...: a scenario's log (out/test-logs/qemu-LOG.log) has a line
+# matching each PATTERN (grep -E).
+log_case() {
+    local name=$1 log=$LOGS/qemu-$2.log pattern missing=()
+    shift 2
+    for pattern in "$@"; do
+        grep -Eq -- "$pattern" "$log" 2>/dev/null || missing+=("/$pattern/")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        pass "$name"
+    else
+        fail "$name" "$log lacks ${missing[*]}"
+    fi
+}
+
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
 fail_case() {
     local name=$1 pattern=$2 log rc
@@ -214,6 +229,13 @@ run_qemu() {
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
     scenario_case "guests-memguest-smp2" guests --smp 2 --config memguest
     scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
+    # VM info keys 9, 10 and 13 as the layout sets them, and the workloads' verdict lines.
+    log_case "memguest VM info and verdicts" guests-memguest-smp2 \
+        '^\[mg-swap\] memguest: vm 0 workload 3 arg 3 .*, balloon none$' \
+        '^\[mg-stress\] memguest: vm 1 workload 5 arg 20000 .*, balloon 0x1f002000$' \
+        '^\[mg-swap\] memguest: swap wave 3/3 wrote [0-9]+ pages, verified [0-9]+ pages, 0 bad$' \
+        '^\[mg-swap\] memguest: verified [0-9]+ pages, 0 bad$' \
+        '^\[mg-stress\] memguest: stress ops 20000 bad_pages 0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
     fail_case "panic-selftest" \
