@@ -17,8 +17,8 @@ pub mod images;
 pub mod isolation;
 pub mod loader;
 pub mod scenarios;
-pub mod svc_bench;
 pub mod sched;
+pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;
 
