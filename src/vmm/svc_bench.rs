@@ -154,7 +154,7 @@ fn gpa(page: u64) -> Gpa {
 /// A different 64-bit value per (page, word): pages nothing can merge.
 fn unique_words(page: u64, buf: &mut [u8]) {
     for (i, word) in buf.chunks_exact_mut(8).enumerate() {
-        let x = (page << 32 | i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let x = ((page << 32) | i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         word.copy_from_slice(&x.to_le_bytes());
     }
 }
@@ -181,7 +181,7 @@ fn dedup_mix(page: u64, buf: &mut [u8]) {
     match page % 10 {
         0 => buf.fill(0),
         1 => unique_words(page, buf),
-        _ => unique_words(1 << 20 | page % 64, buf),
+        _ => unique_words((1 << 20) | (page % 64), buf),
     }
 }
 
