@@ -237,6 +237,9 @@ run_qemu() {
     scenario_case "guests-dedup-layout-affinity" guests --smp 2 --config dedup
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
+    scenario_case "guests-memguest-smp2" guests --smp 2 --config memguest
+    scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
