@@ -229,6 +229,32 @@ console_case() {
     fi
 }
 
+# bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
+# and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
+bench_case() {
+    local name=$1 scenario=$2 log rc figure
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
+        </dev/null >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why=""
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    for figure in "$@"; do
+        grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
+            why="${why:+$why, }no positive BENCH $figure"
+    done
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
 fail_case() {
     local name=$1 pattern=$2 log rc
@@ -279,6 +305,9 @@ run_qemu() {
     scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
+        cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
+        dedup_metadata_bytes_per_page
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
