@@ -181,6 +181,80 @@ log_case() {
     fi
 }
 
+# console_answer LOG COMMAND: the `console: ` lines answering COMMAND (those after the prompt
+# line that shows it, up to the next prompt line; other output may interleave).
+console_answer() {
+    awk -v want="mipsvisor> $2" '
+        index($0, "mipsvisor> ") == 1 { capture = ($0 == want); next }
+        capture && index($0, "console: ") == 1 { print }' "$1"
+}
+
+# console_case NAME SCENARIO VM BALLOON_RE SWAP_RE IDLE_RE qemu-run.sh arguments...: pipes
+# operator commands into a service scenario (VM = one of its VMs) and checks that the
+# scenario still passes and that every command got its own answer from the services' view
+# (src/services/view.rs): the VM table, pool and dedup figures, KSM counters, the answers of
+# `balloon VM 8`, `swap` and `idle VM` (matching the given grep -E patterns: they differ with
+# the services the scenario runs), and a one-line error for each bad command.
+console_case() {
+    local name=$1 scenario=$2 vm=$3 balloon_re=$4 swap_re=$5 idle_re=$6 log rc
+    shift 6
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
+        "balloon $vm lots" "idle" "idle nosuchvm" "vms" |
+        timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" \
+            >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why="" answer
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
+    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    expect() {
+        answer=$(console_answer "$log" "$1")
+        grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
+    }
+    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    expect_no_error() {
+        answer=$(console_answer "$log" "$1")
+        if [ -z "$answer" ]; then
+            why="${why:+$why, }no answer to '$1'"
+        elif grep -q '^console: error:' <<<"$answer"; then
+            why="${why:+$why, }'$1' answered with an error"
+        fi
+    }
+    expect help '^console:   balloon <vm> <MiB> '
+    expect help '^console:   idle <vm> '
+    local command
+    for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
+        expect_no_error "$command"
+    done
+    expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
+    expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
+    expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
+    expect ksm '^console: pages_sharing [0-9]+$'
+    expect ksm '^console: full_scans [0-9]+$'
+    expect "balloon $vm 8" "$balloon_re"
+    expect swap "$swap_re"
+    expect "idle $vm" "$idle_re"
+    expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
+    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
+        why="${why:+$why, }the bad command got more than one line"
+    # Output printed while the prompt was open must start its own line.
+    ! grep -Eq '^mipsvisor> .*(STAT|RESULT|BENCH) ' "$log" ||
+        why="${why:+$why, }a STAT/RESULT/BENCH line was glued to the prompt"
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
 # and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
 bench_case() {
