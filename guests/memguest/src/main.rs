@@ -262,10 +262,17 @@ fn verify_all(env: &Env, what: &str, fill: impl Fn(u64) -> PageFill) -> u64 {
 /// Dedup mode: see the file comment. `seed` varies the VM-unique pages.
 fn dedup(env: &Env, seed: u64) -> u64 {
     let vm = env.vm;
+    // Pages per class: zero, unique, shared (what dedup could merge is zero + shared).
+    let mut classes = [0u64; 3];
     for page in env.free.start..env.free.end {
         write_page(page, memwork::dedup_fill(vm, seed, page, false));
+        classes[memwork::dedup_class(page) as usize] += 1;
     }
-    println!("memguest: dedup filled {} pages", env.free.len());
+    let [zero, unique, shared] = classes;
+    println!(
+        "memguest: dedup filled {} pages ({zero} zero, {unique} unique, {shared} shared)",
+        env.free.len()
+    );
     let start = counter(VmInfoKey::DedupFullScans);
     let waited = wait_for(VmInfoKey::DedupFullScans, start + DEDUP_SCANS_WANTED, || {});
     match waited {
