@@ -7,6 +7,8 @@
 //! - [`loader`], [`images`]: guest images (embedded at build time, or from an initrd).
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
 //! - [`balloon`]: each VM's virtio balloon, its run-time target and counters.
+//! - [`bench`], [`svc_bench`]: instruction-cost benchmarks of guest exits and of the memory
+//!   services (tools/bench.sh).
 
 pub mod asid;
 pub mod balloon;
@@ -19,6 +21,7 @@ pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
+pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;
 
