@@ -98,6 +98,8 @@ pub(crate) fn specs(
             affinity: vm.affinity.map(|set| set.mask()),
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
+            workload: vm.workload,
+            balloon_target_mib: vm.balloon_target_mib,
         });
     }
     Ok(specs)
@@ -179,6 +181,8 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             affinity: None,
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
+            workload: None,
+            balloon_target_mib: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
