@@ -27,7 +27,7 @@ use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::PAGE_SIZE;
 use hv_core::swap_store::PlainSwap;
-use hv_services::swap::store::{FrameBackend, SharedSwap, SwapPoolStats};
+use hv_services::swap::store::{FrameBackend, SharedSwap};
 use hv_services::swap::{SwapConfig, SwapVm, Swapper};
 use spin::Mutex;
 
@@ -71,7 +71,7 @@ struct SwapService {
 static SWAP: Mutex<Option<SwapService>> = Mutex::new(None);
 /// The pool installed on the host layer, kept after `stop` until [`release`].
 static INSTALLED: Mutex<Option<SharedSwap<FrameBackend<FwFrameMemory>>>> = Mutex::new(None);
-/// Pages held in the swap area instead of frames, net of the area's frames in use.
+/// Pages held in the swap area instead of guest-pool frames.
 static SAVED: AtomicU64 = AtomicU64::new(0);
 
 /// Sets up the swap area, installs the compressed store on `host` and registers the
@@ -167,19 +167,20 @@ fn evict(
             Some(want) => service.swapper.reclaim(want, &views, min_age),
         }
         .map_err(|e| format!("swap: {e}"))?;
-        update_saved(host, &service.pool.stats());
+        update_saved(host);
         Ok(freed)
     })
 }
 
-/// Recomputes the pages swap saves: pages out of memory, less the area's frames in use.
-fn update_saved(host: &SharedHost, pool: &SwapPoolStats) {
+/// Recomputes the pages swap saves the guest pool: pages out of memory (held in the swap
+/// area instead of pool frames). The area is host RAM too; its cost shows in
+/// `swap_pool_bytes` and the net figure in `swap_net_saved_pages`.
+fn update_saved(host: &SharedHost) {
     let out = {
         let st = host.lock();
         st.swapped_pages().saturating_sub(st.clean_copy_count()) as u64
     };
-    let area_frames = pool.stored_bytes.div_ceil(PAGE_SIZE);
-    SAVED.store(out.saturating_sub(area_frames), Ordering::Relaxed);
+    SAVED.store(out, Ordering::Relaxed);
 }
 
 /// The services round: balance against the watermarks.
@@ -188,9 +189,7 @@ fn round(context: &RoundContext<'_>) -> HookOutcome {
         Ok(freed) => {
             if freed == 0 {
                 // Faults brought pages back since the last round: keep the figure current.
-                if let Some(service) = SWAP.lock().as_ref() {
-                    update_saved(context.host, &service.pool.stats());
-                }
+                update_saved(context.host);
             }
             HookOutcome {
                 changed: freed > 0,
@@ -244,7 +243,8 @@ pub fn reclaim_for_fault() -> bool {
     }
 }
 
-/// Pages swap saves now, net of the swap area's frames in use (the `STAT sample` column).
+/// Guest-pool frames swap saves now: pages held in the swap area (the `STAT sample`
+/// column).
 pub fn saved_pages() -> u64 {
     SAVED.load(Ordering::Relaxed)
 }
@@ -329,5 +329,12 @@ pub fn print_stats() {
     crate::println!("STAT swap_zero_pages={}", p.zero_pages);
     crate::println!("STAT swap_stores={}", p.stores);
     crate::println!("STAT swap_loads={}", p.loads);
+    crate::println!("STAT swap_clean_copies_dropped={}", c.clean_copies_dropped);
     crate::println!("STAT swap_saved_pages={}", saved_pages());
+    // The area is host RAM as well: what swap saves once its own frames are counted.
+    let area_frames = p.stored_bytes.div_ceil(PAGE_SIZE);
+    crate::println!(
+        "STAT swap_net_saved_pages={}",
+        saved_pages() as i64 - area_frames as i64
+    );
 }

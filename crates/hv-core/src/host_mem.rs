@@ -494,6 +494,23 @@ impl<M: FrameMemory> HostMem<M> {
             .expect("released frame holds the resolve reference");
     }
 
+    /// Frees the swap copies of up to `max` resident clean pages (when the store is full):
+    /// those pages stay resident and correct, their next write simply finds no copy to
+    /// drop, and evicting them later writes them out again. Changes no guest mapping.
+    /// Returns how many copies were freed.
+    pub fn drop_clean_copies(&self, max: usize) -> usize {
+        let mut st = self.state.lock();
+        let mut dropped = 0;
+        while dropped < max {
+            let Some((_, slot)) = st.clean_copies.pop_first() else {
+                break;
+            };
+            st.swap.free(slot);
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Writes host-side data into a page (the VMM writing guest RAM through its own mapping):
     /// resolves it for writing, then copies `data` in.
     pub fn write(
