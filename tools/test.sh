@@ -216,6 +216,12 @@ run_qemu() {
     scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
+    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    scenario_case "swap-smp2" swap --smp 2
+    scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
+    scenario_case "idle-smp2" idle --smp 2
+    scenario_case "idle-smp1" idle --smp 1
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
