@@ -94,6 +94,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::bench::bench,
     },
     Scenario {
+        name: "svc-bench",
+        about: "instruction cost of the memory services (run under --icount; tools/bench.sh)",
+        run: crate::vmm::svc_bench::svc_bench,
+    },
+    Scenario {
         name: "isolation",
         about: "a hostile guest tries forbidden things beside a well-behaved VM",
         run: crate::vmm::scenarios::isolation,

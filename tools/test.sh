@@ -166,6 +166,95 @@ scenario_case() {
     fi
 }
 
+# console_answer LOG COMMAND: the `console: ` lines answering COMMAND (those after the prompt
+# line that shows it, up to the next prompt line; other output may interleave).
+console_answer() {
+    awk -v want="mipsvisor> $2" '
+        index($0, "mipsvisor> ") == 1 { capture = ($0 == want); next }
+        capture && index($0, "console: ") == 1 { print }' "$1"
+}
+
+# console_case NAME SCENARIO VM qemu-run.sh arguments...: pipes operator commands into a
+# service scenario (VM = one of its VMs) and checks that the scenario still passes and that
+# every command got its own answer from the services' view, bad input a one-line error.
+console_case() {
+    local name=$1 scenario=$2 vm=$3 log rc
+    shift 3
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
+        "balloon $vm lots" "idle" "vms" |
+        timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" \
+            >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why="" answer
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
+    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    expect() {
+        answer=$(console_answer "$log" "$1")
+        grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
+    }
+    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    expect_no_error() {
+        answer=$(console_answer "$log" "$1")
+        if [ -z "$answer" ]; then
+            why="${why:+$why, }no answer to '$1'"
+        elif grep -q '^console: error:' <<<"$answer"; then
+            why="${why:+$why, }'$1' answered with an error"
+        fi
+    }
+    expect help '^console:   balloon <vm> <MiB> '
+    expect help '^console:   idle <vm> '
+    local command
+    for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
+        expect_no_error "$command"
+    done
+    expect vms "$vm"
+    expect ksm 'pages_sharing'
+    expect "balloon $vm 8" "$vm"
+    expect "idle $vm" "$vm"
+    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
+        why="${why:+$why, }the bad command got more than one line"
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
+# bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
+# and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
+bench_case() {
+    local name=$1 scenario=$2 log rc figure
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
+        </dev/null >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why=""
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    for figure in "$@"; do
+        grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
+            why="${why:+$why, }no positive BENCH $figure"
+    done
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
 fail_case() {
     local name=$1 pattern=$2 log rc
@@ -222,6 +311,9 @@ run_qemu() {
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
     scenario_case "idle-smp2" idle --smp 2
     scenario_case "idle-smp1" idle --smp 1
+    bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
+        cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
+        dedup_metadata_bytes_per_page
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest

@@ -6,6 +6,8 @@
 //! - [`asid`], [`flush`]: host ASIDs for guest mappings and remote invalidation.
 //! - [`loader`], [`images`]: guest images (embedded at build time, or from an initrd).
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
+//! - [`bench`], [`svc_bench`]: instruction-cost benchmarks of guest exits and of the memory
+//!   services (tools/bench.sh).
 
 pub mod asid;
 pub mod bench;
@@ -16,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
+pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;
 
