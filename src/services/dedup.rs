@@ -33,6 +33,8 @@ use spin::Mutex;
 static PUBLISHED_FULL_SCANS: AtomicU64 = AtomicU64::new(0);
 /// The measurement asked for with [`measure_after`], once taken.
 static MEASUREMENT: Mutex<Option<Measurement>> = Mutex::new(None);
+/// The counters after the last pass (for the console; `None` when dedup is off).
+static LIVE_STATS: Mutex<Option<DedupStats>> = Mutex::new(None);
 /// Full scans after the start at which to measure (0 = never).
 static MEASURE_AFTER: AtomicU64 = AtomicU64::new(0);
 
@@ -61,6 +63,11 @@ pub fn measure_after(scans: u64) {
 /// The measurement, once taken.
 pub fn measurement() -> Option<Measurement> {
     *MEASUREMENT.lock()
+}
+
+/// The dedup counters after the last pass; `None` while no dedup service runs.
+pub fn live_stats() -> Option<DedupStats> {
+    *LIVE_STATS.lock()
 }
 
 /// What merging achieved against what guest memory allowed, at one moment.
@@ -158,6 +165,7 @@ impl DedupService {
         }
         PUBLISHED_FULL_SCANS.store(0, Ordering::Release);
         *MEASUREMENT.lock() = None;
+        *LIVE_STATS.lock() = Some(dedup.stats(host));
         let mut service = Self {
             dedup,
             groups: vms.iter().cloned().zip(groups.iter().copied()).collect(),
@@ -245,6 +253,7 @@ impl DedupService {
             PUBLISHED_FULL_SCANS.store(done, Ordering::Release);
             self.advise(host)?;
         }
+        *LIVE_STATS.lock() = Some(stats);
         Ok(PassOutcome {
             changed: report.merged > 0 || report.full_scan_completed,
             saved_pages: stats.saved_frames(),
@@ -342,6 +351,7 @@ impl DedupService {
             .release_all(host)
             .map_err(|e| format!("dedup: releasing frames: {e}"))?;
         self.groups.clear();
+        *LIVE_STATS.lock() = None;
         Ok(())
     }
 }

@@ -100,6 +100,10 @@ pub fn start(vms: &[Arc<Vm>], config: IdleConfig) -> Result<(), String> {
         round,
         stop,
     });
+    super::view::register(super::view::ConsoleHandlers {
+        idle: Some(write_report),
+        ..Default::default()
+    });
     crate::log!(
         "idle: tracking {} VMs, a pass every {} us, working-set window {} passes",
         vms.len(),

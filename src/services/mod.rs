@@ -18,6 +18,7 @@ pub mod idle;
 pub mod pressure;
 pub mod scenario;
 pub mod swap;
+pub mod view;
 
 use crate::arch::cp0;
 use crate::arch::guest_mem::FwFrameMemory;
@@ -348,7 +349,9 @@ fn run_round() {
             sample.free
         );
     }
+    drop(task_slot);
     ROUND.store(round, Ordering::Release);
+    crate::console_op::poll(&mut view::ServicesView);
 }
 
 /// Ends the service scenario: no more rounds, every service lets go of its frames, every
@@ -364,6 +367,7 @@ pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<u64, String> {
     let task = TASK.lock().take();
     VMS.lock().clear();
     let hooks: Vec<Hook> = core::mem::take(&mut *HOOKS.lock());
+    view::clear();
     crate::println!("STAT rounds={}", round());
     if let Some(mut task) = task {
         if let Some(dedup) = task.dedup.as_mut() {

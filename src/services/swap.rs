@@ -116,6 +116,10 @@ pub fn start(host: &Arc<SharedHost>, vms: &[Arc<Vm>], setup: SwapSetup) -> Resul
         round,
         stop,
     });
+    super::view::register(super::view::ConsoleHandlers {
+        swap: Some(write_report),
+        ..Default::default()
+    });
     crate::log!(
         "swap: area of {frames} frames ({} MiB) from {base}, watermarks {}..{} free frames, reservation {} per mille of RAM",
         frames / 256,
@@ -267,7 +271,6 @@ pub fn release(host: &SharedHost) -> u64 {
 }
 
 /// Writes the service's figures (the console's `swap`).
-#[allow(dead_code, reason = "the operator console's `swap` (services view)")]
 pub fn write_report(out: &mut dyn Write) -> fmt::Result {
     let slot = SWAP.lock();
     let Some(service) = slot.as_ref() else {
