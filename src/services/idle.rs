@@ -147,7 +147,6 @@ fn round(context: &RoundContext<'_>) -> HookOutcome {
     if now.wrapping_sub(state.last_pass) < state.interval_ticks {
         return HookOutcome::default();
     }
-    state.last_pass = now;
     for entry in &mut state.vms {
         // A VM that ended keeps the ages of its last interval.
         let Some(vm) = context
@@ -171,6 +170,9 @@ fn round(context: &RoundContext<'_>) -> HookOutcome {
         state.timed_passes += 1;
         PASSES[entry.vm_id].store(entry.tracker.passes(), Ordering::Release);
     }
+    // The interval runs from the end of the passes: a pass slower than the interval must
+    // not make the next one due at once (with one CPU the guests would starve).
+    state.last_pass = cp0::count();
     // Aging changes no memory figure: no sample line of its own.
     HookOutcome::default()
 }

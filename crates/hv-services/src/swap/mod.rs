@@ -26,6 +26,8 @@ use hv_core::table_frames::TableFrames;
 use crate::idle::IdleTracker;
 use policy::{select_victims, Candidate, VmUsage};
 
+/// Longest run of consecutive pages evicted with one invalidation.
+const MAX_RUN_PAGES: u64 = 64;
 /// Clean copies freed at a time when the store is full.
 const CLEAN_COPIES_DROPPED: usize = 64;
 
@@ -194,25 +196,41 @@ impl Swapper {
         }
         let mut freed = 0;
         let candidates = clean.into_iter().chain(dirty);
-        for c in select_victims(&usage, candidates, want, min_age) {
-            let vm = vms[c.vm].vm;
-            let mut result = vm.swap_out(c.backing, c.page);
+        // Consecutive pages of one backing go out together: one flush per run instead of
+        // one per page (each flush waits for every CPU in a guest to leave it).
+        let mut victims = select_victims(&usage, candidates, want, min_age);
+        victims.sort_unstable_by_key(|c| (c.vm, c.backing.0, c.page));
+        let mut next = 0;
+        while next < victims.len() {
+            let first = victims[next];
+            let mut end = first.page + 1;
+            next += 1;
+            while next < victims.len()
+                && (victims[next].vm, victims[next].backing) == (first.vm, first.backing)
+                && victims[next].page == end
+                && end - first.page < MAX_RUN_PAGES
+            {
+                end += 1;
+                next += 1;
+            }
+            let vm = vms[first.vm].vm;
+            let mut result = vm.swap_out_range(first.backing, first.page..end);
             if result == Err(HostMemError::OutOfMemory) {
                 // The store is full: the copies of resident clean pages are the room to
-                // take back (they only spare a rewrite), then this page goes out.
+                // take back (they only spare a rewrite), then the run goes out.
                 let dropped = vm.host().drop_clean_copies(CLEAN_COPIES_DROPPED);
                 self.counters.clean_copies_dropped += dropped as u64;
                 if dropped > 0 {
-                    result = vm.swap_out(c.backing, c.page);
+                    result = vm.swap_out_range(first.backing, first.page..end);
                 }
             }
             match result {
-                Ok(true) => {
-                    freed += 1;
-                    self.counters.evicted += 1;
+                // Pages that became non-resident meanwhile (ballooned, already out) and the
+                // tail of a run that filled the store are not counted.
+                Ok(out) => {
+                    freed += out as usize;
+                    self.counters.evicted += out;
                 }
-                // Became non-resident meanwhile (ballooned, already out): nothing to do.
-                Ok(false) => {}
                 Err(HostMemError::OutOfMemory) => {
                     self.counters.pool_full += 1;
                     break;
