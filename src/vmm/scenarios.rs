@@ -99,6 +99,7 @@ pub(crate) fn specs(
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
             workload: vm.workload,
+            balloon_target_mib: vm.balloon_target_mib,
         });
     }
     Ok(specs)
@@ -181,6 +182,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,
+            balloon_target_mib: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
