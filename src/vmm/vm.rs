@@ -536,9 +536,14 @@ impl Vm {
     /// last reference to the memory object (the devices' RAM view holds one; dropped here).
     pub fn teardown(self) -> Result<(), String> {
         let Self {
-            memory, devices, ..
+            memory,
+            devices,
+            balloons,
+            ..
         } = self;
+        // The balloons' policy holds the memory too (VmBalloon), not only the bus devices.
         drop(devices);
+        drop(balloons);
         let memory =
             Arc::try_unwrap(memory).map_err(|_| String::from("guest memory still referenced"))?;
         drop(memory.detach());
