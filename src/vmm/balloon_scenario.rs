@@ -164,6 +164,31 @@ fn hostile_sent(vm: &Vm) -> Option<u64> {
     })
 }
 
+/// Run-time targets the host must refuse: a VM without a balloon (or no such VM), and a
+/// target larger than the VM's RAM. Neither may change any balloon.
+fn check_bad_targets(vms: &[Arc<Vm>]) -> Result<(), String> {
+    let Some(vm) = vms.first() else {
+        return Ok(());
+    };
+    let too_big = (vm.ram_bytes >> 20) + 1;
+    match balloon::set_target("no-such-vm", 1) {
+        Err(e @ balloon::TargetError::NoBalloon(_)) => {
+            crate::log!("balloon: refused as it must: {e}")
+        }
+        other => return Err(format!("target for a VM that does not exist: {other:?}")),
+    }
+    match balloon::set_target(&vm.name, too_big) {
+        Err(e @ balloon::TargetError::Target(_)) => crate::log!("balloon: refused as it must: {e}"),
+        other => {
+            return Err(format!(
+                "target of {too_big} MiB for VM {}: {other:?}",
+                vm.name
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Checks one VM's cycle; `Err` names what failed.
 fn judge_cycle(cycle: &Cycle) -> Result<(), String> {
     let name = &cycle.vm.name;
@@ -221,6 +246,7 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
             });
         }
     }
+    let refusals = check_bad_targets(&vms);
     super::run(&vms, vcpus, TIMEOUT_TICKS);
     balloon::tick();
     let mut cycles: Vec<Cycle> = core::mem::take(&mut *CYCLES.lock());
@@ -232,6 +258,9 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
     scenarios::print_stats(&vms, cpus);
     balloon::print_stats();
     let mut failures: Vec<String> = Vec::new();
+    if let Err(why) = refusals {
+        failures.push(why);
+    }
     let (mut returned, mut pool_gain) = (0u64, 0i64);
     for cycle in &cycles {
         returned += cycle.frames_returned_at_inflate;
