@@ -12,8 +12,9 @@
 //!    its memory and exits.
 //!
 //! PASS needs every guest to exit 0, every cycle done with at least the target's pages of
-//! frames returned and the VM's resident frames down by as much, and the refusals the host
-//! counted (`STAT balloon_rejected=`) equal to what the guests say they sent.
+//! frames returned and the VM's resident frames down by as much, the refusals the host
+//! counted (`STAT balloon_rejected=`) equal to what the guests say they sent, and every
+//! guest to have taken the device's configuration-change interrupt (Cause.IP3).
 
 use super::balloon::{self, Balloon};
 use super::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
@@ -153,10 +154,10 @@ fn advance(cycle: &mut Cycle) {
     }
 }
 
-/// What a guest says it sent: the `sent=` of its `BALLOON hostile` line.
-fn hostile_sent(vm: &Vm) -> Option<u64> {
+/// The number after `prefix` on the guest's first recorded line that starts with it.
+fn guest_figure(vm: &Vm, prefix: &str) -> Option<u64> {
     vm.recorded_lines().iter().find_map(|line| {
-        line.strip_prefix("BALLOON hostile sent=")?
+        line.strip_prefix(prefix)?
             .split_whitespace()
             .next()?
             .parse()
@@ -274,7 +275,28 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         "STAT balloon_saved_mib_at_inflate={}",
         (returned * PAGE_SIZE) >> 20
     );
-    let sent: Option<u64> = vms.iter().map(|vm| hostile_sent(vm)).sum();
+    let sent: Option<u64> = vms
+        .iter()
+        .map(|vm| guest_figure(vm, "BALLOON hostile sent="))
+        .sum();
+    // Every target change after DRIVER_OK raised the configuration-change interrupt, and
+    // each guest takes it on Cause.IP3.
+    let config_irqs: Vec<Option<u64>> = vms
+        .iter()
+        .map(|vm| guest_figure(vm, "BALLOON interrupts config="))
+        .collect();
+    crate::println!(
+        "STAT balloon_guest_config_irqs={}",
+        config_irqs.iter().flatten().sum::<u64>()
+    );
+    for (vm, irqs) in vms.iter().zip(&config_irqs) {
+        if irqs.is_none_or(|n| n == 0) {
+            failures.push(format!(
+                "VM {} took no configuration-change interrupt",
+                vm.name
+            ));
+        }
+    }
     let rejected: u64 = balloon::all().iter().map(|b| b.snapshot().rejected()).sum();
     crate::println!("STAT balloon_hostile_sent={}", sent.unwrap_or(0));
     match sent {
