@@ -17,10 +17,10 @@
 //! guest to have taken the device's configuration-change interrupt (Cause.IP3).
 
 use super::balloon::{self, Balloon};
-use super::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
-use super::vm::Vm;
 use crate::scenario::BootInfo;
 use crate::smp;
+use crate::vmm::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
+use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -227,8 +227,9 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         "balloon: {} VMs from {source} on {cpus} CPUs",
         layout.vms.len()
     );
+    super::init_host(layout.services.guest_pool_mib)?;
     let specs = scenarios::specs(info, &layout, cpus)?;
-    let (vms, vcpus) = super::build_vms(&specs)?;
+    let (vms, vcpus) = crate::vmm::build_vms(&specs)?;
     {
         let mut cycles = CYCLES.lock();
         for vm in &vms {
@@ -248,14 +249,17 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         }
     }
     let refusals = check_bad_targets(&vms);
-    super::run(&vms, vcpus, TIMEOUT_TICKS);
+    let groups: Vec<Option<u32>> = layout.vms.iter().map(|vm| vm.trust_group).collect();
+    balloon::register();
+    super::start(&vms, &groups, &layout.services, None)?;
+    crate::vmm::run(&vms, vcpus, TIMEOUT_TICKS);
     balloon::tick();
     let mut cycles: Vec<Cycle> = core::mem::take(&mut *CYCLES.lock());
     // A guest exits right after deflating, without another yield: look once more.
     for cycle in &mut cycles {
         advance(cycle);
     }
-    let passed = super::report(&vms, &[]);
+    let passed = crate::vmm::report(&vms, &[]);
     scenarios::print_stats(&vms, cpus);
     balloon::print_stats();
     let mut failures: Vec<String> = Vec::new();
@@ -309,6 +313,13 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
     }
     if passed != vms.len() {
         failures.push(format!("{} of {} VMs passed", passed, vms.len()));
+    }
+    // Teardown: every frame of the pool must come back.
+    drop(cycles);
+    match super::finish(vms, "") {
+        Ok(0) => {}
+        Ok(leaked) => failures.push(format!("{leaked} pool frames leaked")),
+        Err(why) => failures.push(why),
     }
     if failures.is_empty() {
         Ok(())
