@@ -106,7 +106,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "balloon",
         about: "virtio balloons inflated by half a VM's RAM and deflated; hostile input refused",
-        run: crate::vmm::balloon_scenario::balloon,
+        run: crate::services::balloon_scenario::balloon,
     },
     Scenario {
         name: "vcpu-selftest",
