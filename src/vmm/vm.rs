@@ -1,11 +1,11 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
-use super::balloon::Balloon;
 use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
+use crate::services::balloon::Balloon;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -441,7 +441,7 @@ impl Vm {
                 marks.push(mark);
             }
         }
-        super::balloon_scenario::on_yield(self);
+        crate::services::balloon_scenario::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };
