@@ -129,7 +129,7 @@ boot_case() {
     done
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build "$@" </dev/null >"$log" 2>&1
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario boot "$@" </dev/null >"$log" 2>&1
     rc=$?
     sed -i 's/\r$//' "$log" # the UART sends CR LF
     local why=""

@@ -13,6 +13,7 @@
 //! scheduler runs on it only vCPUs that may run nowhere else); with one CPU, the scheduler
 //! runs a due round between two slices (see `vmm::sched`).
 
+pub mod allin;
 pub mod balloon;
 pub mod balloon_scenario;
 pub mod dedup;
