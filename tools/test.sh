@@ -348,6 +348,18 @@ run_qemu() {
     # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
     scenario_case "dedup-smp2" dedup --smp 2
     scenario_case "dedup-smp1" dedup --smp 1
+    # stress (~60 s alone, up to ~3 min under load; the longest case): 4 memguest VMs x
+    # 300000 verified random page operations + a balloonguest cycle, with dedup, idle
+    # tracking and swap (pool = guest RAM) running; bad_pages=0 and frames_leaked=0.
+    QEMU_TIMEOUT=420 scenario_case "stress-smp4" stress --smp 4
+    log_case "stress: 10^6 operations, nothing lost or leaked" stress-smp4 \
+        '^STAT stress_ops=[0-9]{7,}$' '^STAT bad_pages=0$' '^STAT frames_leaked=0$' \
+        '^STAT swap_slots_leaked=0$'
+    # demo (~15 s): the default of ./qemu-run.sh; ends in the table of memory saved.
+    scenario_case "demo-smp2" demo --smp 2
+    log_case "demo: table of memory saved per service" demo-smp2 \
+        '^  memory saved per service' '^STAT demo_saved_pages_dedup=[1-9]' \
+        '^STAT demo_saved_pages_balloon=[1-9]' '^STAT frames_leaked=0$'
     log_case "dedup merges what can be merged" dedup-smp2 \
         '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
         '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
