@@ -186,6 +186,15 @@ run_qemu() {
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    # The hostile guest's SDBBP probes depend on each CPU model's debug mode (EJTAG stub).
+    scenario_case "isolation-5KEc-smp2" isolation --cpu 5KEc --smp 2
+    scenario_case "isolation-Loongson-3A4000-smp2" isolation --cpu Loongson-3A4000 --smp 2
+    scenario_case "isolation-Octeon68XX-smp2" isolation --cpu Octeon68XX --smp 2
+    fail_case "isolation-refuses-without-debug-stub" \
+        '^RESULT isolation FAIL the EJTAG debug vector \(0xbfc00480\) does not hold' \
+        qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic \
+        -no-reboot -semihosting -kernel "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" \
+        -append "scenario=isolation cpus=1 mem=256"
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest

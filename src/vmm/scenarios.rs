@@ -189,7 +189,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
 }
 
 /// Forbidden attempts the hostile guest must at least make for `isolation` to pass.
-const MIN_HOSTILE_ATTEMPTS: u64 = 8;
+const MIN_HOSTILE_ATTEMPTS: u64 = 11;
 
 /// The `isolation` scenario: the hostile guest's attempts are all contained while the other
 /// VMs run to completion (see `isolation.rs`).
@@ -199,6 +199,13 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
         CPU_TIMEOUT_TICKS,
         CPU_SETTLE_TICKS,
     );
+    if !crate::arch::debug_vector::owned() {
+        return Err(String::from(
+            "the EJTAG debug vector (0xbfc00480) does not hold the firmware's stub, so a guest \
+             SDBBP would not come back; start QEMU through qemu-run.sh, which loads \
+             out/ejtag-vector.bin there",
+        ));
+    }
     let (layout, source) = layout(info, "isolation")?;
     let hostile_index = layout
         .vms

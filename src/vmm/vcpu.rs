@@ -13,7 +13,7 @@
 use super::asid::{self, AsidPair};
 use super::flush::{self, PendingFlush};
 use super::vm::{Vm, VmOutcome, VmStats};
-use crate::arch::guest::{self, GuestContext, EXIT_REFILL};
+use crate::arch::guest::{self, GuestContext, EXIT_DEBUG, EXIT_REFILL};
 use crate::arch::timer;
 use alloc::format;
 use alloc::string::String;
@@ -287,6 +287,11 @@ impl Vcpu {
 
     /// The exit dispatcher: one handler per host ExcCode.
     fn dispatch(&mut self) -> Flow {
+        if self.ctx.exit_kind == EXIT_DEBUG {
+            if let Err(why) = self.debug_exit_as_reserved_instruction() {
+                return self.stop(why);
+            }
+        }
         let cause = Cause::from_bits_retain(self.ctx.exit_cause as u32);
         let key = (self.ctx.pc, self.ctx.exit_cause as u32 & 0x7c);
         if key == self.last_exit && cause.exc_code() != Some(ExcCode::Int) {
@@ -320,6 +325,22 @@ impl Vcpu {
             ExcCode::Ov | ExcCode::Tr => self.handle_trap_or_overflow(code, cause),
             _ => self.handle_fatal(cause),
         }
+    }
+
+    /// A guest SDBBP came back through the EJTAG stub (debug_vector.rs) with a stale Cause:
+    /// rewrite the exit as the Reserved Instruction trap a CPU without EJTAG would take
+    /// (BD from decoding the restart address), so the usual path emulates and reflects it.
+    fn debug_exit_as_reserved_instruction(&mut self) -> Result<(), String> {
+        let epc = self.ctx.pc;
+        let at_epc = self.fetch(epc)?;
+        let found =
+            hv_emul::exit::locate_debug_breakpoint(at_epc, || self.fetch(epc.wrapping_add(4)).ok())
+                .map_err(|e| format!("{e}"))?;
+        let mut cause = Cause::empty().with_exception(ExcCode::Ri, 0);
+        cause.set(Cause::BD, found.in_delay_slot);
+        self.ctx.exit_cause = u64::from(cause.bits());
+        self.ctx.exit_kind = guest::EXIT_GENERAL;
+        Ok(())
     }
 
     /// Host interrupt while the guest ran: the host handler ran as soon as `run_guest`
@@ -612,13 +633,23 @@ impl Vcpu {
                 self.vm.finish(VmOutcome::Exited(status));
                 return Flow::End(SliceEnd::Finished);
             }
-            Hypercall::VmInfo(key) => Ok(match key {
-                VmInfoKey::AbiVersion => hypercall::ABI_VERSION,
-                VmInfoKey::VcpuId => self.index as u64,
-                VmInfoKey::VcpuCount => self.vm.vcpus as u64,
-                VmInfoKey::RamBytes => self.vm.ram_bytes,
-                VmInfoKey::VmId => self.vm.id as u64,
-            }),
+            Hypercall::VmInfo(key) => match key {
+                VmInfoKey::AbiVersion => Ok(hypercall::ABI_VERSION),
+                VmInfoKey::VcpuId => Ok(self.index as u64),
+                VmInfoKey::VcpuCount => Ok(self.vm.vcpus as u64),
+                VmInfoKey::RamBytes => Ok(self.vm.ram_bytes),
+                VmInfoKey::VmId => Ok(self.vm.id as u64),
+                VmInfoKey::ReadOnlyBase => self
+                    .vm
+                    .rom
+                    .map(|(base, _, _)| base.raw())
+                    .ok_or(HypercallError::BadArgument),
+                VmInfoKey::ReadOnlyBytes => self
+                    .vm
+                    .rom
+                    .map(|(_, bytes, _)| bytes)
+                    .ok_or(HypercallError::BadArgument),
+            },
             Hypercall::Yield => {
                 if let Err(why) = self.vm.on_yield() {
                     return self.stop(why);
