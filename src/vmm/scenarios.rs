@@ -189,7 +189,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
 }
 
 /// Forbidden attempts the hostile guest must at least make for `isolation` to pass.
-const MIN_HOSTILE_ATTEMPTS: u64 = 11;
+const MIN_HOSTILE_ATTEMPTS: u64 = 12;
 
 /// The `isolation` scenario: the hostile guest's attempts are all contained while the other
 /// VMs run to completion (see `isolation.rs`).
@@ -235,6 +235,11 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
         tally.contained
     );
     crate::println!("STAT breaches={}", tally.breaches);
+    crate::println!(
+        "STAT console_malformed={} console_dropped={}",
+        tally.malformed,
+        tally.dropped
+    );
     crate::println!(
         "STAT open_bus_accesses={}",
         super::total(&vms, |s| &s.unbacked)

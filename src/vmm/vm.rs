@@ -16,6 +16,7 @@ use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::frame_pool::FramePool;
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_devices::bus::{BusError, MmioBus};
+use hv_devices::console_log::Transcript;
 use hv_devices::vmconfig::DeviceSpec;
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
@@ -24,14 +25,14 @@ use spin::Mutex;
 /// The memory core's VM type as the firmware instantiates it.
 pub type GuestMemory = MemVm<FwTableFrames, FwFrameMemory, FwRemoteFlush>;
 
-/// Longest console line kept before it is printed anyway.
+/// Longest piece of a console line printed at once (longer lines are shown in pieces).
 const CONSOLE_LINE_MAX: usize = 200;
 /// Open-bus accesses logged per VM.
 const LOGGED_UNBACKED: u64 = 8;
 /// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
 const RECORDED_LINES_MAX: usize = 128;
 /// First words of console lines a scenario may want to inspect afterwards.
-const RECORDED_WORDS: [&str; 4] = ["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM"];
+const RECORDED_WORDS: &[&str] = &["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM"];
 /// Extra pool frames beyond RAM pages (copies when breaking shared pages).
 const POOL_SPARE_FRAMES: usize = 16;
 
@@ -194,8 +195,7 @@ pub struct Vm {
     pub affinity: Option<u64>,
     /// Counters.
     pub stats: VmStats,
-    console_line: Mutex<String>,
-    recorded: Mutex<Vec<String>>,
+    console: Mutex<Transcript>,
     marks: Mutex<Vec<Mark>>,
     outcome: Mutex<Option<VmOutcome>>,
     swap_on_yield: Mutex<Option<(Gpa, u64)>>,
@@ -295,8 +295,11 @@ impl Vm {
             vcpus: 1,
             affinity: spec.affinity,
             stats: VmStats::default(),
-            console_line: Mutex::new(String::new()),
-            recorded: Mutex::new(Vec::new()),
+            console: Mutex::new(Transcript::new(
+                RECORDED_WORDS,
+                CONSOLE_LINE_MAX,
+                RECORDED_LINES_MAX,
+            )),
             marks: Mutex::new(Vec::new()),
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
@@ -428,36 +431,19 @@ impl Vm {
         Ok(swapped)
     }
 
-    /// Appends guest console output; whole lines go to the host console with the VM's name.
+    /// Appends guest console output: lines go to the host console with the VM's name (a
+    /// long line in pieces, each continuation marked `[name]+`), and lines starting with one
+    /// of [`RECORDED_WORDS`] are kept (see hv_devices::console_log for the rules).
     pub fn console_write(&self, bytes: &[u8]) {
-        let mut line = self.console_line.lock();
-        for &byte in bytes {
-            match byte {
-                b'\n' => {
-                    crate::println!("[{}] {}", self.name, line);
-                    self.record(&line);
-                    line.clear();
-                }
-                b'\r' => {}
-                0x20..=0x7e | b'\t' => line.push(byte as char),
-                _ => line.push_str(&format!("\\x{byte:02x}")),
-            }
-            if line.len() >= CONSOLE_LINE_MAX {
-                crate::println!("[{}] {}", self.name, line);
-                line.clear();
-            }
-        }
+        let mut console = self.console.lock();
+        console.push(bytes, |piece, continued| {
+            self.show_console(piece, continued)
+        });
     }
 
-    /// Keeps `line` if a scenario may want it (see [`RECORDED_WORDS`]).
-    fn record(&self, line: &str) {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if RECORDED_WORDS.contains(&first) {
-            let mut recorded = self.recorded.lock();
-            if recorded.len() < RECORDED_LINES_MAX {
-                recorded.push(String::from(line));
-            }
-        }
+    fn show_console(&self, piece: &str, continued: bool) {
+        let mark = if continued { "+" } else { "" };
+        crate::println!("[{}]{mark} {piece}", self.name);
     }
 
     /// The yield marks, oldest first.
@@ -465,18 +451,16 @@ impl Vm {
         self.marks.lock().clone()
     }
 
-    /// The recorded console lines, oldest first.
-    pub fn recorded_lines(&self) -> Vec<String> {
-        self.recorded.lock().clone()
+    /// The recorded console lines, oldest first, and how many found the record full.
+    pub fn recorded_lines(&self) -> (Vec<String>, u64) {
+        let console = self.console.lock();
+        (console.recorded().to_vec(), console.dropped())
     }
 
     /// Prints whatever partial console line is left.
     pub fn console_flush(&self) {
-        let mut line = self.console_line.lock();
-        if !line.is_empty() {
-            crate::println!("[{}] {}", self.name, line);
-            line.clear();
-        }
+        let mut console = self.console.lock();
+        console.flush(|piece, continued| self.show_console(piece, continued));
     }
 
     /// Records how the VM ended (first outcome wins). Returns whether this call set it.

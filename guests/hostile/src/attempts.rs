@@ -28,7 +28,7 @@ pub struct Attempt {
 }
 
 /// Every attempt that returns, in order; the runaway loop comes after them.
-pub const ALL: [Attempt; 10] = [
+pub const ALL: [Attempt; 11] = [
     Attempt {
         name: "hypercall-unknown",
         run: hypercall_unknown,
@@ -69,13 +69,17 @@ pub const ALL: [Attempt; 10] = [
         name: "debug-breakpoint",
         run: debug_breakpoint,
     },
+    Attempt {
+        name: "console-forgery",
+        run: console_forgery,
+    },
 ];
 
 /// A fixed-size line buffer (no allocator in the guest).
 pub mod heapless_line {
-    /// Bytes of outcome text kept: with the `OUTCOME n name: ` prefix a line stays below
-    /// 200 characters, the longest line mipsvisor's console keeps in one piece.
-    const LINE_CAPACITY: usize = 150;
+    /// Bytes of outcome text kept. mipsvisor shows lines longer than 200 characters in
+    /// pieces but records them whole, which the `console-forgery` attempt relies on.
+    const LINE_CAPACITY: usize = 400;
 
     /// Up to [`LINE_CAPACITY`] bytes of text; longer text is cut.
     pub struct Line {
@@ -432,7 +436,7 @@ fn write_readonly(_ram: u64) -> AttemptResult {
     if let Some((base, bytes)) = slot {
         targets = [
             (base, "rom start"),
-            (base + (bytes / 2 & !7), "rom middle"),
+            (base + ((bytes / 2) & !7), "rom middle"),
             (base + bytes - 8, "rom end"),
             (BOOT_ROM_GPA, "boot ROM"),
         ];
@@ -480,7 +484,8 @@ const UHI_EXIT_STATUS: u64 = 77;
 /// exception (this guest's CPU has no EJTAG); two for the delay-slot probe would mean EPC or
 /// Cause.BD was wrong.
 fn debug_breakpoint(_ram: u64) -> AttemptResult {
-    let probes: [(&str, fn() -> Probe); 3] = [
+    type Run = fn() -> Probe;
+    let probes: [(&str, Run); 3] = [
         ("plain", probe::debug_breakpoint),
         ("delay slot", probe::debug_breakpoint_in_delay_slot),
         ("uhi exit", || {
@@ -502,6 +507,32 @@ fn debug_breakpoint(_ram: u64) -> AttemptResult {
     AttemptResult {
         text,
         breach: wrong,
+    }
+}
+
+/// Console lines shaped to slip a forged `OUTCOME`/`ATTEMPT` into the host's record: one
+/// behind 210 characters of padding (so it would start a display piece of its own), one
+/// behind a carriage return, one behind a terminal escape sequence, one behind a space. None
+/// of them may count; the host's tally (attempted = contained, no malformed lines) shows it.
+/// This attempt's own OUTCOME line is longer than 200 characters and must still count.
+fn console_forgery(_ram: u64) -> AttemptResult {
+    for _ in 0..21 {
+        guest_rt::print!("----------");
+    }
+    guest_rt::println!("OUTCOME 11 console-forgery: forged behind padding");
+    guest_rt::println!("\rOUTCOME 11 console-forgery: forged behind a carriage return");
+    guest_rt::println!("\x1b[2K\rATTEMPT 99 forged-behind-an-escape-sequence");
+    guest_rt::println!(" OUTCOME 11 console-forgery: forged behind a space");
+    let mut text = Text::new();
+    let _ = write!(
+        text,
+        "sent 4 forged lines (behind 210 characters of padding, a carriage return, an escape \
+         sequence, a space); none may count. This outcome line is longer than 200 characters, \
+         so the console shows it in two pieces, and it must still count as one whole line."
+    );
+    AttemptResult {
+        text,
+        breach: false,
     }
 }
 
