@@ -1,7 +1,8 @@
-//! Polled driver for a 16550-compatible UART (transmit side).
+//! Polled driver for a 16550-compatible UART.
 //!
 //! Register offsets are in units of `stride` bytes (1 on Malta's PIIX4 SuperIO). Only what
-//! the console needs: 8N1 set-up and polled transmit (LSR.THRE before each byte).
+//! the consoles need: 8N1 set-up, polled transmit (LSR.THRE before each byte) and
+//! non-blocking receive (LSR.DR, then the receive buffer) for the operator console.
 
 use core::ptr::NonNull;
 use volatile::VolatilePtr;
@@ -10,14 +11,22 @@ use volatile::VolatilePtr;
 const THR: usize = 0;
 /// Interrupt enable register, DLAB = 0; divisor latch high byte with DLAB = 1.
 const IER: usize = 1;
-/// FIFO control register (write).
+/// FIFO control register (write) / interrupt identification register (read).
 const FCR: usize = 2;
+/// FCR bit: FIFOs enabled.
+const FCR_ENABLE: u8 = 1 << 0;
+/// FCR bit: clear the transmit FIFO.
+const FCR_CLEAR_TX: u8 = 1 << 2;
+/// IIR bits 7:6: both set while the FIFOs are enabled.
+const IIR_FIFOS_ON: u8 = 0xc0;
 /// Line control register.
 const LCR: usize = 3;
 /// Modem control register.
 const MCR: usize = 4;
 /// Line status register.
 const LSR: usize = 5;
+/// LSR bit: data ready (the receive buffer or FIFO holds a byte).
+const LSR_DR: u8 = 1 << 0;
 /// LSR bit: transmit holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 /// LCR bit: divisor latch access.
@@ -56,15 +65,25 @@ impl Uart16550 {
         unsafe { VolatilePtr::new(self.base.add(index * self.stride)) }
     }
 
-    /// Programs 8N1 at divisor 1 (115200 baud with the usual 1.8432 MHz clock), enables and
-    /// clears the FIFOs, masks the UART's interrupts.
+    /// Programs 8N1 at divisor 1 (115200 baud with the usual 1.8432 MHz clock), masks the
+    /// UART's interrupts, and leaves the FIFOs on or off as it finds them.
+    ///
+    /// Why not switch the FIFOs on: a 16550 flushes its receiver when the FIFO-enable bit
+    /// changes, and input may already be waiting (QEMU hands piped stdin to the UART from
+    /// the first instant), so that would drop a byte of the operator's input. Polled
+    /// transmit does not need the FIFO; if a loader left it on, it stays on, unflushed.
     pub fn init(&self) {
+        // Read as IIR: bits 7:6 are set while the FIFOs are enabled.
+        let fifos_on = self.register(FCR).read() & IIR_FIFOS_ON == IIR_FIFOS_ON;
         self.register(IER).write(0);
         self.register(LCR).write(LCR_DLAB);
         self.register(THR).write(1);
         self.register(IER).write(0);
         self.register(LCR).write(LCR_8N1);
-        self.register(FCR).write(0x07);
+        if fifos_on {
+            // Same enable bit, so nothing is flushed; bit 2 clears the transmit FIFO only.
+            self.register(FCR).write(FCR_ENABLE | FCR_CLEAR_TX);
+        }
         self.register(MCR).write(0x03);
     }
 
@@ -74,5 +93,17 @@ impl Uart16550 {
             core::hint::spin_loop();
         }
         self.register(THR).write(byte);
+    }
+
+    /// Takes one received byte if there is one, without waiting.
+    ///
+    /// Reading the receive buffer pops it from the FIFO; a byte with a framing or parity
+    /// error is returned like any other (the console's parser rejects what it cannot use).
+    pub fn try_read_byte(&self) -> Option<u8> {
+        if self.register(LSR).read() & LSR_DR == 0 {
+            return None;
+        }
+        // THR's offset is the receive buffer register when read with DLAB = 0.
+        Some(self.register(THR).read())
     }
 }

@@ -142,6 +142,7 @@ impl Vcpu {
     pub fn is_waiting(&mut self) -> bool {
         if self.waiting {
             self.update_timer();
+            self.update_device_lines();
             if self.wake_pending() {
                 self.waiting = false;
             }
@@ -164,6 +165,11 @@ impl Vcpu {
         self.last_timer_check = now;
     }
 
+    /// Copies the levels of the VM's device interrupt lines into Cause.IP6..IP2.
+    fn update_device_lines(&mut self) {
+        self.cpu.cp0.set_hw_interrupts(self.vm.device_irq_lines());
+    }
+
     fn guest_count(&self) -> u32 {
         self.timer.guest_count(guest::host_count())
     }
@@ -182,6 +188,7 @@ impl Vcpu {
                 return SliceEnd::Waiting;
             }
             self.update_timer();
+            self.update_device_lines();
             if let Some(handler) =
                 exception::deliver_pending_interrupt(&mut self.cpu.cp0, self.cpu.pc)
             {
@@ -633,23 +640,7 @@ impl Vcpu {
                 self.vm.finish(VmOutcome::Exited(status));
                 return Flow::End(SliceEnd::Finished);
             }
-            Hypercall::VmInfo(key) => match key {
-                VmInfoKey::AbiVersion => Ok(hypercall::ABI_VERSION),
-                VmInfoKey::VcpuId => Ok(self.index as u64),
-                VmInfoKey::VcpuCount => Ok(self.vm.vcpus as u64),
-                VmInfoKey::RamBytes => Ok(self.vm.ram_bytes),
-                VmInfoKey::VmId => Ok(self.vm.id as u64),
-                VmInfoKey::ReadOnlyBase => self
-                    .vm
-                    .rom
-                    .map(|(base, _, _)| base.raw())
-                    .ok_or(HypercallError::BadArgument),
-                VmInfoKey::ReadOnlyBytes => self
-                    .vm
-                    .rom
-                    .map(|(_, bytes, _)| bytes)
-                    .ok_or(HypercallError::BadArgument),
-            },
+            Hypercall::VmInfo(key) => self.vm_info(key),
             Hypercall::Yield => {
                 if let Err(why) = self.vm.on_yield() {
                     return self.stop(why);
@@ -660,6 +651,26 @@ impl Vcpu {
         };
         hypercall::set_result(&mut self.cpu.gprs, result);
         Flow::Resume
+    }
+
+    /// The answer to VM-info `key`; keys about something the VM lacks are `BadArgument`.
+    fn vm_info(&self, key: VmInfoKey) -> Result<u64, HypercallError> {
+        let unset = HypercallError::BadArgument;
+        Ok(match key {
+            VmInfoKey::AbiVersion => hypercall::ABI_VERSION,
+            VmInfoKey::VcpuId => self.index as u64,
+            VmInfoKey::VcpuCount => self.vm.vcpus as u64,
+            VmInfoKey::RamBytes => self.vm.ram_bytes,
+            VmInfoKey::VmId => self.vm.id as u64,
+            VmInfoKey::ReadOnlyBase => self.vm.rom.ok_or(unset)?.0.raw(),
+            VmInfoKey::ReadOnlyBytes => self.vm.rom.ok_or(unset)?.1,
+            VmInfoKey::Workload => self.vm.workload.ok_or(unset)?.kind.code(),
+            VmInfoKey::WorkloadArg => self.vm.workload.and_then(|w| w.arg).ok_or(unset)?,
+            // The services task keeps these counters; until it runs they stay at 0.
+            VmInfoKey::DedupFullScans => 0,
+            VmInfoKey::IdlePasses => 0,
+            VmInfoKey::BalloonGpa => self.vm.balloon_gpa.ok_or(unset)?.raw(),
+        })
     }
 
     fn console_write(&mut self, buf: Gva, len: u64) -> Result<u64, HypercallError> {

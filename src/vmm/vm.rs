@@ -1,6 +1,7 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
+use super::balloon::Balloon;
 use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
@@ -17,7 +18,7 @@ use hv_core::frame_pool::FramePool;
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_devices::bus::{BusError, MmioBus};
 use hv_devices::console_log::Transcript;
-use hv_devices::vmconfig::DeviceSpec;
+use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
 use spin::Mutex;
@@ -32,7 +33,9 @@ const LOGGED_UNBACKED: u64 = 8;
 /// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
 const RECORDED_LINES_MAX: usize = 128;
 /// First words of console lines a scenario may want to inspect afterwards.
-const RECORDED_WORDS: &[&str] = &["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM"];
+const RECORDED_WORDS: &[&str] = &["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM", "BALLOON"];
+/// Hardware interrupt line of the virtio balloon (Cause.IP3; IP2 is left for a console).
+pub const BALLOON_IRQ_LINE: u8 = 1;
 /// Extra pool frames beyond RAM pages (copies when breaking shared pages).
 const POOL_SPARE_FRAMES: usize = 16;
 
@@ -54,6 +57,10 @@ pub struct VmSpec<'a> {
     /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
     /// which makes the memory core flush their derived translations.
     pub swap_on_yield: Option<(Gpa, u64)>,
+    /// The memory-services workload reported to the guest (VM-info keys 9 and 10).
+    pub workload: Option<WorkloadSpec>,
+    /// Initial target of the VM's balloon in MiB (layout `balloon-target-mib`).
+    pub balloon_target_mib: Option<u32>,
 }
 
 /// Where a VM's image comes from.
@@ -185,6 +192,8 @@ pub struct Vm {
     /// The read-only memslot: base, size in bytes, backing.
     pub rom: Option<(Gpa, u64, BackingId)>,
     devices: Mutex<MmioBus<BusDevice>>,
+    /// The VM's virtio balloons (usually one).
+    pub balloons: Vec<Arc<Balloon>>,
     /// Guest entry point.
     pub entry: u64,
     /// First guest physical address above every loaded segment.
@@ -193,6 +202,10 @@ pub struct Vm {
     pub vcpus: usize,
     /// Host CPUs (bit mask) its vCPUs may run on; `None` for any.
     pub affinity: Option<u64>,
+    /// The memory-services workload reported to the guest (VM-info keys 9 and 10).
+    pub workload: Option<WorkloadSpec>,
+    /// Guest physical address of the first virtio-mmio balloon transport (VM-info key 13).
+    pub balloon_gpa: Option<Gpa>,
     /// Counters.
     pub stats: VmStats,
     console: Mutex<Transcript>,
@@ -279,8 +292,13 @@ impl Vm {
             }
         };
         let ram_view = RamView::new(guest.clone(), backing, Gpa::new(0), ram_bytes);
-        let devices = devices::build_bus(&spec.name, &spec.devices, &ram_view)
-            .map_err(VmBuildError::Devices)?;
+        let devices = devices::build_bus(
+            &spec.name,
+            &spec.devices,
+            &ram_view,
+            spec.balloon_target_mib,
+        )
+        .map_err(VmBuildError::Devices)?;
         let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
         Ok(Self {
             id,
@@ -289,11 +307,14 @@ impl Vm {
             memory: guest,
             ram_backing: backing,
             rom,
-            devices: Mutex::new(devices),
+            devices: Mutex::new(devices.bus),
+            balloons: devices.balloons,
             entry,
             image_end,
             vcpus: 1,
             affinity: spec.affinity,
+            workload: spec.workload,
+            balloon_gpa: vmconfig::first_balloon_gpa(&spec.devices),
             stats: VmStats::default(),
             console: Mutex::new(Transcript::new(
                 RECORDED_WORDS,
@@ -304,6 +325,13 @@ impl Vm {
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
+    }
+
+    /// Levels of the VM's device interrupt lines, bit n = hardware interrupt n (Cause.IP2
+    /// + n): the balloon drives [`BALLOON_IRQ_LINE`].
+    pub fn device_irq_lines(&self) -> u8 {
+        let balloon = self.balloons.iter().any(|b| b.irq().asserted());
+        u8::from(balloon) << BALLOON_IRQ_LINE
     }
 
     /// Resolves a guest access to `gpa` through the memory core (counted as a GPA fault).
@@ -395,8 +423,9 @@ impl Vm {
         }
     }
 
-    /// The guest yielded: takes a [`Mark`] (benchmarks use them), then runs the swap-out
-    /// test knob once, if set. Returns pages swapped.
+    /// The guest yielded: takes a [`Mark`] (benchmarks use them), advances the `balloon`
+    /// scenario's cycle, then runs the swap-out test knob once, if set. Returns pages
+    /// swapped.
     pub fn on_yield(&self) -> Result<u64, String> {
         let mark = Mark {
             count: crate::arch::guest::host_count(),
@@ -411,6 +440,7 @@ impl Vm {
                 marks.push(mark);
             }
         }
+        super::balloon_scenario::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };
