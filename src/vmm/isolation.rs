@@ -36,7 +36,8 @@ pub struct Tally {
 /// (hv_devices::console_log: only whole lines from their real start are recorded, with
 /// control bytes escaped, so padding or control bytes cannot forge or hide one).
 pub fn tally(vm: &Arc<Vm>) -> Tally {
-    let (lines, dropped) = vm.recorded_lines();
+    let lines = vm.recorded_lines();
+    let dropped = vm.recorded_dropped();
     let counted = tally_attempts(&lines);
     let mut tally = Tally {
         attempted: counted.attempted,

@@ -481,10 +481,14 @@ impl Vm {
         self.marks.lock().clone()
     }
 
-    /// The recorded console lines, oldest first, and how many found the record full.
-    pub fn recorded_lines(&self) -> (Vec<String>, u64) {
-        let console = self.console.lock();
-        (console.recorded().to_vec(), console.dropped())
+    /// The recorded console lines, oldest first.
+    pub fn recorded_lines(&self) -> Vec<String> {
+        self.console.lock().recorded().to_vec()
+    }
+
+    /// Console lines that should have been recorded but found the record full.
+    pub fn recorded_dropped(&self) -> u64 {
+        self.console.lock().dropped()
     }
 
     /// Prints whatever partial console line is left.
