@@ -368,6 +368,10 @@ run_qemu() {
         '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
         '^RESULT vm:mg-swap PASS exit=0$' \
         '^RESULT vm:mg-stress PASS exit=0$'
+    # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
+    scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
+    log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
+        '^\[cpu0\] VM duo \(id 0\): 2 vCPU\(s\)' '^RESULT vm:duo PASS exit=0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
     # The hostile guest's SDBBP probes depend on each CPU model's debug mode (EJTAG stub).

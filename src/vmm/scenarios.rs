@@ -82,12 +82,6 @@ pub(super) fn specs(
         if vm.ram.base.raw() != 0 {
             return Err(format!("VM {}: RAM must start at GPA 0", vm.name));
         }
-        if vm.vcpus != 1 {
-            return Err(format!(
-                "VM {}: {} vCPUs asked for; this firmware runs one vCPU per VM",
-                vm.name, vm.vcpus
-            ));
-        }
         let (bytes, image) = image_bytes(info, info.options.image.unwrap_or(&vm.image))?;
         crate::log!("VM {}: image {image}", vm.name);
         specs.push(VmSpec {
@@ -96,6 +90,7 @@ pub(super) fn specs(
             rom: vm.rom.map(|r| (r.base, r.size_bytes)),
             devices: vm.devices.clone(),
             affinity: vm.affinity.map(|set| set.mask()),
+            vcpus: vm.vcpus as usize,
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
             workload: vm.workload,
@@ -179,6 +174,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             rom: Some((Gpa::new(0x1e00_0000), 0x1_0000)),
             devices: VmLayout::builtin_default().vms[0].devices.clone(),
             affinity: None,
+            vcpus: 1,
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,

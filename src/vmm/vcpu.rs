@@ -635,6 +635,15 @@ impl Vcpu {
         VmStats::bump(&self.vm.stats.hypercalls);
         let result = match call {
             Hypercall::ConsoleWrite { buf, len } => self.console_write(buf, len),
+            Hypercall::Exit { status } if self.index != 0 => {
+                // The VM ends with vCPU 0; another vCPU that exits just stops running.
+                crate::log!(
+                    "VM {}: vcpu{} exited with {status}",
+                    self.vm.name,
+                    self.index
+                );
+                return Flow::End(SliceEnd::Finished);
+            }
             Hypercall::Exit { status } => {
                 self.vm.console_flush();
                 self.vm.finish(VmOutcome::Exited(status));

@@ -52,6 +52,9 @@ pub struct VmSpec<'a> {
     pub devices: Vec<DeviceSpec>,
     /// Host CPUs (bit mask) the VM's vCPUs may run on; `None` for any.
     pub affinity: Option<u64>,
+    /// Number of vCPUs (at least 1): each has its own guest CP0 and TLB, all share the VM's
+    /// memory; the VM ends when vCPU 0 ends.
+    pub vcpus: usize,
     /// The guest image.
     pub image: ImageSource<'a>,
     /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
@@ -311,7 +314,7 @@ impl Vm {
             balloons: devices.balloons,
             entry,
             image_end,
-            vcpus: 1,
+            vcpus: spec.vcpus.max(1),
             affinity: spec.affinity,
             workload: spec.workload,
             balloon_gpa: vmconfig::first_balloon_gpa(&spec.devices),
