@@ -114,6 +114,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::scenarios::vcpu_selftest,
     },
     Scenario {
+        name: "dedup",
+        about: "same-page merging in a trust group, copy-on-write, an outsider shares nothing",
+        run: crate::services::scenario::dedup_scenario,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,
