@@ -236,6 +236,11 @@ impl Vcpu {
             busy |= self.ctx.exit_cause & 0x7c != 0;
             if let Flow::End(end) = self.dispatch() {
                 self.quiet_slices = 0;
+                if end == SliceEnd::Yielded {
+                    // A yield loop (a parked secondary vCPU) gives its CPU away each time:
+                    // the same exit over and over, but no storm.
+                    self.repeats = 0;
+                }
                 return end;
             }
             if timer::ticks(cpu) != start_ticks {
