@@ -106,7 +106,7 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "balloon",
         about: "virtio balloons inflated by half a VM's RAM and deflated; hostile input refused",
-        run: crate::vmm::balloon_scenario::balloon,
+        run: crate::services::balloon_scenario::balloon,
     },
     Scenario {
         name: "vcpu-selftest",
@@ -117,6 +117,16 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "dedup",
         about: "same-page merging in a trust group, copy-on-write, an outsider shares nothing",
         run: crate::services::scenario::dedup_scenario,
+    },
+    Scenario {
+        name: "swap",
+        about: "more guest RAM than the guest pool: pages go to compressed swap and come back",
+        run: crate::services::pressure::swap_scenario,
+    },
+    Scenario {
+        name: "idle",
+        about: "idle-page tracking finds a guest's known working set within 5 %",
+        run: crate::services::pressure::idle_scenario,
     },
     Scenario {
         name: "fault-selftest",

@@ -1,11 +1,11 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
-use super::balloon::Balloon;
 use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
+use crate::services::balloon::Balloon;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -447,7 +447,7 @@ impl Vm {
                 marks.push(mark);
             }
         }
-        super::balloon_scenario::on_yield(self);
+        crate::services::balloon_scenario::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };
@@ -527,9 +527,14 @@ impl Vm {
     /// last reference to the memory object (the devices' RAM view holds one; dropped here).
     pub fn teardown(self) -> Result<(), String> {
         let Self {
-            memory, devices, ..
+            memory,
+            devices,
+            balloons,
+            ..
         } = self;
+        // The devices (balloons included) hold references to the guest memory.
         drop(devices);
+        drop(balloons);
         let memory =
             Arc::try_unwrap(memory).map_err(|_| String::from("guest memory still referenced"))?;
         drop(memory.detach());
