@@ -104,6 +104,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::scenarios::isolation,
     },
     Scenario {
+        name: "balloon",
+        about: "virtio balloons inflated by half a VM's RAM and deflated; hostile input refused",
+        run: crate::vmm::balloon_scenario::balloon,
+    },
+    Scenario {
         name: "vcpu-selftest",
         about: "a built-in assembly guest checks each trap-and-emulate path",
         run: crate::vmm::scenarios::vcpu_selftest,

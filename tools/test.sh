@@ -370,6 +370,8 @@ run_qemu() {
         '^RESULT vm:mg-stress PASS exit=0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    scenario_case "balloon-smp2" balloon --smp 2
+    scenario_case "balloon-smp1" balloon --smp 1
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
