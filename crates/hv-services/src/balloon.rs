@@ -17,7 +17,7 @@
 //! chains are counted by the device and reach the log through
 //! [`BalloonHooks::chain_rejected`].
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -185,10 +185,49 @@ impl Run {
     }
 }
 
+/// The inflated guest frames: one bit per GFN from 0 up to the highest one inflated so far.
+///
+/// Only frames of writable RAM are ever added (the hooks check the memslot first), so the
+/// bitmap is at most the VM's top RAM address / 32 Ki bytes (32 KiB for RAM up to 1 GiB); an
+/// ordered set cost a node allocation every few pages, the larger part of an inflate.
+#[derive(Debug, Default)]
+struct InflatedPages {
+    words: Vec<u64>,
+}
+
+impl InflatedPages {
+    fn contains(&self, gfn: u64) -> bool {
+        usize::try_from(gfn / 64)
+            .ok()
+            .and_then(|i| self.words.get(i))
+            .is_some_and(|w| w & (1 << (gfn % 64)) != 0)
+    }
+
+    /// Adds `gfn` (a frame of writable RAM, see above).
+    fn insert(&mut self, gfn: u64) {
+        let Ok(i) = usize::try_from(gfn / 64) else {
+            panic!("GFN {gfn:#x} of guest RAM beyond the address space");
+        };
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        self.words[i] |= 1 << (gfn % 64);
+    }
+
+    /// Removes `gfn`; returns whether it was there.
+    fn remove(&mut self, gfn: u64) -> bool {
+        let was = self.contains(gfn);
+        if was {
+            self.words[(gfn / 64) as usize] &= !(1 << (gfn % 64));
+        }
+        was
+    }
+}
+
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
-    inflated: BTreeSet<u64>,
+    inflated: InflatedPages,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
     run: Option<Run>,
@@ -210,7 +249,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
         Self {
             vm,
-            inflated: BTreeSet::new(),
+            inflated: InflatedPages::default(),
             batching: false,
             run: None,
             counters: BalloonCounters::default(),
@@ -231,7 +270,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// Whether guest frame `gfn` is inflated.
     pub fn is_inflated(&self, gfn: Gfn) -> bool {
-        self.inflated.contains(&gfn.raw())
+        self.inflated.contains(gfn.raw())
     }
 
     /// The latest statistics the guest sent (tag, value).
@@ -330,7 +369,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         let (backing, page) = self.backing_page(gfn)?;
-        if self.inflated.contains(&gfn.raw()) {
+        if self.inflated.contains(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         if self.batching {
@@ -367,7 +406,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
             return;
         }
         for gfn in run.first_gfn..run.first_gfn + len {
-            self.inflated.remove(&gfn);
+            self.inflated.remove(gfn);
         }
         self.counters.inflated_now -= len;
         self.log(
@@ -379,7 +418,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         self.flush_run();
         self.backing_page(gfn)?;
-        if !self.inflated.remove(&gfn.raw()) {
+        if !self.inflated.remove(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         // Nothing to map: the next touch zero-fills through the fault slow path.
@@ -504,6 +543,25 @@ mod tests {
         testvm::NoRemote,
     >;
     type Dev = VirtioMmio<VirtioBalloon<Hooks>, VecMemory, LatchedLine>;
+
+    #[test]
+    fn inflated_pages_bitmap_tracks_each_gfn_alone() {
+        let mut set = InflatedPages::default();
+        assert!(!set.contains(0) && !set.contains(u64::MAX));
+        for g in [0, 63, 64, 130, 4095] {
+            set.insert(g);
+        }
+        for g in [0, 63, 64, 130, 4095] {
+            assert!(set.contains(g), "{g}");
+        }
+        for g in [1, 62, 65, 129, 131, 4094, 4096, 1 << 40] {
+            assert!(!set.contains(g), "{g}");
+        }
+        assert!(set.remove(64));
+        assert!(!set.remove(64), "removed once only");
+        assert!(!set.remove(1 << 40), "beyond the bitmap: not there");
+        assert!(!set.contains(64) && set.contains(63) && set.contains(130));
+    }
 
     const RAM: u64 = 64;
     const FRAMES: usize = 256;
@@ -952,7 +1010,7 @@ mod tests {
             const PAGES: u64 = 16;
             let (vm, b) = testvm::vm(64, PAGES);
             let mut h = VmBalloon::new(vm.clone());
-            let mut model = BTreeSet::new();
+            let mut model = alloc::collections::BTreeSet::new();
             let in_ram = |g: u64| (RAM_GFN..RAM_GFN + PAGES).contains(&g);
             for op in ops {
                 match op {
