@@ -20,6 +20,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 
 use hv_core::addr::{Gfn, GfnRange, Gpa};
@@ -224,10 +225,34 @@ impl InflatedPages {
     }
 }
 
+/// The writable memslot [`VmBalloon`] found last, and the VM's notifier sequence number read
+/// before it looked. Every change to an existing memslot (removal, move, flags) bumps that
+/// number under the MMU lock, so while it reads the same the memo translates exactly as the
+/// slot would; the PFNs of a chain then skip the lock and the slot search.
+#[derive(Debug, Clone, Copy)]
+struct SlotMemo {
+    seq: u64,
+    gfns: GfnRange,
+    backing: BackingId,
+    backing_start: u64,
+}
+
+impl SlotMemo {
+    /// `gfn`'s backing page, if the memo is still valid at sequence `seq` and covers `gfn`.
+    fn backing_page(&self, seq: u64, gfn: Gfn) -> Option<(BackingId, u64)> {
+        if seq != self.seq || !self.gfns.contains(gfn) {
+            return None;
+        }
+        let offset = gfn.checked_distance_from(self.gfns.start())?;
+        Some((self.backing, self.backing_start + offset))
+    }
+}
+
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
     inflated: InflatedPages,
+    slot_memo: Cell<Option<SlotMemo>>,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
     run: Option<Run>,
@@ -250,6 +275,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         Self {
             vm,
             inflated: InflatedPages::default(),
+            slot_memo: Cell::new(None),
             batching: false,
             run: None,
             counters: BalloonCounters::default(),
@@ -336,12 +362,22 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// The backing page of writable RAM at `gfn`.
     fn backing_page(&self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
+        let seq = self.vm.notifier_seq().current();
+        if let Some(page) = self.slot_memo.get().and_then(|m| m.backing_page(seq, gfn)) {
+            return Ok(page);
+        }
         self.vm.with_mmu(|st| {
             let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
             if slot.is_read_only() {
                 return Err(PageRefused::NotAllowed);
             }
             let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
+            self.slot_memo.set(Some(SlotMemo {
+                seq,
+                gfns: slot.gfns(),
+                backing: slot.backing(),
+                backing_start: slot.backing_pages().start,
+            }));
             Ok((slot.backing(), page))
         })
     }
@@ -543,6 +579,40 @@ mod tests {
         testvm::NoRemote,
     >;
     type Dev = VirtioMmio<VirtioBalloon<Hooks>, VecMemory, LatchedLine>;
+
+    #[test]
+    fn a_moved_memslot_is_not_translated_from_the_slot_memo() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..4 {
+            guest_fill(&vm, b, i, 0x11);
+        }
+        let mut h = VmBalloon::new(vm.clone());
+        // Page 0 through the slot search; page 1 through the memo it left.
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN)), Ok(()));
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN + 1)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 1),
+            Ok(PageState::Ballooned)
+        ));
+        // Move the slot: its old frames are no RAM any more, and the new ones translate to
+        // the same backing pages.
+        let id = vm.with_mmu(|st| st.slots.iter().next().unwrap().id());
+        let moved = RAM_GFN + 0x1000;
+        vm.move_memslot(id, Gfn::new(moved)).unwrap();
+        assert_eq!(
+            h.inflate(Gfn::new(RAM_GFN + 2)),
+            Err(PageRefused::OutOfRange)
+        );
+        assert_eq!(h.inflate(Gfn::new(moved + 3)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 3),
+            Ok(PageState::Ballooned)
+        ));
+        assert!(matches!(
+            vm.host().lock().page(b, 2),
+            Ok(PageState::Private(_))
+        ));
+    }
 
     #[test]
     fn inflated_pages_bitmap_tracks_each_gfn_alone() {
