@@ -372,6 +372,12 @@ run_qemu() {
     scenario_case "isolation-smp1" isolation --smp 1
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
+    # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
+    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    scenario_case "swap-smp2" swap --smp 2
+    scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
+    scenario_case "idle-smp2" idle --smp 2
+    scenario_case "idle-smp1" idle --smp 1
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
