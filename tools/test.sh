@@ -371,6 +371,12 @@ run_qemu() {
     scenario_case "isolation-smp1" isolation --smp 1
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
+    # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
+    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    scenario_case "swap-smp2" swap --smp 2
+    scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
+    scenario_case "idle-smp2" idle --smp 2
+    scenario_case "idle-smp1" idle --smp 1
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'

@@ -16,7 +16,10 @@
 pub mod balloon;
 pub mod balloon_scenario;
 pub mod dedup;
+pub mod idle;
+pub mod pressure;
 pub mod scenario;
+pub mod swap;
 pub mod view;
 
 use crate::arch::cp0;
@@ -218,13 +221,8 @@ pub fn dedup_full_scans() -> u64 {
 
 /// Idle-tracking passes completed for VM `vm_id` (VM-info key 12); 0 while idle tracking
 /// is not running.
-#[allow(
-    dead_code,
-    reason = "answers VM-info keys 11 and 12 (memguest wires them in vcpu.rs)"
-)]
 pub fn idle_passes(vm_id: usize) -> u64 {
-    let _ = vm_id;
-    0
+    idle::passes(vm_id)
 }
 
 /// Pool frames free now.
