@@ -385,6 +385,11 @@ run_qemu() {
         '^console: idle tracking is not running in this scenario$')
     console_case "console-balloon-smp2" balloon "${console_balloon[@]}" --smp 2
     console_case "console-balloon-smp1" balloon "${console_balloon[@]}" --smp 1
+    console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
+        '^console: the balloon service is not running in this scenario$' \
+        '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
+        '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
+        --smp 2
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
