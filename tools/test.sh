@@ -115,6 +115,30 @@ plot_checks() {
     grep -q "no 'STAT sample" <<<"$refused"
 }
 
+# qemu_capture LOG COMMAND...: runs COMMAND (stdin as the caller gives it) under the QEMU
+# timeout with all its output in LOG, turns the UART's CR LF into LF, and returns COMMAND's
+# exit status (124 on a timeout).
+qemu_capture() {
+    local log=$1 rc
+    shift
+    timeout "$QEMU_TIMEOUT" "$@" >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log" # the UART sends CR LF
+    return $rc
+}
+
+# qemu_verdict NAME LOG START WHY [NOTE]: passes "qemu NAME [NOTE] [seconds since START]" if
+# WHY is empty, else fails NAME with WHY and shows the end of LOG.
+qemu_verdict() {
+    local name=$1 log=$2 start=$3 why=$4 note=${5:-}
+    if [ -z "$why" ]; then
+        pass "qemu $name${note:+ $note} [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
 # the CPUs and RAM that were asked for.
 boot_case() {
@@ -129,20 +153,14 @@ boot_case() {
     done
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build "$@" </dev/null >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log" # the UART sends CR LF
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q '^RESULT boot PASS' "$log" || why="${why:+$why, }no RESULT boot PASS"
     grep -q "^STAT cpus=$smp\$" "$log" || why="${why:+$why, }STAT cpus is not $smp"
     grep -q "^STAT ram_mib=$mem\$" "$log" || why="${why:+$why, }STAT ram_mib is not $mem"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # scenario_case NAME SCENARIO qemu-run.sh arguments...: must exit 0 with RESULT SCENARIO PASS.
@@ -151,19 +169,12 @@ scenario_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
-        >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
@@ -173,16 +184,13 @@ run_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
-        >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
-    if [ $rc -ne 124 ] && grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "exit status $rc, no RESULT $scenario line; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
+    local why=""
+    if [ $rc -eq 124 ] || ! grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
+        why="exit status $rc, no RESULT $scenario line"
     fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # log_case NAME LOG PATTERN...: a scenario's log (out/test-logs/qemu-LOG.log) has a line
@@ -221,10 +229,8 @@ console_case() {
     local start=$SECONDS
     printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
         "balloon $vm lots" "idle" "idle nosuchvm" "vms" |
-        timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" \
-            >"$log" 2>&1
+        qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@"
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why="" answer
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
@@ -265,12 +271,7 @@ console_case() {
     # Output printed while the prompt was open must start its own line.
     ! grep -Eq '^mipsvisor> .*(STAT|RESULT|BENCH) ' "$log" ||
         why="${why:+$why, }a STAT/RESULT/BENCH line was glued to the prompt"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
@@ -280,10 +281,9 @@ bench_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
-        </dev/null >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
+        </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
@@ -291,12 +291,7 @@ bench_case() {
         grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
             why="${why:+$why, }no positive BENCH $figure"
     done
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
@@ -305,18 +300,12 @@ fail_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" "$@" </dev/null >"$log" 2>&1
+    qemu_capture "$log" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
     grep -Eq -- "$pattern" "$log" || why="${why:+$why, }output lacks /$pattern/"
-    if [ -z "$why" ]; then
-        pass "qemu $name (fails as it must, status $rc) [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why" "(fails as it must, status $rc)"
 }
 
 run_qemu() {
