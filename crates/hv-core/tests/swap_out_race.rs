@@ -18,7 +18,7 @@ use hv_core::table_frames::ArenaTableFrames;
 const WORDS: usize = FRAME_BYTES / 8;
 const BASE: Hfn = Hfn::new(0x4000);
 const FRAMES: usize = 8;
-const STORED: u64 = 0x5707_e0f_1a7e;
+const STORED: u64 = 0x0570_7e0f_1a7e;
 
 /// The guest's cached translation and its one pending store.
 #[derive(Default)]
