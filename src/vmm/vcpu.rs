@@ -648,8 +648,8 @@ impl Vcpu {
             VmInfoKey::VmId => self.vm.id as u64,
             VmInfoKey::Workload => self.vm.workload.ok_or(unset)?.kind.code(),
             VmInfoKey::WorkloadArg => self.vm.workload.and_then(|w| w.arg).ok_or(unset)?,
-            // The services task keeps these counters; until it runs they stay at 0.
-            VmInfoKey::DedupFullScans => 0,
+            // Kept by the services task; 0 while the service is not running.
+            VmInfoKey::DedupFullScans => crate::services::dedup_full_scans(),
             VmInfoKey::IdlePasses => crate::services::idle_passes(self.vm.id),
             VmInfoKey::BalloonGpa => self.vm.balloon_gpa.ok_or(unset)?.raw(),
         })
