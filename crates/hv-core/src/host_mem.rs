@@ -256,7 +256,14 @@ impl<M: FrameMemory> HostState<M> {
     }
 
     fn set_page(&mut self, backing: BackingId, page: u64, state: PageState) {
-        if let Some(slot) = self.clean_copies.remove(&(backing.0, page)) {
+        // Most layers keep no clean copies: skip the map search (every page state change
+        // comes through here, a balloon run once per page).
+        let copy = if self.clean_copies.is_empty() {
+            None
+        } else {
+            self.clean_copies.remove(&(backing.0, page))
+        };
+        if let Some(slot) = copy {
             // The copy survives only as the page's own swapped-out state.
             if state != PageState::SwappedOut(slot) {
                 self.swap.free(slot);
