@@ -385,8 +385,21 @@ run_qemu() {
         '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
         '^RESULT vm:mg-swap PASS exit=0$' \
         '^RESULT vm:mg-stress PASS exit=0$'
+    # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
+    scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
+    log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
+        '^\[cpu0\] VM duo \(id 0\): 2 vCPU\(s\)' '^RESULT vm:duo PASS exit=0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    # The hostile guest's SDBBP probes depend on each CPU model's debug mode (EJTAG stub).
+    scenario_case "isolation-5KEc-smp2" isolation --cpu 5KEc --smp 2
+    scenario_case "isolation-Loongson-3A4000-smp2" isolation --cpu Loongson-3A4000 --smp 2
+    scenario_case "isolation-Octeon68XX-smp2" isolation --cpu Octeon68XX --smp 2
+    fail_case "isolation-refuses-without-debug-stub" \
+        '^RESULT isolation FAIL the EJTAG debug vector \(0xbfc00480\) does not hold' \
+        qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic \
+        -no-reboot -semihosting -kernel "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" \
+        -append "scenario=isolation cpus=1 mem=256"
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
