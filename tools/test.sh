@@ -115,6 +115,15 @@ plot_checks() {
     grep -q "no 'STAT sample" <<<"$refused"
 }
 
+# plot_run LOG SERIES_SPEC...: tools/plot on a scenario's real output (LOG, written by an
+# earlier case) draws each given service's line (check-png.py specs).
+plot_run() {
+    local log=$1
+    shift
+    [ -f "$log" ] || { echo "no $log (its QEMU case did not run)"; return 1; }
+    tools/plot "$log" -o "$log.png" && tools/lib/check-png.py "$log.png" 800 480 "$@"
+}
+
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
 # the CPUs and RAM that were asked for.
 boot_case() {
@@ -407,11 +416,19 @@ run_qemu() {
         '^console: idle tracking is not running in this scenario$')
     console_case "console-balloon-smp2" balloon "${console_balloon[@]}" --smp 2
     console_case "console-balloon-smp1" balloon "${console_balloon[@]}" --smp 1
+    console_case "console-dedup-smp2" dedup dup0 '^console: pages_sharing [0-9]+$' \
+        '^console: the balloon service is not running in this scenario$' \
+        '^console: swap is not running in this scenario$' \
+        '^console: idle tracking is not running in this scenario$' --smp 2
     console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
         '^console: the balloon service is not running in this scenario$' \
         '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
+    step "tools/plot on the dedup run" \
+        plot_run "$LOGS/qemu-console-dedup-smp2.log" dedup=31,119,180:300:10
+    step "tools/plot on the swap run" \
+        plot_run "$LOGS/qemu-console-swap-smp2.log" swap=40,160,40:300:10
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
