@@ -244,13 +244,13 @@ console_case() {
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
-    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
-    expect() {
+    # console_expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    console_expect() {
         answer=$(console_answer "$log" "$1")
         grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
     }
-    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
-    expect_no_error() {
+    # console_expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    console_expect_no_error() {
         answer=$(console_answer "$log" "$1")
         if [ -z "$answer" ]; then
             why="${why:+$why, }no answer to '$1'"
@@ -258,23 +258,23 @@ console_case() {
             why="${why:+$why, }'$1' answered with an error"
         fi
     }
-    expect help '^console:   balloon <vm> <MiB> '
-    expect help '^console:   idle <vm> '
+    console_expect help '^console:   balloon <vm> <MiB> '
+    console_expect help '^console:   idle <vm> '
     local command
     for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
-        expect_no_error "$command"
+        console_expect_no_error "$command"
     done
-    expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
-    expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
-    expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
-    expect ksm "$ksm_re"
-    expect "balloon $vm 8" "$balloon_re"
-    expect swap "$swap_re"
-    expect "idle $vm" "$idle_re"
-    expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
-    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
-    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
-    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    console_expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
+    console_expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
+    console_expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
+    console_expect ksm "$ksm_re"
+    console_expect "balloon $vm 8" "$balloon_re"
+    console_expect swap "$swap_re"
+    console_expect "idle $vm" "$idle_re"
+    console_expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
+    console_expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    console_expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    console_expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
     [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
         why="${why:+$why, }the bad command got more than one line"
     # Output printed while the prompt was open must start its own line.
@@ -345,6 +345,9 @@ run_qemu() {
     # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
     scenario_case "dedup-smp2" dedup --smp 2
     scenario_case "dedup-smp1" dedup --smp 1
+    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # reach every CPU holding either vCPU's derived translations.
+    scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     log_case "dedup merges what can be merged" dedup-smp2 \
         '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
         '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
