@@ -115,6 +115,15 @@ plot_checks() {
     grep -q "no 'STAT sample" <<<"$refused"
 }
 
+# plot_run LOG SERIES_SPEC...: tools/plot on a scenario's real output (LOG, written by an
+# earlier case) draws each given service's line (check-png.py specs).
+plot_run() {
+    local log=$1
+    shift
+    [ -f "$log" ] || { echo "no $log (its QEMU case did not run)"; return 1; }
+    tools/plot "$log" -o "$log.png" && tools/lib/check-png.py "$log.png" 800 480 "$@"
+}
+
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
 # the CPUs and RAM that were asked for.
 boot_case() {
@@ -229,13 +238,13 @@ console_case() {
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
-    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
-    expect() {
+    # console_expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    console_expect() {
         answer=$(console_answer "$log" "$1")
         grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
     }
-    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
-    expect_no_error() {
+    # console_expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    console_expect_no_error() {
         answer=$(console_answer "$log" "$1")
         if [ -z "$answer" ]; then
             why="${why:+$why, }no answer to '$1'"
@@ -243,23 +252,23 @@ console_case() {
             why="${why:+$why, }'$1' answered with an error"
         fi
     }
-    expect help '^console:   balloon <vm> <MiB> '
-    expect help '^console:   idle <vm> '
+    console_expect help '^console:   balloon <vm> <MiB> '
+    console_expect help '^console:   idle <vm> '
     local command
     for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
-        expect_no_error "$command"
+        console_expect_no_error "$command"
     done
-    expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
-    expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
-    expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
-    expect ksm "$ksm_re"
-    expect "balloon $vm 8" "$balloon_re"
-    expect swap "$swap_re"
-    expect "idle $vm" "$idle_re"
-    expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
-    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
-    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
-    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    console_expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
+    console_expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
+    console_expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
+    console_expect ksm "$ksm_re"
+    console_expect "balloon $vm 8" "$balloon_re"
+    console_expect swap "$swap_re"
+    console_expect "idle $vm" "$idle_re"
+    console_expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
+    console_expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    console_expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    console_expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
     [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
         why="${why:+$why, }the bad command got more than one line"
     # Output printed while the prompt was open must start its own line.
@@ -407,11 +416,19 @@ run_qemu() {
         '^console: idle tracking is not running in this scenario$')
     console_case "console-balloon-smp2" balloon "${console_balloon[@]}" --smp 2
     console_case "console-balloon-smp1" balloon "${console_balloon[@]}" --smp 1
+    console_case "console-dedup-smp2" dedup dup0 '^console: pages_sharing [0-9]+$' \
+        '^console: the balloon service is not running in this scenario$' \
+        '^console: swap is not running in this scenario$' \
+        '^console: idle tracking is not running in this scenario$' --smp 2
     console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
         '^console: the balloon service is not running in this scenario$' \
         '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
+    step "tools/plot on the dedup run" \
+        plot_run "$LOGS/qemu-console-dedup-smp2.log" dedup=31,119,180:300:10
+    step "tools/plot on the swap run" \
+        plot_run "$LOGS/qemu-console-swap-smp2.log" swap=40,160,40:300:10
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
