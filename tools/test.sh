@@ -356,6 +356,9 @@ run_qemu() {
     # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
     scenario_case "dedup-smp2" dedup --smp 2
     scenario_case "dedup-smp1" dedup --smp 1
+    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # reach every CPU holding either vCPU's derived translations.
+    scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     log_case "dedup merges what can be merged" dedup-smp2 \
         '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
         '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
