@@ -21,6 +21,7 @@ pub mod idle;
 pub mod pressure;
 pub mod scenario;
 pub mod swap;
+mod verdict;
 pub mod view;
 
 use crate::arch::cp0;
@@ -214,10 +215,6 @@ pub fn active() -> bool {
 }
 
 /// Full dedup scans completed (VM-info key 11); 0 when dedup is off.
-#[allow(
-    dead_code,
-    reason = "answers VM-info keys 11 and 12 (memguest wires them in vcpu.rs)"
-)]
 pub fn dedup_full_scans() -> u64 {
     dedup::published_full_scans()
 }
