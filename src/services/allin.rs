@@ -304,11 +304,6 @@ fn common_checks(o: &Outcome) -> Vec<String> {
         o.cycles_done == o.cycles,
         format!("{} of {} balloon cycles done", o.cycles_done, o.cycles),
     );
-    check(
-        &mut failures,
-        o.dedup_merges > 0,
-        String::from("dedup merged nothing"),
-    );
     failures
 }
 
@@ -383,7 +378,13 @@ pub fn demo(info: &BootInfo) -> Result<(), String> {
             service.split(' ').next().unwrap_or(service)
         );
     }
-    let failures = common_checks(&o);
+    let mut failures = common_checks(&o);
+    // Under stress pages change faster than a scan, so merges are required in demo only.
+    check(
+        &mut failures,
+        o.dedup_merges > 0,
+        String::from("dedup merged nothing"),
+    );
     if failures.is_empty() {
         Ok(())
     } else {
