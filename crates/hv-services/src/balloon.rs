@@ -17,7 +17,7 @@
 //! chains are counted by the device and reach the log through
 //! [`BalloonHooks::chain_rejected`].
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -157,6 +157,50 @@ pub struct BalloonCounters {
     pub events_dropped: u64,
 }
 
+/// One bit per backing page: set while the page is inflated. A few backings per VM, so a
+/// list; bits grow on demand.
+#[derive(Debug, Default)]
+struct PageBits {
+    backings: Vec<(BackingId, Vec<u64>)>,
+}
+
+impl PageBits {
+    fn get(&self, backing: BackingId, page: u64) -> bool {
+        self.backings
+            .iter()
+            .find(|(b, _)| *b == backing)
+            .and_then(|(_, bits)| bits.get((page / 64) as usize))
+            .is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    /// Sets the bit to `on`; returns whether it changed.
+    fn set(&mut self, backing: BackingId, page: u64, on: bool) -> bool {
+        let at = match self.backings.iter().position(|(b, _)| *b == backing) {
+            Some(at) => at,
+            None => {
+                self.backings.push((backing, Vec::new()));
+                self.backings.len() - 1
+            }
+        };
+        let bits = &mut self.backings[at].1;
+        let word = (page / 64) as usize;
+        if bits.len() <= word {
+            if !on {
+                return false;
+            }
+            bits.resize(word + 1, 0);
+        }
+        let mask = 1u64 << (page % 64);
+        let was = bits[word] & mask != 0;
+        if on {
+            bits[word] |= mask;
+        } else {
+            bits[word] &= !mask;
+        }
+        was != on
+    }
+}
+
 /// Accepted inflations not given back yet: consecutive backing pages, consecutive frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Run {
@@ -188,10 +232,16 @@ impl Run {
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
-    inflated: BTreeSet<u64>,
+    /// Inflated pages, by backing page (a page keeps its state if its memslot moves).
+    inflated: PageBits,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
     run: Option<Run>,
+    /// Inside an inflate chain: the writable memslot last looked up (guest frames, backing,
+    /// first backing page), so a chain takes the MMU lock once per slot, not per PFN. A
+    /// memslot changed during the chain can at worst make a PFN name another page of this
+    /// VM's own backing, as if the guest had named that page.
+    slot_cache: Option<(GfnRange, BackingId, u64)>,
     counters: BalloonCounters,
     events: VecDeque<BalloonEvent>,
     guest_stats: Vec<(u16, u64)>,
@@ -210,9 +260,10 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
         Self {
             vm,
-            inflated: BTreeSet::new(),
+            inflated: PageBits::default(),
             batching: false,
             run: None,
+            slot_cache: None,
             counters: BalloonCounters::default(),
             events: VecDeque::new(),
             guest_stats: Vec::new(),
@@ -231,7 +282,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// Whether guest frame `gfn` is inflated.
     pub fn is_inflated(&self, gfn: Gfn) -> bool {
-        self.inflated.contains(&gfn.raw())
+        self.backing_page(gfn)
+            .is_ok_and(|(backing, page)| self.inflated.get(backing, page))
     }
 
     /// The latest statistics the guest sent (tag, value).
@@ -310,8 +362,15 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     /// Number of private frames among `pages` of `backing` (the frames dropping them frees).
     fn private_frames(&self, backing: BackingId, pages: core::ops::Range<u64>) -> u64 {
         let host = self.vm.host().lock();
-        pages
-            .filter(|&p| matches!(host.page(backing, p), Ok(PageState::Private(_))))
+        let Ok(states) = host.pages_of(backing) else {
+            return 0;
+        };
+        let (start, end) = (pages.start as usize, pages.end as usize);
+        states
+            .get(start..end.min(states.len()))
+            .unwrap_or_default()
+            .iter()
+            .filter(|state| matches!(state, PageState::Private(_)))
             .count() as u64
     }
 
@@ -328,9 +387,36 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         }
     }
 
+    /// [`Self::backing_page`] through the chain's slot cache.
+    fn backing_page_cached(&mut self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
+        if let Some((gfns, backing, first)) = self.slot_cache {
+            if gfns.contains(gfn) {
+                return Ok((backing, first + (gfn.raw() - gfns.start().raw())));
+            }
+        }
+        let found = self.vm.with_mmu(|st| {
+            let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
+            if slot.is_read_only() {
+                return Err(PageRefused::NotAllowed);
+            }
+            let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
+            Ok((
+                slot.gfns(),
+                slot.backing(),
+                slot.backing_pages().start,
+                page,
+            ))
+        })?;
+        let (gfns, backing, first, page) = found;
+        if self.batching {
+            self.slot_cache = Some((gfns, backing, first));
+        }
+        Ok((backing, page))
+    }
+
     fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
-        let (backing, page) = self.backing_page(gfn)?;
-        if self.inflated.contains(&gfn.raw()) {
+        let (backing, page) = self.backing_page_cached(gfn)?;
+        if !self.inflated.set(backing, page, true) {
             return Err(PageRefused::Duplicate);
         }
         if self.batching {
@@ -347,9 +433,9 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
                 });
             }
         } else if !self.give_back(backing, page..page + 1) {
+            self.inflated.set(backing, page, false);
             return Err(PageRefused::OutOfRange);
         }
-        self.inflated.insert(gfn.raw());
         self.counters.inflated_now += 1;
         Ok(())
     }
@@ -366,8 +452,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
             self.counters.runs_given_back += 1;
             return;
         }
-        for gfn in run.first_gfn..run.first_gfn + len {
-            self.inflated.remove(&gfn);
+        for page in run.pages.clone() {
+            self.inflated.set(run.backing, page, false);
         }
         self.counters.inflated_now -= len;
         self.log(
@@ -378,8 +464,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         self.flush_run();
-        self.backing_page(gfn)?;
-        if !self.inflated.remove(&gfn.raw()) {
+        let (backing, page) = self.backing_page(gfn)?;
+        if !self.inflated.set(backing, page, false) {
             return Err(PageRefused::Duplicate);
         }
         // Nothing to map: the next touch zero-fills through the fault slow path.
@@ -442,11 +528,13 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> BalloonHooks for VmBalloon<
     fn chain_start(&mut self, role: QueueRole) {
         self.flush_run();
         self.batching = role == QueueRole::Inflate;
+        self.slot_cache = None;
     }
 
     fn chain_end(&mut self, _role: QueueRole) {
         self.flush_run();
         self.batching = false;
+        self.slot_cache = None;
     }
 }
 
@@ -747,6 +835,41 @@ mod tests {
         testvm::teardown_clean(vm);
     }
 
+    /// One chain over two memslots: the slot looked up last is cached, switching slots
+    /// looks up again, and each slot's pages are tracked by its own backing.
+    #[test]
+    fn a_chain_across_two_memslots() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        let second = GfnRange::from_start_len(Gfn::new(0x800), 4).unwrap();
+        let b2 = vm.host().create_backing(4).unwrap();
+        vm.add_memslot(second, b2, 0, SlotFlags::empty()).unwrap();
+        let mut h = VmBalloon::new(vm.clone());
+        h.chain_start(QueueRole::Inflate);
+        for g in [RAM_GFN + 1, RAM_GFN + 2, 0x800, 0x801, RAM_GFN + 3, 0x801] {
+            let want = if g == 0x801 && h.is_inflated(Gfn::new(g)) {
+                Err(PageRefused::Duplicate)
+            } else {
+                Ok(())
+            };
+            assert_eq!(h.inflate(Gfn::new(g)), want, "gfn {g:#x}");
+        }
+        h.chain_end(QueueRole::Inflate);
+        assert_eq!(h.counters().runs_given_back, 3);
+        assert_eq!(h.counters().inflated_now, 5);
+        assert_eq!(vm.host().lock().page(b2, 1), Ok(PageState::Ballooned));
+        assert_eq!(vm.host().lock().page(b, 3), Ok(PageState::Ballooned));
+        assert!(!h.is_inflated(Gfn::new(0x802)) && !h.is_inflated(Gfn::new(RAM_GFN)));
+        // Deflating outside a chain finds every page again.
+        for g in [RAM_GFN + 1, RAM_GFN + 2, RAM_GFN + 3, 0x800, 0x801] {
+            h.deflate(Gfn::new(g)).unwrap();
+        }
+        assert_eq!(h.deflate(Gfn::new(0x800)), Err(PageRefused::Duplicate));
+        assert_eq!(h.counters().inflated_now, 0);
+        vm.check_invariants().unwrap();
+        drop(h);
+        testvm::teardown_clean(vm);
+    }
+
     #[test]
     fn a_run_the_core_refuses_is_not_inflated_and_is_logged() {
         let (vm, b) = testvm::vm(FRAMES, RAM);
@@ -952,7 +1075,7 @@ mod tests {
             const PAGES: u64 = 16;
             let (vm, b) = testvm::vm(64, PAGES);
             let mut h = VmBalloon::new(vm.clone());
-            let mut model = BTreeSet::new();
+            let mut model = std::collections::BTreeSet::new();
             let in_ram = |g: u64| (RAM_GFN..RAM_GFN + PAGES).contains(&g);
             for op in ops {
                 match op {
