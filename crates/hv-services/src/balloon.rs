@@ -20,6 +20,7 @@
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 
 use hv_core::addr::{Gfn, GfnRange, Gpa};
@@ -157,50 +158,6 @@ pub struct BalloonCounters {
     pub events_dropped: u64,
 }
 
-/// One bit per backing page: set while the page is inflated. A few backings per VM, so a
-/// list; bits grow on demand.
-#[derive(Debug, Default)]
-struct PageBits {
-    backings: Vec<(BackingId, Vec<u64>)>,
-}
-
-impl PageBits {
-    fn get(&self, backing: BackingId, page: u64) -> bool {
-        self.backings
-            .iter()
-            .find(|(b, _)| *b == backing)
-            .and_then(|(_, bits)| bits.get((page / 64) as usize))
-            .is_some_and(|word| word & (1 << (page % 64)) != 0)
-    }
-
-    /// Sets the bit to `on`; returns whether it changed.
-    fn set(&mut self, backing: BackingId, page: u64, on: bool) -> bool {
-        let at = match self.backings.iter().position(|(b, _)| *b == backing) {
-            Some(at) => at,
-            None => {
-                self.backings.push((backing, Vec::new()));
-                self.backings.len() - 1
-            }
-        };
-        let bits = &mut self.backings[at].1;
-        let word = (page / 64) as usize;
-        if bits.len() <= word {
-            if !on {
-                return false;
-            }
-            bits.resize(word + 1, 0);
-        }
-        let mask = 1u64 << (page % 64);
-        let was = bits[word] & mask != 0;
-        if on {
-            bits[word] |= mask;
-        } else {
-            bits[word] &= !mask;
-        }
-        was != on
-    }
-}
-
 /// Accepted inflations not given back yet: consecutive backing pages, consecutive frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Run {
@@ -229,19 +186,76 @@ impl Run {
     }
 }
 
+/// The inflated guest frames: one bit per GFN from 0 up to the highest one inflated so far.
+///
+/// Only frames of writable RAM are ever added (the hooks check the memslot first), so the
+/// bitmap is at most the VM's top RAM address / 32 Ki bytes (32 KiB for RAM up to 1 GiB); an
+/// ordered set cost a node allocation every few pages, the larger part of an inflate.
+#[derive(Debug, Default)]
+struct InflatedPages {
+    words: Vec<u64>,
+}
+
+impl InflatedPages {
+    fn contains(&self, gfn: u64) -> bool {
+        usize::try_from(gfn / 64)
+            .ok()
+            .and_then(|i| self.words.get(i))
+            .is_some_and(|w| w & (1 << (gfn % 64)) != 0)
+    }
+
+    /// Adds `gfn` (a frame of writable RAM, see above).
+    fn insert(&mut self, gfn: u64) {
+        let Ok(i) = usize::try_from(gfn / 64) else {
+            panic!("GFN {gfn:#x} of guest RAM beyond the address space");
+        };
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        self.words[i] |= 1 << (gfn % 64);
+    }
+
+    /// Removes `gfn`; returns whether it was there.
+    fn remove(&mut self, gfn: u64) -> bool {
+        let was = self.contains(gfn);
+        if was {
+            self.words[(gfn / 64) as usize] &= !(1 << (gfn % 64));
+        }
+        was
+    }
+}
+
+/// The writable memslot [`VmBalloon`] found last, and the VM's notifier sequence number read
+/// before it looked. Every change to an existing memslot (removal, move, flags) bumps that
+/// number under the MMU lock, so while it reads the same the memo translates exactly as the
+/// slot would; the PFNs of a chain then skip the lock and the slot search.
+#[derive(Debug, Clone, Copy)]
+struct SlotMemo {
+    seq: u64,
+    gfns: GfnRange,
+    backing: BackingId,
+    backing_start: u64,
+}
+
+impl SlotMemo {
+    /// `gfn`'s backing page, if the memo is still valid at sequence `seq` and covers `gfn`.
+    fn backing_page(&self, seq: u64, gfn: Gfn) -> Option<(BackingId, u64)> {
+        if seq != self.seq || !self.gfns.contains(gfn) {
+            return None;
+        }
+        let offset = gfn.checked_distance_from(self.gfns.start())?;
+        Some((self.backing, self.backing_start + offset))
+    }
+}
+
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
-    /// Inflated pages, by backing page (a page keeps its state if its memslot moves).
-    inflated: PageBits,
+    inflated: InflatedPages,
+    slot_memo: Cell<Option<SlotMemo>>,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
     run: Option<Run>,
-    /// Inside an inflate chain: the writable memslot last looked up (guest frames, backing,
-    /// first backing page), so a chain takes the MMU lock once per slot, not per PFN. A
-    /// memslot changed during the chain can at worst make a PFN name another page of this
-    /// VM's own backing, as if the guest had named that page.
-    slot_cache: Option<(GfnRange, BackingId, u64)>,
     counters: BalloonCounters,
     events: VecDeque<BalloonEvent>,
     guest_stats: Vec<(u16, u64)>,
@@ -260,10 +274,10 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
         Self {
             vm,
-            inflated: PageBits::default(),
+            inflated: InflatedPages::default(),
+            slot_memo: Cell::new(None),
             batching: false,
             run: None,
-            slot_cache: None,
             counters: BalloonCounters::default(),
             events: VecDeque::new(),
             guest_stats: Vec::new(),
@@ -282,8 +296,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// Whether guest frame `gfn` is inflated.
     pub fn is_inflated(&self, gfn: Gfn) -> bool {
-        self.backing_page(gfn)
-            .is_ok_and(|(backing, page)| self.inflated.get(backing, page))
+        self.inflated.contains(gfn.raw())
     }
 
     /// The latest statistics the guest sent (tag, value).
@@ -349,12 +362,22 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// The backing page of writable RAM at `gfn`.
     fn backing_page(&self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
+        let seq = self.vm.notifier_seq().current();
+        if let Some(page) = self.slot_memo.get().and_then(|m| m.backing_page(seq, gfn)) {
+            return Ok(page);
+        }
         self.vm.with_mmu(|st| {
             let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
             if slot.is_read_only() {
                 return Err(PageRefused::NotAllowed);
             }
             let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
+            self.slot_memo.set(Some(SlotMemo {
+                seq,
+                gfns: slot.gfns(),
+                backing: slot.backing(),
+                backing_start: slot.backing_pages().start,
+            }));
             Ok((slot.backing(), page))
         })
     }
@@ -362,15 +385,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     /// Number of private frames among `pages` of `backing` (the frames dropping them frees).
     fn private_frames(&self, backing: BackingId, pages: core::ops::Range<u64>) -> u64 {
         let host = self.vm.host().lock();
-        let Ok(states) = host.pages_of(backing) else {
-            return 0;
-        };
-        let (start, end) = (pages.start as usize, pages.end as usize);
-        states
-            .get(start..end.min(states.len()))
-            .unwrap_or_default()
-            .iter()
-            .filter(|state| matches!(state, PageState::Private(_)))
+        pages
+            .filter(|&p| matches!(host.page(backing, p), Ok(PageState::Private(_))))
             .count() as u64
     }
 
@@ -387,36 +403,9 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         }
     }
 
-    /// [`Self::backing_page`] through the chain's slot cache.
-    fn backing_page_cached(&mut self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
-        if let Some((gfns, backing, first)) = self.slot_cache {
-            if gfns.contains(gfn) {
-                return Ok((backing, first + (gfn.raw() - gfns.start().raw())));
-            }
-        }
-        let found = self.vm.with_mmu(|st| {
-            let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
-            if slot.is_read_only() {
-                return Err(PageRefused::NotAllowed);
-            }
-            let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
-            Ok((
-                slot.gfns(),
-                slot.backing(),
-                slot.backing_pages().start,
-                page,
-            ))
-        })?;
-        let (gfns, backing, first, page) = found;
-        if self.batching {
-            self.slot_cache = Some((gfns, backing, first));
-        }
-        Ok((backing, page))
-    }
-
     fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
-        let (backing, page) = self.backing_page_cached(gfn)?;
-        if !self.inflated.set(backing, page, true) {
+        let (backing, page) = self.backing_page(gfn)?;
+        if self.inflated.contains(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         if self.batching {
@@ -433,9 +422,9 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
                 });
             }
         } else if !self.give_back(backing, page..page + 1) {
-            self.inflated.set(backing, page, false);
             return Err(PageRefused::OutOfRange);
         }
+        self.inflated.insert(gfn.raw());
         self.counters.inflated_now += 1;
         Ok(())
     }
@@ -452,8 +441,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
             self.counters.runs_given_back += 1;
             return;
         }
-        for page in run.pages.clone() {
-            self.inflated.set(run.backing, page, false);
+        for gfn in run.first_gfn..run.first_gfn + len {
+            self.inflated.remove(gfn);
         }
         self.counters.inflated_now -= len;
         self.log(
@@ -464,8 +453,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         self.flush_run();
-        let (backing, page) = self.backing_page(gfn)?;
-        if !self.inflated.set(backing, page, false) {
+        self.backing_page(gfn)?;
+        if !self.inflated.remove(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         // Nothing to map: the next touch zero-fills through the fault slow path.
@@ -528,13 +517,11 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> BalloonHooks for VmBalloon<
     fn chain_start(&mut self, role: QueueRole) {
         self.flush_run();
         self.batching = role == QueueRole::Inflate;
-        self.slot_cache = None;
     }
 
     fn chain_end(&mut self, _role: QueueRole) {
         self.flush_run();
         self.batching = false;
-        self.slot_cache = None;
     }
 }
 
@@ -592,6 +579,59 @@ mod tests {
         testvm::NoRemote,
     >;
     type Dev = VirtioMmio<VirtioBalloon<Hooks>, VecMemory, LatchedLine>;
+
+    #[test]
+    fn a_moved_memslot_is_not_translated_from_the_slot_memo() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..4 {
+            guest_fill(&vm, b, i, 0x11);
+        }
+        let mut h = VmBalloon::new(vm.clone());
+        // Page 0 through the slot search; page 1 through the memo it left.
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN)), Ok(()));
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN + 1)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 1),
+            Ok(PageState::Ballooned)
+        ));
+        // Move the slot: its old frames are no RAM any more, and the new ones translate to
+        // the same backing pages.
+        let id = vm.with_mmu(|st| st.slots.iter().next().unwrap().id());
+        let moved = RAM_GFN + 0x1000;
+        vm.move_memslot(id, Gfn::new(moved)).unwrap();
+        assert_eq!(
+            h.inflate(Gfn::new(RAM_GFN + 2)),
+            Err(PageRefused::OutOfRange)
+        );
+        assert_eq!(h.inflate(Gfn::new(moved + 3)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 3),
+            Ok(PageState::Ballooned)
+        ));
+        assert!(matches!(
+            vm.host().lock().page(b, 2),
+            Ok(PageState::Private(_))
+        ));
+    }
+
+    #[test]
+    fn inflated_pages_bitmap_tracks_each_gfn_alone() {
+        let mut set = InflatedPages::default();
+        assert!(!set.contains(0) && !set.contains(u64::MAX));
+        for g in [0, 63, 64, 130, 4095] {
+            set.insert(g);
+        }
+        for g in [0, 63, 64, 130, 4095] {
+            assert!(set.contains(g), "{g}");
+        }
+        for g in [1, 62, 65, 129, 131, 4094, 4096, 1 << 40] {
+            assert!(!set.contains(g), "{g}");
+        }
+        assert!(set.remove(64));
+        assert!(!set.remove(64), "removed once only");
+        assert!(!set.remove(1 << 40), "beyond the bitmap: not there");
+        assert!(!set.contains(64) && set.contains(63) && set.contains(130));
+    }
 
     const RAM: u64 = 64;
     const FRAMES: usize = 256;
@@ -835,8 +875,8 @@ mod tests {
         testvm::teardown_clean(vm);
     }
 
-    /// One chain over two memslots: the slot looked up last is cached, switching slots
-    /// looks up again, and each slot's pages are tracked by its own backing.
+    /// One chain over two memslots: each slot's pages are found and given back in their
+    /// own runs, and deflating outside a chain finds every page again.
     #[test]
     fn a_chain_across_two_memslots() {
         let (vm, b) = testvm::vm(FRAMES, RAM);
@@ -845,21 +885,16 @@ mod tests {
         vm.add_memslot(second, b2, 0, SlotFlags::empty()).unwrap();
         let mut h = VmBalloon::new(vm.clone());
         h.chain_start(QueueRole::Inflate);
-        for g in [RAM_GFN + 1, RAM_GFN + 2, 0x800, 0x801, RAM_GFN + 3, 0x801] {
-            let want = if g == 0x801 && h.is_inflated(Gfn::new(g)) {
-                Err(PageRefused::Duplicate)
-            } else {
-                Ok(())
-            };
-            assert_eq!(h.inflate(Gfn::new(g)), want, "gfn {g:#x}");
+        for g in [RAM_GFN + 1, RAM_GFN + 2, 0x800, 0x801, RAM_GFN + 3] {
+            assert_eq!(h.inflate(Gfn::new(g)), Ok(()), "gfn {g:#x}");
         }
+        assert_eq!(h.inflate(Gfn::new(0x801)), Err(PageRefused::Duplicate));
         h.chain_end(QueueRole::Inflate);
         assert_eq!(h.counters().runs_given_back, 3);
         assert_eq!(h.counters().inflated_now, 5);
         assert_eq!(vm.host().lock().page(b2, 1), Ok(PageState::Ballooned));
         assert_eq!(vm.host().lock().page(b, 3), Ok(PageState::Ballooned));
         assert!(!h.is_inflated(Gfn::new(0x802)) && !h.is_inflated(Gfn::new(RAM_GFN)));
-        // Deflating outside a chain finds every page again.
         for g in [RAM_GFN + 1, RAM_GFN + 2, RAM_GFN + 3, 0x800, 0x801] {
             h.deflate(Gfn::new(g)).unwrap();
         }
@@ -1075,7 +1110,7 @@ mod tests {
             const PAGES: u64 = 16;
             let (vm, b) = testvm::vm(64, PAGES);
             let mut h = VmBalloon::new(vm.clone());
-            let mut model = std::collections::BTreeSet::new();
+            let mut model = alloc::collections::BTreeSet::new();
             let in_ram = |g: u64| (RAM_GFN..RAM_GFN + PAGES).contains(&g);
             for op in ops {
                 match op {
