@@ -429,6 +429,12 @@ run_qemu() {
         '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
+    console_case "console-demo-smp2" demo web0 '^console: pages_sharing [0-9]+$' \
+        '^console: balloon web0: target 8 MiB \(2048 pages\); the driver holds [0-9]+ pages now$' \
+        '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ ' \
+        '^console: web0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages ' --smp 2
+    step "tools/plot on the demo run" plot_run "$LOGS/qemu-console-demo-smp2.log" \
+        dedup=31,119,180:300:10 balloon=230,120,20:100:1
     step "tools/plot on the dedup run" \
         plot_run "$LOGS/qemu-console-dedup-smp2.log" dedup=31,119,180:300:10
     step "tools/plot on the swap run" \
