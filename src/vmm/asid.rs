@@ -79,7 +79,7 @@ pub fn ensure(
     if state.next + 2 > ASID_LIMIT {
         state.generation += 1;
         state.next = FIRST_GUEST_ASID;
-        tlb::flush_all();
+        tlb::flush_unwired();
         crate::arch::guest::refill_cache_clear();
         ROLLOVERS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }

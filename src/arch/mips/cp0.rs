@@ -351,6 +351,17 @@ pub unsafe fn set_index(value: u32) {
     ehb();
 }
 
+/// Writes Context (CP0 4,0); only PTEBase (bits 63:23) is writable, BadVPN2 is the
+/// hardware's.
+///
+/// # Safety
+/// The XTLB refill vector relies on PTEBase being 0 (percpu.rs); nothing else reads it.
+pub unsafe fn set_context(value: u64) {
+    // SAFETY: forwarded caller contract.
+    unsafe { write64::<4, 0>(value) };
+    ehb();
+}
+
 /// Writes Wired (CP0 6,0): entries below it are never replaced by TLBWR.
 ///
 /// # Safety

@@ -7,11 +7,10 @@
 //! the context; the caller (the vCPU loop) decides what to do and calls it again.
 
 use super::cp0::{self, EntryLo, Status};
+use super::percpu;
 use super::tlb::TlbWindow;
-use super::{cpu_id, MAX_CPUS};
 use core::arch::global_asm;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Guest registers and exit state, shared with guest.s (layout fixed by the offsets below).
 #[repr(C)]
@@ -67,16 +66,13 @@ impl GuestContext {
     }
 }
 
-/// The context each CPU is running (or last ran), read by the exit path in guest.s.
-static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-
 extern "C" {
     fn run_guest(ctx: *mut GuestContext);
 }
 
 global_asm!(
     include_str!("guest.s"),
-    guest_ctx = sym GUEST_CTX,
+    ctx_word = const percpu::word_va_offset(percpu::WORD_GUEST_CTX),
     off_hi = const offset_of!(GuestContext, hi),
     off_lo = const offset_of!(GuestContext, lo),
     off_pc = const offset_of!(GuestContext, pc),
@@ -133,79 +129,20 @@ pub fn enter(ctx: &mut GuestContext) {
 
 /// The CPU this code runs on (for the guest ASID bookkeeping).
 pub fn this_cpu() -> usize {
-    cpu_id()
+    super::cpu_id()
 }
 
 /// Even/odd page pair base of a guest virtual address (EntryHi.VPN2).
 const PAIR_MASK: u64 = !0x1fff;
 
-/// Slots of each CPU's refill cache.
-const REFILL_SLOTS: usize = 256;
-/// log2 of the size of one CPU's refill cache block (its stride in [`REFILL_CACHE`]).
-pub const REFILL_CACHE_SHIFT: u32 = 14;
-/// Mask giving `slot * 32` from `EntryHi >> 8` (slot = VPN2 modulo the slot count).
-pub const REFILL_SLOT_MASK: u64 = ((REFILL_SLOTS as u64) - 1) << 5;
-
-/// One CPU's refill cache, read by the XTLB refill vector (vectors.s) with fixed offsets:
-/// attempts at +0, slot `i` at +32 + 32 * i holding tag (EntryHi: VPN2 and host ASID),
-/// EntryLo0, EntryLo1. A copy of root entries the vCPU loop installed on this CPU, kept
-/// exactly as coherent as the TLB: every removal from the TLB of guest entries removes the
-/// matching slots too (and an ASID rollover clears it), so a hit gives the same entry the
-/// TLB held or would hold. Only this CPU touches its block.
-#[repr(C)]
-pub struct RefillCache {
-    attempts: AtomicU64,
-    _header: [u64; 3],
-    slots: [[AtomicU64; 4]; REFILL_SLOTS],
-    _stride: [u8; (1 << REFILL_CACHE_SHIFT) - 32 - REFILL_SLOTS * 32],
-}
-
-/// The refill caches, one block per CPU.
-pub static REFILL_CACHE: [RefillCache; MAX_CPUS] = [const {
-    RefillCache {
-        attempts: AtomicU64::new(0),
-        _header: [0; 3],
-        slots: [const { [const { AtomicU64::new(0) }; 4] }; REFILL_SLOTS],
-        _stride: [0; (1 << REFILL_CACHE_SHIFT) - 32 - REFILL_SLOTS * 32],
-    }
-}; MAX_CPUS];
-
-const _: () = assert!(core::mem::size_of::<RefillCache>() == 1 << REFILL_CACHE_SHIFT);
-const _: () = assert!(MAX_CPUS.is_power_of_two());
-
-fn refill_slot(entry_hi: u64) -> &'static [AtomicU64; 4] {
-    &REFILL_CACHE[cpu_id()].slots[((entry_hi >> 13) as usize) % REFILL_SLOTS]
-}
-
-/// Remembers root entry `entry_hi` -> (`lo0`, `lo1`) in this CPU's refill cache.
-fn refill_cache_insert(entry_hi: u64, lo0: EntryLo, lo1: EntryLo) {
-    let slot = refill_slot(entry_hi);
-    // Tag last and cleared first: the vector only runs between guest entries on this
-    // CPU, never during this update, but keep the slot consistent at every step anyway.
-    slot[0].store(0, Ordering::Relaxed);
-    slot[1].store(lo0.bits(), Ordering::Relaxed);
-    slot[2].store(lo1.bits(), Ordering::Relaxed);
-    slot[0].store(entry_hi, Ordering::Relaxed);
-}
-
-/// Forgets the refill-cache slot of `entry_hi`, if it holds that entry.
-fn refill_cache_remove(entry_hi: u64) {
-    let slot = refill_slot(entry_hi);
-    if slot[0].load(Ordering::Relaxed) == entry_hi {
-        slot[0].store(0, Ordering::Relaxed);
-    }
-}
-
 /// Empties this CPU's refill cache (with a whole-TLB flush).
 pub fn refill_cache_clear() {
-    for slot in &REFILL_CACHE[cpu_id()].slots {
-        slot[0].store(0, Ordering::Relaxed);
-    }
+    percpu::refill_cache_clear();
 }
 
 /// Refills the vector tried from `cpu`'s cache (hits and misses).
 pub fn refill_cache_attempts(cpu: usize) -> u64 {
-    REFILL_CACHE[cpu].attempts.load(Ordering::Relaxed)
+    percpu::refill_cache_attempts(cpu)
 }
 
 /// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo`, and
@@ -235,7 +172,7 @@ pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>) {
         Some(index) => window.write_indexed(index, entry_hi, lo0, lo1),
         None => window.write_random(entry_hi, lo0, lo1),
     }
-    refill_cache_insert(entry_hi, lo0, lo1);
+    percpu::refill_cache_insert(entry_hi, lo0.bits(), lo1.bits());
 }
 
 /// Removes root-TLB entries of `asid` covering `[start, end)` (guest virtual, any size).
@@ -247,7 +184,7 @@ pub fn invalidate_guest_range(asid: u8, start: u64, end: u64) {
         if let Some(index) = window.probe(entry_hi) {
             window.invalidate_indexed(index);
         }
-        refill_cache_remove(entry_hi);
+        percpu::refill_cache_remove(entry_hi);
         pair += 0x2000;
     }
 }
@@ -286,17 +223,13 @@ pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bo
     }
     drop(window);
     // The refill cache may still hold entries the TLB has since evicted: same treatment.
-    for slot in &REFILL_CACHE[cpu_id()].slots {
-        let entry_hi = slot[0].load(Ordering::Relaxed);
+    percpu::refill_cache_edit(|entry_hi, lo0, lo1| {
         let asid = entry_hi as u8;
-        if entry_hi == 0 || !asids.contains(&asid) {
-            continue;
+        if !asids.contains(&asid) {
+            return None;
         }
         let pair = entry_hi & VPN2;
-        let mut halves = [
-            slot[1].load(Ordering::Relaxed),
-            slot[2].load(Ordering::Relaxed),
-        ];
+        let mut halves = [lo0, lo1];
         let mut changed = false;
         for (half, lo) in halves.iter_mut().enumerate() {
             if *lo & EntryLo::V.bits() != 0 && drop_page(asid, pair + 0x1000 * half as u64) {
@@ -305,15 +238,8 @@ pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bo
                 removed += 1;
             }
         }
-        if changed {
-            slot[0].store(0, Ordering::Relaxed);
-            if halves.iter().any(|lo| lo & EntryLo::V.bits() != 0) {
-                slot[1].store(halves[0], Ordering::Relaxed);
-                slot[2].store(halves[1], Ordering::Relaxed);
-                slot[0].store(entry_hi, Ordering::Relaxed);
-            }
-        }
-    }
+        changed.then_some((halves[0], halves[1]))
+    });
     removed
 }
 

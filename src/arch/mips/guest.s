@@ -1,7 +1,7 @@
 # Guest entry and exit (assembled through global_asm! in guest.rs).
 #
 # `run_guest(ctx)` saves the host's callee-saved registers and Status in the GuestContext,
-# publishes the context for this CPU in the guest_ctx table, loads the guest's registers and
+# publishes the context in this CPU's per-CPU area (percpu.rs), loads the guest's registers and
 # ERETs into the guest, which runs in host user mode (KSU = user, UX = 1) with the ASID in
 # ctx.entry_hi. When the guest takes any exception, the vectors (vectors.s) see KSU = user
 # and come to `guest_exit_refill` / `guest_exit_general` with the guest's k0 parked in
@@ -17,12 +17,7 @@
     .set noreorder
     .set noat
     dmtc0   $k1, $31                # DESAVE: guest k1 (k0 is in ErrorEPC already)
-    mfc0    $k0, $15, 1             # EBase.CPUNum
-    andi    $k0, $k0, 0x3ff
-    dsll    $k0, $k0, 3
-    dla     $k1, {guest_ctx}
-    daddu   $k1, $k1, $k0
-    ld      $k1, 0($k1)             # this CPU's GuestContext
+    ld      $k1, {ctx_word}($zero)  # this CPU's GuestContext (percpu.rs)
     sd      $1, 8($k1)
     sd      $2, 16($k1)
     sd      $3, 24($k1)
@@ -130,12 +125,7 @@ run_guest:
     ld      $t0, {off_entry_status}($a0)
     mtc0    $t0, $12
     ehb
-    mfc0    $t0, $15, 1
-    andi    $t0, $t0, 0x3ff
-    dsll    $t0, $t0, 3
-    dla     $t1, {guest_ctx}
-    daddu   $t1, $t1, $t0
-    sd      $a0, 0($t1)
+    sd      $a0, {ctx_word}($zero)  # for the exit path (percpu.rs)
     ld      $t0, {off_entry_hi}($a0)
     dmtc0   $t0, $10
     ld      $t0, {off_pc}($a0)

@@ -12,6 +12,7 @@ pub mod cp0;
 pub mod guest;
 pub mod guest_mem;
 pub mod irq;
+pub mod percpu;
 pub mod probe;
 pub mod semihost;
 pub mod timer;
