@@ -56,6 +56,18 @@ fn derived_entry_lo(entry_lo: u64, guest_writable: bool) -> u64 {
     }
 }
 
+/// The fast lane's handler (arch::guest::FastHandler) for every vCPU.
+///
+/// # Safety
+/// `ctx` must be the context of a vCPU that is inside `guest::enter` on this CPU, with
+/// `fast_arg` pointing at that vCPU (run_slice sets both just before entering).
+unsafe extern "C" fn fast_tlb_handler(ctx: *mut GuestContext, kind: u64) -> u64 {
+    // SAFETY: per the contract the vCPU is alive and its run_slice is suspended inside
+    // guest::enter until this returns; fast_tlb does not touch the context's registers.
+    let vcpu = unsafe { &mut *((*ctx).fast_arg as *mut Vcpu) };
+    u64::from(!vcpu.fast_tlb(kind == EXIT_REFILL))
+}
+
 /// How a time slice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SliceEnd {
@@ -97,6 +109,8 @@ pub struct Vcpu {
     last_exit: (u64, u32),
     repeats: u32,
     quiet_slices: u32,
+    /// The fast lane served a fault since the last look (counts as activity).
+    fast_served: bool,
 }
 
 impl core::fmt::Debug for Vcpu {
@@ -135,6 +149,7 @@ impl Vcpu {
             last_exit: (0, 0),
             repeats: 0,
             quiet_slices: 0,
+            fast_served: false,
         })
     }
 
@@ -216,6 +231,9 @@ impl Vcpu {
             }
             self.asids = Some(pair);
             self.ctx.entry_hi = u64::from(self.host_asid(pair));
+            // The fast lane finds this vCPU through the context while it runs.
+            self.ctx.set_fast_handler(Some(fast_tlb_handler));
+            self.ctx.fast_arg = self as *mut Self as u64;
             guest::enter(&mut self.ctx);
             tracker
                 .exit_guest(cpu)
@@ -226,7 +244,7 @@ impl Vcpu {
             if self.ctx.exit_kind == EXIT_REFILL {
                 VmStats::bump(&self.vm.stats.refill_exits);
             }
-            busy |= self.ctx.exit_cause & 0x7c != 0;
+            busy |= self.ctx.exit_cause & 0x7c != 0 || core::mem::take(&mut self.fast_served);
             if let Flow::End(end) = self.dispatch() {
                 self.quiet_slices = 0;
                 return end;
@@ -440,32 +458,13 @@ impl Vcpu {
             Err(exception) => return self.reflect(exception),
         };
         match self.vm.map_page(translation.gpa, access == Access::Store) {
-            Ok((even, odd)) => {
-                let gfn = translation.gpa.frame();
-                let (pte, buddy_pte) = if gfn.is_odd() {
-                    (odd, even)
-                } else {
-                    (even, odd)
-                };
-                let lo = derived_entry_lo(pte.entrylo(), translation.writable);
-                if lo & ENTRY_LO_V == 0 {
+            Ok(pair) => {
+                if !self.install_derived(gva, &translation, pair) {
                     return self.stop(format!(
                         "memory core returned an invalid entry for GPA {:#x}",
                         translation.gpa.raw()
                     ));
                 }
-                // The other page of the root pair, when the guest maps it onto the other
-                // page of the GPA pair (the window, guest pages of 8 KiB and more) and the
-                // memory core has it young: one refill then serves both.
-                let buddy_lo = match self.translate(gva ^ 0x1000, Access::Load) {
-                    Ok(t) if t.gpa.frame() == gfn.buddy() => {
-                        Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
-                            .filter(|lo| lo & ENTRY_LO_V != 0)
-                    }
-                    _ => None,
-                };
-                let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
-                guest::install_guest_page(gva, asid, lo, buddy_lo);
                 Flow::Resume
             }
             Err(FaultError::NoMemslot | FaultError::ReadOnlyWrite) => {
@@ -483,6 +482,80 @@ impl Vcpu {
                 translation.gpa.raw()
             )),
         }
+    }
+
+    /// Writes the root-TLB entry for guest page `gva` from `translation` and the GPA entry
+    /// pair `map_page` returned. False (and nothing written) if the entry is not valid.
+    fn install_derived(
+        &self,
+        gva: u64,
+        translation: &GuestTranslation,
+        (even, odd): hv_core::fault::PtePair,
+    ) -> bool {
+        let gfn = translation.gpa.frame();
+        let (pte, buddy_pte) = if gfn.is_odd() {
+            (odd, even)
+        } else {
+            (even, odd)
+        };
+        let lo = derived_entry_lo(pte.entrylo(), translation.writable);
+        if lo & ENTRY_LO_V == 0 {
+            return false;
+        }
+        // The other page of the root pair, when the guest maps it onto the other page of
+        // the GPA pair (the window, guest pages of 8 KiB and more) and the memory core has
+        // it young: one refill then serves both.
+        let buddy_lo = match self.translate(gva ^ 0x1000, Access::Load) {
+            Ok(t) if t.gpa.frame() == gfn.buddy() => {
+                Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
+                    .filter(|lo| lo & ENTRY_LO_V != 0)
+            }
+            _ => None,
+        };
+        let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
+        guest::install_guest_page(gva, asid, lo, buddy_lo);
+        true
+    }
+
+    /// The fast lane (arch::guest): serves a guest TLB exception on the exception path when
+    /// the guest's own translation allows the access and the GPA entry is present, with the
+    /// same root entry `memory_fault` would write. Anything else (a fault to reflect, a page
+    /// to fetch, MMIO) returns false and takes the general exit, which redoes it all.
+    ///
+    /// The CPU still counts as in the guest for the quiescence tracker meanwhile, exactly as
+    /// if the guest had run on: a flush that removes the GPA entry after it was read here
+    /// waits for this CPU's next real exit, and the entry written here is dropped from the
+    /// flush log before the guest is entered again. The MMU lock is the only lock taken, and
+    /// nobody waits for a flush while holding it.
+    fn fast_tlb(&mut self, refill: bool) -> bool {
+        let access = match (guest::exit_cause_now() >> 2) & 0x1f {
+            2 => Access::Load,
+            3 => Access::Store,
+            1 if !refill => Access::Store,
+            _ => return false,
+        };
+        let gva = guest::exit_bad_vaddr_now();
+        let Ok(translation) = self.translate(gva, access) else {
+            return false;
+        };
+        let Some(pair) = self
+            .vm
+            .memory
+            .map_page_resident(translation.gpa, access == Access::Store)
+        else {
+            return false;
+        };
+        if !self.install_derived(gva, &translation, pair) {
+            return false;
+        }
+        let stats = &self.vm.stats;
+        VmStats::bump(&stats.gpa_faults);
+        VmStats::bump(&stats.exits);
+        if refill {
+            VmStats::bump(&stats.refill_exits);
+        }
+        self.fast_served = true;
+        true
     }
 
     /// Address of the instruction that caused the exit (EPC, or EPC + 4 in a delay slot).

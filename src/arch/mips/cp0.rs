@@ -280,6 +280,16 @@ pub fn kseg0_cca() -> u8 {
     (config0() & 0x7) as u8
 }
 
+/// BadVAddr (CP0 8,0): the address of the last TLB or address-error exception.
+pub fn bad_vaddr() -> u64 {
+    read64::<8, 0>()
+}
+
+/// Cause (CP0 13,0) as a raw word.
+pub fn cause_raw() -> u32 {
+    read32::<13, 0>()
+}
+
 /// EntryHi (CP0 10,0): VPN2 and ASID of the entry being written or probed.
 pub fn entry_hi() -> u64 {
     read64::<10, 0>()

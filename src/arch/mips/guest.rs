@@ -38,7 +38,27 @@ pub struct GuestContext {
     pub exit_kind: u64,
     /// Host s0..s7, s8, gp, sp, ra and Status, saved by `run_guest`.
     host: [u64; 13],
+    /// The fast lane's handler (a [`FastHandler`]), 0 for none.
+    fast_handler: u64,
+    /// Argument for the fast handler (the vCPU that owns this context).
+    pub fast_arg: u64,
     _pad: u64,
+}
+
+/// A handler the fast lane calls for a guest TLB exception, on the exception path itself:
+/// EXL set, interrupts off, the guest's registers (other than the callee-saved ones) parked
+/// in the per-CPU area, the guest's ASID still in EntryHi. It gets the context and the exit
+/// kind ([`EXIT_GENERAL`] or [`EXIT_REFILL`]) and returns 0 when it served the fault (the
+/// guest resumes at once), anything else to take the general exit. It must not fault, must
+/// not wait for anything another CPU could be waiting for this CPU's guest exit to release,
+/// and must not touch the context's register fields.
+pub type FastHandler = unsafe extern "C" fn(ctx: *mut GuestContext, kind: u64) -> u64;
+
+impl GuestContext {
+    /// Sets the fast lane's handler (`None`: every exit takes the general path).
+    pub fn set_fast_handler(&mut self, handler: Option<FastHandler>) {
+        self.fast_handler = handler.map_or(0, |h| h as usize as u64);
+    }
 }
 
 /// Exit through the general exception vector.
@@ -61,6 +81,8 @@ impl GuestContext {
             exit_bad_vaddr: 0,
             exit_kind: 0,
             host: [0; 13],
+            fast_handler: 0,
+            fast_arg: 0,
             _pad: 0,
         }
     }
@@ -73,6 +95,10 @@ extern "C" {
 global_asm!(
     include_str!("guest.s"),
     ctx_word = const percpu::word_va_offset(percpu::WORD_GUEST_CTX),
+    fast_save = const percpu::word_va_offset(percpu::WORD_FAST_SAVE),
+    fast_kind = const percpu::word_va_offset(percpu::WORD_FAST_KIND),
+    fast_stack = const percpu::word_va_offset(percpu::WORD_FAST_STACK),
+    off_fast_handler = const offset_of!(GuestContext, fast_handler),
     off_hi = const offset_of!(GuestContext, hi),
     off_lo = const offset_of!(GuestContext, lo),
     off_pc = const offset_of!(GuestContext, pc),
@@ -241,6 +267,16 @@ pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bo
         changed.then_some((halves[0], halves[1]))
     });
     removed
+}
+
+/// Cause of the exception being handled (for a fast handler).
+pub fn exit_cause_now() -> u64 {
+    u64::from(cp0::cause_raw())
+}
+
+/// BadVAddr of the exception being handled (for a fast handler).
+pub fn exit_bad_vaddr_now() -> u64 {
+    cp0::bad_vaddr()
 }
 
 /// Reads Count (the host timer) for guest Count emulation.

@@ -72,6 +72,62 @@
     .section .text.guest_switch, "ax"
     .set noreorder
 
+# The fast lane for guest TLB exceptions (refill-cache misses, TLB invalid, TLB modified).
+# Entered with the guest's k0 parked in ErrorEPC and its k1 still live. Saves only what an
+# extern "C" call may clobber (at, v0-v1, a0-a7, t0-t3, t8-t9, gp, sp, ra, HI, LO) in this
+# CPU's area (percpu.rs), calls the vCPU's fast handler (ctx.fast_handler) on the area's
+# stack, still with EXL set, and restores. Handler result 0: the fault is served, return to
+# the guest. Anything else: leave through the matching general exit below, as if the fast
+# lane had not been there.
+    .macro FAST_SAVE_REGS
+    .irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,24,25,28,29,31
+    sd      $\n, {fast_save}+8*\n($zero)
+    .endr
+    mfhi    $k1
+    sd      $k1, {fast_save}+8*32($zero)
+    mflo    $k1
+    sd      $k1, {fast_save}+8*33($zero)
+    .endm
+    .macro FAST_RESTORE_REGS
+    ld      $k1, {fast_save}+8*32($zero)
+    mthi    $k1
+    ld      $k1, {fast_save}+8*33($zero)
+    mtlo    $k1
+    .irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,24,25,28,29,31
+    ld      $\n, {fast_save}+8*\n($zero)
+    .endr
+    .endm
+
+    .globl guest_fast_refill
+guest_fast_refill:
+    .set noat
+    dmtc0   $k1, $31                # park guest k1 in DESAVE
+    b       1f
+    li      $k1, {kind_refill}
+    .globl guest_fast_general
+guest_fast_general:
+    dmtc0   $k1, $31
+    li      $k1, {kind_general}
+1:  sd      $k1, {fast_kind}($zero)
+    FAST_SAVE_REGS
+    ld      $sp, {fast_stack}($zero)
+    ld      $a0, {ctx_word}($zero)
+    ld      $a1, {fast_kind}($zero)
+    ld      $t9, {off_fast_handler}($a0)
+    jalr    $t9
+    nop
+    move    $k0, $v0
+    FAST_RESTORE_REGS
+    bnez    $k0, 2f
+    dmfc0   $k1, $31                # guest k1 (delay slot; the exits below want it live)
+    dmfc0   $k0, $30
+    eret
+2:  ld      $k0, {fast_kind}($zero)
+    bnez    $k0, guest_exit_refill
+    nop
+    # fall through into the general exit
+    .set at
+
     .globl guest_exit_general
 guest_exit_general:
     GUEST_EXIT {kind_general}

@@ -147,6 +147,49 @@ impl FwFrameMemory {
     }
 }
 
+/// Zeroes the 4 KiB frame at kernel address `va` with 16 doubleword stores per loop turn
+/// (about 580 instructions; the generic memset takes 5 per doubleword, about 2600). A first
+/// guest touch pays this on every fresh page.
+///
+/// # Safety
+/// `va` must be the 4 KiB-aligned cached kernel address of a whole frame nobody else
+/// accesses meanwhile.
+unsafe fn zero_frame(va: u64) {
+    const _: () = assert!(FRAME_BYTES == 4096);
+    // SAFETY: the caller hands over the frame; the loop writes exactly [va, va + 4096).
+    unsafe {
+        // No `nomem`: it writes memory. nostack: no stack use.
+        core::arch::asm!(
+            ".set push",
+            ".set noreorder",
+            ".set noat",
+            "1:",
+            "sd $zero, 0({p})",
+            "sd $zero, 8({p})",
+            "sd $zero, 16({p})",
+            "sd $zero, 24({p})",
+            "sd $zero, 32({p})",
+            "sd $zero, 40({p})",
+            "sd $zero, 48({p})",
+            "sd $zero, 56({p})",
+            "sd $zero, 64({p})",
+            "sd $zero, 72({p})",
+            "sd $zero, 80({p})",
+            "sd $zero, 88({p})",
+            "sd $zero, 96({p})",
+            "sd $zero, 104({p})",
+            "sd $zero, 112({p})",
+            "daddiu {p}, {p}, 128",
+            "bne {p}, {end}, 1b",
+            "sd $zero, -8({p})",
+            ".set pop",
+            p = inout(reg) va => _,
+            end = in(reg) va + 4096,
+            options(nostack),
+        );
+    }
+}
+
 impl FrameMemory for FwFrameMemory {
     fn zero(&mut self, hfn: Hfn) {
         let va = self.byte_va(hfn, 0, FRAME_BYTES);
@@ -154,7 +197,7 @@ impl FrameMemory for FwFrameMemory {
         // exclusive borrow of `self` rules out other host views. The guest may access the
         // frame concurrently through the TLB only once the memory core mapped it, which it
         // does after zeroing.
-        unsafe { core::ptr::write_bytes(va as *mut u8, 0, FRAME_BYTES) };
+        unsafe { zero_frame(va) };
     }
 
     fn copy(&mut self, dst: Hfn, src: Hfn) {

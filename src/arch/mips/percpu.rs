@@ -35,6 +35,15 @@ const HEADER_WORDS: usize = PAGE_BYTES / 8;
 pub const WORD_ATTEMPTS: usize = HEADER_WORDS - 1;
 /// Header word: the GuestContext this CPU runs or last ran (guest.s).
 pub const WORD_GUEST_CTX: usize = HEADER_WORDS - 2;
+/// Header word: the fast lane's stack top (a KSEG0 address inside this area).
+pub const WORD_FAST_STACK: usize = HEADER_WORDS - 3;
+/// Header word: which vector the fast lane was entered from (guest.rs EXIT_*).
+pub const WORD_FAST_KIND: usize = HEADER_WORDS - 4;
+/// Header words: the guest registers the fast lane saves (GPR `n` at word `n`; HI, LO at
+/// 32, 33).
+pub const WORD_FAST_SAVE: usize = HEADER_WORDS - 64;
+/// Header words below this one are the fast lane's stack.
+const FAST_STACK_WORDS_END: usize = WORD_FAST_SAVE;
 
 /// Offset from zero (as the vectors address it) of a slot field, `field` bytes into slot 0.
 pub const fn slot_field_va_offset(field: usize) -> i64 {
@@ -84,6 +93,8 @@ pub fn install() {
     );
     // SAFETY: nothing reads Context but the refill vector, which wants PTEBase = 0.
     unsafe { cp0::set_context(0) };
+    let stack_top = area.words[FAST_STACK_WORDS_END..].as_ptr() as u64;
+    area.words[WORD_FAST_STACK].store(stack_top, Ordering::Relaxed);
 }
 
 /// This CPU's area.

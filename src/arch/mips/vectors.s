@@ -136,8 +136,15 @@ exc_general_entry:
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
     beqz    $k0, 3f
+    mfc0    $k0, $13                # (delay slot) guest: TLB Mod/TLBL/TLBS take the fast lane
+    andi    $k0, $k0, 0x7c
+    addiu   $k0, $k0, -4            # ExcCode 1, 2, 3 -> 0, 4, 8
+    sltiu   $k0, $k0, 9
+    bnez    $k0, 4f
     nop
     j       guest_exit_general       # j: guest.s may be linked anywhere in the image
+    nop
+4:  j       guest_fast_general
     nop
 3:  .set at
     SAVE_FRAME {kind_general}
@@ -148,8 +155,8 @@ refill_cache_miss:
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
     beqz    $k0, 3f
-    dmfc0   $k1, $31                # k1 back: GUEST_EXIT parks it itself
-    j       guest_exit_refill       # j: guest.s may be linked anywhere in the image
+    dmfc0   $k1, $31                # k1 back: the guest paths park it themselves
+    j       guest_fast_refill       # j: guest.s may be linked anywhere in the image
     nop
 3:  .set at
     SAVE_FRAME {kind_refill}
