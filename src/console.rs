@@ -4,14 +4,23 @@
 //! CPUs does not interleave inside a line. The panic/fatal path must print even if the
 //! lock is held (by a CPU that died, or by the interrupted code on this CPU), so
 //! [`panic_writer`] waits only a bounded time for the lock and then writes without it.
+//!
+//! The operator console (`console_op`) leaves its prompt and the operator's typing on an
+//! open line. Any whole line printed meanwhile first ends that open line, so every `STAT`
+//! and `RESULT` line still starts at the beginning of a line; the operator console redraws
+//! its prompt when the next key arrives.
 
 use crate::arch::irq::IrqGuard;
 use crate::drivers::uart16550::Uart16550;
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, Ordering};
 use spin::{Mutex, MutexGuard, Once};
 
 static UART: Once<Uart16550> = Once::new();
 static LINE_LOCK: Mutex<()> = Mutex::new(());
+/// The cursor is not at the start of a line: the operator console's prompt or echo is
+/// open. Changed with `LINE_LOCK` held (the panic path excepted, which may lack it).
+static LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
 /// Sets up the board UART. Called once by CPU 0 before anything prints.
 pub fn init(uart: Uart16550) {
@@ -37,10 +46,19 @@ impl Write for RawWriter {
     }
 }
 
+/// Ends the operator console's open line, if there is one, so the next output starts a line.
+/// Caller holds `LINE_LOCK` (or, on the panic path, tried to).
+fn close_open_line() {
+    if LINE_OPEN.swap(false, Ordering::Relaxed) {
+        let _ = RawWriter.write_str("\n");
+    }
+}
+
 /// Prints one line (the `println!` back end).
 pub fn print_line(args: fmt::Arguments<'_>) {
     let _irq = IrqGuard::new();
     let _line = LINE_LOCK.lock();
+    close_open_line();
     let _ = RawWriter.write_fmt(args);
     let _ = RawWriter.write_str("\n");
 }
@@ -49,9 +67,44 @@ pub fn print_line(args: fmt::Arguments<'_>) {
 pub fn log_line(args: fmt::Arguments<'_>) {
     let _irq = IrqGuard::new();
     let _line = LINE_LOCK.lock();
+    close_open_line();
     let _ = write!(RawWriter, "[cpu{}] ", crate::arch::cpu_id());
     let _ = RawWriter.write_fmt(args);
     let _ = RawWriter.write_str("\n");
+}
+
+/// Writes `text` without ending the line (the operator console's prompt and echo); the line
+/// stays open unless `text` ends with a newline.
+pub fn write_open(text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    let _irq = IrqGuard::new();
+    let _line = LINE_LOCK.lock();
+    let _ = RawWriter.write_str(text);
+    LINE_OPEN.store(!text.ends_with('\n'), Ordering::Relaxed);
+}
+
+/// True while the operator console's prompt line is open (nothing printed over it since).
+pub fn line_open() -> bool {
+    LINE_OPEN.load(Ordering::Relaxed)
+}
+
+/// Prints every line of `text` with `prefix` in front, as one block no other line splits.
+pub fn print_prefixed(prefix: &str, text: &str) {
+    let _irq = IrqGuard::new();
+    let _line = LINE_LOCK.lock();
+    close_open_line();
+    for line in text.lines() {
+        let _ = RawWriter.write_str(prefix);
+        let _ = RawWriter.write_str(line);
+        let _ = RawWriter.write_str("\n");
+    }
+}
+
+/// Takes one byte the operator typed, if any (never waits).
+pub fn try_read_byte() -> Option<u8> {
+    UART.get()?.try_read_byte()
 }
 
 /// Writer for the panic and fatal-exception paths; holds the line lock if it got it.
@@ -81,6 +134,7 @@ pub fn panic_writer() -> PanicWriter {
         }
         core::hint::spin_loop();
     }
+    close_open_line();
     PanicWriter {
         _line: line,
         _irq: irq,

@@ -22,6 +22,8 @@ extern crate alloc;
 
 #[cfg(target_arch = "mips64")]
 mod console;
+#[cfg(target_arch = "mips64")]
+mod console_op;
 
 #[cfg(target_arch = "mips64")]
 #[path = "arch/mips/mod.rs"]

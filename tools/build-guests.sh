@@ -16,7 +16,12 @@ OUT=${MIPSVISOR_OUT:-$ROOT/out}/guests
 GUESTS_DIR=$ROOT/guests
 TARGET_JSON=$GUESTS_DIR/mips64el-mipsvisor-guest.json
 TARGET_NAME=mips64el-mipsvisor-guest
-ALL_GUESTS=(hello testguest hostile)
+# Every guest binary crate (a directory with src/main.rs); guest-rt and guest-patterns are
+# libraries.
+ALL_GUESTS=()
+for main in "$GUESTS_DIR"/*/src/main.rs; do
+    [ -f "$main" ] && ALL_GUESTS+=("$(basename "$(dirname "$(dirname "$main")")")")
+done
 MODE=build
 if [ $# -gt 0 ]; then
     case "$1" in

@@ -43,6 +43,8 @@ mipsvisor_ensure_deps() {
                 command -v rustfmt >/dev/null 2>&1 || need+=(rustfmt-web)
             fi
             [ -x /usr/bin/clippy-driver ] || mipsvisor_have_nightly_src || need+=(rust-web-clippy)
+            # tools/plot and its PNG check (standard library only).
+            command -v python3 >/dev/null 2>&1 || need+=(python3)
             ;;
         gdb)
             command -v gdb-multiarch >/dev/null 2>&1 || need+=(gdb-multiarch)

@@ -79,6 +79,7 @@ run_host() {
     step "guests cargo fmt --check" \
         "${HOST_CARGO[@]}" fmt --manifest-path guests/Cargo.toml --all -- --check
     step "guests host tests (guest-patterns)" tools/build-guests.sh test
+    step "tools/plot: sample run to PNG, every series drawn" plot_checks
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -86,6 +87,32 @@ run_host() {
         step "loom test $loom" env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
             "${HOST_CARGO[@]}" test -p hv-core --release --test "$loom"
     done
+}
+
+# tools/plot on the committed sample run (tools/fixtures/plot-sample.log): a valid PNG of
+# the asked size in which every service's line is drawn (its colour spans much of the
+# width), the summary ignores a `console: STAT sample` answer and a malformed sample, stdin
+# works, and output without samples is refused.
+PLOT_SERIES=(dedup=31,119,180:600:25 balloon=230,120,20:600:25 swap=40,160,40:600:25
+             absent-red=255,0,0:0:0)
+plot_checks() {
+    local fixture=tools/fixtures/plot-sample.log png=$LOGS/plot-sample.png summary
+    summary=$(tools/plot "$fixture" -o "$png") || return 1
+    echo "$summary"
+    tools/lib/check-png.py "$png" 800 480 "${PLOT_SERIES[@]}" || return 1
+    grep -q '^plot: 39 samples, rounds 1..40, 7 BENCH lines' <<<"$summary" || return 1
+    grep -Eq '^dedup +11.31 +11.72$' <<<"$summary" || return 1
+    grep -Eq '^balloon +0.00 +16.00$' <<<"$summary" || return 1
+    grep -Eq '^swap +5.86 +5.86$' <<<"$summary" || return 1
+    tools/plot --size 640x400 -o "$LOGS/plot-stdin.png" <"$fixture" || return 1
+    tools/lib/check-png.py "$LOGS/plot-stdin.png" 640 400 "${PLOT_SERIES[@]}" || return 1
+    local refused
+    if refused=$(printf 'STAT cpus=2\nRESULT boot PASS\n' | tools/plot -o "$LOGS/none.png" 2>&1); then
+        echo "tools/plot accepted output without samples"
+        return 1
+    fi
+    echo "$refused"
+    grep -q "no 'STAT sample" <<<"$refused"
 }
 
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
@@ -184,6 +211,9 @@ run_qemu() {
     scenario_case "guests-dedup-layout-affinity" guests --smp 2 --config dedup
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
+    scenario_case "guests-memguest-smp2" guests --smp 2 --config memguest
+    scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
     fail_case "panic-selftest" \

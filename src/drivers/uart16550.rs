@@ -1,7 +1,8 @@
-//! Polled driver for a 16550-compatible UART (transmit side).
+//! Polled driver for a 16550-compatible UART.
 //!
 //! Register offsets are in units of `stride` bytes (1 on Malta's PIIX4 SuperIO). Only what
-//! the console needs: 8N1 set-up and polled transmit (LSR.THRE before each byte).
+//! the consoles need: 8N1 set-up, polled transmit (LSR.THRE before each byte) and
+//! non-blocking receive (LSR.DR, then the receive buffer) for the operator console.
 
 use core::ptr::NonNull;
 use volatile::VolatilePtr;
@@ -18,6 +19,8 @@ const LCR: usize = 3;
 const MCR: usize = 4;
 /// Line status register.
 const LSR: usize = 5;
+/// LSR bit: data ready (the receive buffer or FIFO holds a byte).
+const LSR_DR: u8 = 1 << 0;
 /// LSR bit: transmit holding register empty.
 const LSR_THRE: u8 = 1 << 5;
 /// LCR bit: divisor latch access.
@@ -74,5 +77,17 @@ impl Uart16550 {
             core::hint::spin_loop();
         }
         self.register(THR).write(byte);
+    }
+
+    /// Takes one received byte if there is one, without waiting.
+    ///
+    /// Reading the receive buffer pops it from the FIFO; a byte with a framing or parity
+    /// error is returned like any other (the console's parser rejects what it cannot use).
+    pub fn try_read_byte(&self) -> Option<u8> {
+        if self.register(LSR).read() & LSR_DR == 0 {
+            return None;
+        }
+        // THR's offset is the receive buffer register when read with DLAB = 0.
+        Some(self.register(THR).read())
     }
 }

@@ -86,6 +86,7 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
             gpa: bench_guest::LOAD_GPA,
         },
         swap_on_yield: None,
+        workload: None,
     }];
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, BENCH_TIMEOUT_TICKS);

@@ -94,6 +94,7 @@ fn specs(info: &BootInfo, layout: &VmLayout, cpus: usize) -> Result<Vec<VmSpec<'
             affinity: vm.affinity.map(|set| set.mask()),
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
+            workload: vm.workload,
         });
     }
     Ok(specs)
@@ -175,6 +176,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             affinity: None,
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
+            workload: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;

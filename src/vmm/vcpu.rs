@@ -685,13 +685,7 @@ impl Vcpu {
                 self.vm.finish(VmOutcome::Exited(status));
                 return Flow::End(SliceEnd::Finished);
             }
-            Hypercall::VmInfo(key) => Ok(match key {
-                VmInfoKey::AbiVersion => hypercall::ABI_VERSION,
-                VmInfoKey::VcpuId => self.index as u64,
-                VmInfoKey::VcpuCount => self.vm.vcpus as u64,
-                VmInfoKey::RamBytes => self.vm.ram_bytes,
-                VmInfoKey::VmId => self.vm.id as u64,
-            }),
+            Hypercall::VmInfo(key) => self.vm_info(key),
             Hypercall::Yield => {
                 if let Err(why) = self.vm.on_yield() {
                     return self.stop(why);
@@ -702,6 +696,24 @@ impl Vcpu {
         };
         hypercall::set_result(&mut self.cpu.gprs, result);
         Flow::Resume
+    }
+
+    /// The answer to VM-info `key`; keys about something the VM lacks are `BadArgument`.
+    fn vm_info(&self, key: VmInfoKey) -> Result<u64, HypercallError> {
+        let unset = HypercallError::BadArgument;
+        Ok(match key {
+            VmInfoKey::AbiVersion => hypercall::ABI_VERSION,
+            VmInfoKey::VcpuId => self.index as u64,
+            VmInfoKey::VcpuCount => self.vm.vcpus as u64,
+            VmInfoKey::RamBytes => self.vm.ram_bytes,
+            VmInfoKey::VmId => self.vm.id as u64,
+            VmInfoKey::Workload => self.vm.workload.ok_or(unset)?.kind.code(),
+            VmInfoKey::WorkloadArg => self.vm.workload.and_then(|w| w.arg).ok_or(unset)?,
+            // The services task keeps these counters; until it runs they stay at 0.
+            VmInfoKey::DedupFullScans => 0,
+            VmInfoKey::IdlePasses => 0,
+            VmInfoKey::BalloonGpa => self.vm.balloon_gpa.ok_or(unset)?.raw(),
+        })
     }
 
     fn console_write(&mut self, buf: Gva, len: u64) -> Result<u64, HypercallError> {

@@ -16,7 +16,7 @@ use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::frame_pool::FramePool;
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_devices::bus::{BusError, MmioBus};
-use hv_devices::vmconfig::DeviceSpec;
+use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
 use spin::Mutex;
@@ -53,6 +53,8 @@ pub struct VmSpec<'a> {
     /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
     /// which makes the memory core flush their derived translations.
     pub swap_on_yield: Option<(Gpa, u64)>,
+    /// The memory-services workload reported to the guest (VM-info keys 9 and 10).
+    pub workload: Option<WorkloadSpec>,
 }
 
 /// Where a VM's image comes from.
@@ -192,6 +194,10 @@ pub struct Vm {
     pub vcpus: usize,
     /// Host CPUs (bit mask) its vCPUs may run on; `None` for any.
     pub affinity: Option<u64>,
+    /// The memory-services workload reported to the guest (VM-info keys 9 and 10).
+    pub workload: Option<WorkloadSpec>,
+    /// Guest physical address of the first virtio-mmio balloon transport (VM-info key 13).
+    pub balloon_gpa: Option<Gpa>,
     /// Counters.
     pub stats: VmStats,
     console_line: Mutex<String>,
@@ -294,6 +300,8 @@ impl Vm {
             image_end,
             vcpus: 1,
             affinity: spec.affinity,
+            workload: spec.workload,
+            balloon_gpa: vmconfig::first_balloon_gpa(&spec.devices),
             stats: VmStats::default(),
             console_line: Mutex::new(String::new()),
             recorded: Mutex::new(Vec::new()),

@@ -227,6 +227,12 @@ impl<M: FrameMemory> HostState<M> {
         self.swap_counters
     }
 
+    /// Resident pages whose swap copy is still valid (they hold a store slot each, so
+    /// `swapped_pages() - clean_copy_count()` pages are out of memory now).
+    pub fn clean_copy_count(&self) -> usize {
+        self.clean_copies.len()
+    }
+
     /// Whether a resident page still has a clean copy in the swap store.
     pub fn has_clean_copy(&self, backing: BackingId, page: u64) -> bool {
         self.clean_copies.contains_key(&(backing.0, page))

@@ -21,6 +21,7 @@ use core::fmt;
 use fdt::node::FdtNode;
 use fdt::Fdt;
 use hv_core::addr::{Gpa, PAGE_SIZE};
+pub use hv_emul::hypercall::Workload;
 
 use crate::bus::MmioWindow;
 
@@ -281,6 +282,16 @@ pub enum ConfigError {
         /// VM index.
         vm: usize,
     },
+    /// A `workload` that is not one of the known names.
+    UnknownWorkload {
+        /// VM index.
+        vm: usize,
+    },
+    /// A `workload-arg` on a VM without a `workload`.
+    WorkloadArgWithoutWorkload {
+        /// VM index.
+        vm: usize,
+    },
     /// The affinity names a CPU that was not found at boot.
     AffinityToMissingCpu {
         /// VM index.
@@ -342,6 +353,13 @@ impl fmt::Display for ConfigError {
             ConfigError::UnknownImage { vm } => {
                 write!(f, "vm {vm}: the firmware has no guest image of that name")
             }
+            ConfigError::UnknownWorkload { vm } => write!(
+                f,
+                "vm {vm}: workload must be one of \"dedup\", \"balloon\", \"swap\", \"idle\", \"stress\""
+            ),
+            ConfigError::WorkloadArgWithoutWorkload { vm } => {
+                write!(f, "vm {vm}: workload-arg is set but workload is not")
+            }
             ConfigError::AffinityToMissingCpu { vm, cpu, cpu_count } => write!(
                 f,
                 "vm {vm}: cpu-affinity names CPU {cpu}, but only {cpu_count} CPUs are present"
@@ -366,6 +384,8 @@ impl ConfigError {
             | ConfigError::BadDevice { vm, .. }
             | ConfigError::TooManyDevices { vm }
             | ConfigError::UnknownImage { vm }
+            | ConfigError::UnknownWorkload { vm }
+            | ConfigError::WorkloadArgWithoutWorkload { vm }
             | ConfigError::AffinityToMissingCpu { vm, .. } => Some(vm),
             ConfigError::DuplicateName { second, .. } => Some(second),
             ConfigError::Blob(_)
@@ -472,6 +492,23 @@ pub struct DeviceSpec {
     pub window: MmioWindow,
 }
 
+/// The memory-services workload a test guest runs (VM-info keys 9 and 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadSpec {
+    /// Which workload.
+    pub kind: Workload,
+    /// Its argument; `None` lets the guest pick its default.
+    pub arg: Option<u64>,
+}
+
+/// Guest physical address of the first virtio-mmio balloon transport among `devices`.
+pub fn first_balloon_gpa(devices: &[DeviceSpec]) -> Option<Gpa> {
+    devices
+        .iter()
+        .find(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon))
+        .map(|d| d.window.base())
+}
+
 /// One VM of a layout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -491,9 +528,16 @@ pub struct VmSpec {
     pub trust_group: Option<u32>,
     /// Emulated devices.
     pub devices: Vec<DeviceSpec>,
+    /// The workload a memory-services test guest should run, if any.
+    pub workload: Option<WorkloadSpec>,
 }
 
 impl VmSpec {
+    /// Guest physical address of the VM's first virtio-mmio balloon transport.
+    pub fn balloon_gpa(&self) -> Option<Gpa> {
+        first_balloon_gpa(&self.devices)
+    }
+
     /// The VM's regions with their names, for overlap checks.
     fn regions(&self) -> impl Iterator<Item = (Region, u64, u64)> + '_ {
         let ram = core::iter::once((Region::Ram, self.ram.base.raw(), self.ram.end_raw()));
@@ -620,6 +664,7 @@ impl VmLayout {
                         window: window(DEFAULT_VIRTIO_GPA, crate::virtio_mmio::WINDOW_BYTES),
                     },
                 ],
+                workload: None,
             })
             .collect();
         Self { vms }
@@ -746,6 +791,7 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         None => None,
         Some(p) => Some(be32_exact(p.value).ok_or(bad("trust-group"))?),
     };
+    let workload = parse_workload(vm, node)?;
     let mut devices = Vec::new();
     for (device, child) in node.children().enumerate() {
         if device == MAX_DEVICES {
@@ -762,7 +808,31 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         affinity,
         trust_group,
         devices,
+        workload,
     })
+}
+
+/// The optional `workload` (a name) and `workload-arg` (a 32- or 64-bit number).
+fn parse_workload(vm: usize, node: FdtNode<'_, '_>) -> Result<Option<WorkloadSpec>, ConfigError> {
+    let arg = match node.property("workload-arg") {
+        None => None,
+        Some(p) => Some(be_number(p.value).ok_or(ConfigError::BadProperty {
+            vm,
+            property: "workload-arg",
+        })?),
+    };
+    let Some(name) = prop_str(node, "workload") else {
+        return match arg {
+            Some(_) => Err(ConfigError::WorkloadArgWithoutWorkload { vm }),
+            None => Ok(None),
+        };
+    };
+    let name = name.ok_or(ConfigError::BadProperty {
+        vm,
+        property: "workload",
+    })?;
+    let kind = Workload::from_name(name).ok_or(ConfigError::UnknownWorkload { vm })?;
+    Ok(Some(WorkloadSpec { kind, arg }))
 }
 
 fn parse_device(node: FdtNode<'_, '_>) -> Option<DeviceSpec> {
@@ -813,6 +883,15 @@ fn prop_range(node: FdtNode<'_, '_>, name: &str) -> Option<Option<MemRange>> {
 fn be32_exact(value: &[u8]) -> Option<u32> {
     let b: [u8; 4] = value.try_into().ok()?;
     Some(u32::from_be_bytes(b))
+}
+
+/// A big-endian number of one or two cells (`<N>` or `/bits/ 64 <N>`).
+fn be_number(value: &[u8]) -> Option<u64> {
+    match value.len() {
+        4 => be32_exact(value).map(u64::from),
+        8 => Some(u64::from_be_bytes(value.try_into().ok()?)),
+        _ => None,
+    }
 }
 
 fn be64_pair(value: &[u8]) -> Option<(u64, u64)> {
@@ -1059,6 +1138,138 @@ mod tests {
         for (blob, expect) in cases {
             assert_eq!(VmLayout::parse(&blob), Err(expect));
         }
+    }
+
+    #[test]
+    fn workloads_are_parsed() {
+        let blob = config(&["a", "b", "c", "d"], |b, i| {
+            plain_vm(b, i);
+            match i {
+                0 => {
+                    b.str("workload", "dedup").u64s("workload-arg", &[1 << 40]);
+                }
+                1 => {
+                    b.str("workload", "stress").u32s("workload-arg", &[300_000]);
+                }
+                2 => {
+                    b.str("workload", "idle");
+                }
+                _ => {}
+            }
+        });
+        let layout = VmLayout::parse(&blob).unwrap();
+        let got: Vec<_> = layout.vms.iter().map(|v| v.workload).collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(WorkloadSpec {
+                    kind: Workload::Dedup,
+                    arg: Some(1 << 40)
+                }),
+                Some(WorkloadSpec {
+                    kind: Workload::Stress,
+                    arg: Some(300_000)
+                }),
+                Some(WorkloadSpec {
+                    kind: Workload::Idle,
+                    arg: None
+                }),
+                None,
+            ]
+        );
+        for kind in Workload::ALL {
+            let blob = config(&["a"], |b, i| {
+                plain_vm(b, i);
+                b.str("workload", kind.name());
+            });
+            let vm = &VmLayout::parse(&blob).unwrap().vms[0];
+            assert_eq!(vm.workload.map(|w| w.kind), Some(kind));
+        }
+    }
+
+    #[test]
+    fn workload_errors() {
+        let with = |f: fn(&mut Blob)| {
+            config(&["ok", "bad"], move |b, i| {
+                plain_vm(b, i);
+                if i == 1 {
+                    f(b);
+                }
+            })
+        };
+        let cases: Vec<(Vec<u8>, ConfigError)> = vec![
+            (
+                with(|b| {
+                    b.str("workload", "ksm");
+                }),
+                ConfigError::UnknownWorkload { vm: 1 },
+            ),
+            (
+                with(|b| {
+                    b.str("workload", "");
+                }),
+                ConfigError::UnknownWorkload { vm: 1 },
+            ),
+            (
+                with(|b| {
+                    b.prop("workload", b"dedup");
+                }),
+                ConfigError::BadProperty {
+                    vm: 1,
+                    property: "workload",
+                },
+            ),
+            (
+                with(|b| {
+                    b.str("workload", "swap").prop("workload-arg", &[0, 0, 1]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 1,
+                    property: "workload-arg",
+                },
+            ),
+            (
+                with(|b| {
+                    b.str("workload", "swap").u64s("workload-arg", &[1, 2]);
+                }),
+                ConfigError::BadProperty {
+                    vm: 1,
+                    property: "workload-arg",
+                },
+            ),
+            (
+                with(|b| {
+                    b.u64s("workload-arg", &[4]);
+                }),
+                ConfigError::WorkloadArgWithoutWorkload { vm: 1 },
+            ),
+        ];
+        for (blob, expect) in cases {
+            let err = VmLayout::parse(&blob).unwrap_err();
+            assert_eq!(err, expect);
+            assert_eq!(err.vm(), Some(1));
+        }
+        assert!(ConfigError::UnknownWorkload { vm: 1 }
+            .to_string()
+            .contains("\"stress\""));
+    }
+
+    #[test]
+    fn balloon_gpa_is_the_first_balloon() {
+        let mut vm = VmLayout::builtin_default().vms.remove(0);
+        assert_eq!(vm.balloon_gpa(), Some(Gpa::new(DEFAULT_VIRTIO_GPA)));
+        let second = DeviceSpec {
+            kind: DeviceKind::VirtioMmio(VirtioKind::Balloon),
+            window: MmioWindow::new(Gpa::new(0x1f00_2000), 0x200).unwrap(),
+        };
+        vm.devices.insert(0, vm.devices[0]);
+        vm.devices.push(second);
+        assert_eq!(vm.balloon_gpa(), Some(Gpa::new(DEFAULT_VIRTIO_GPA)));
+        vm.devices.insert(1, second);
+        assert_eq!(vm.balloon_gpa(), Some(Gpa::new(0x1f00_2000)));
+        vm.devices
+            .retain(|d| matches!(d.kind, DeviceKind::Uart16550 { .. }));
+        assert_eq!(vm.balloon_gpa(), None);
     }
 
     #[test]

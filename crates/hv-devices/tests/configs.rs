@@ -15,6 +15,8 @@ const SWAP: &[u8] = include_bytes!("fixtures/swap.dtb");
 const IDLE: &[u8] = include_bytes!("fixtures/idle.dtb");
 const STRESS: &[u8] = include_bytes!("fixtures/stress.dtb");
 const DEMO: &[u8] = include_bytes!("fixtures/demo.dtb");
+const MEMGUEST: &[u8] = include_bytes!("fixtures/memguest.dtb");
+const MEMGUEST_SMOKE: &[u8] = include_bytes!("fixtures/memguest-smoke.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -27,10 +29,12 @@ const ALL: &[(&str, &[u8])] = &[
     ("idle", IDLE),
     ("stress", STRESS),
     ("demo", DEMO),
+    ("memguest", MEMGUEST),
+    ("memguest-smoke", MEMGUEST_SMOKE),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
-const IMAGES: &[&str] = &["testguest", "hostile"];
+const IMAGES: &[&str] = &["testguest", "hostile", "memguest"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -181,4 +185,31 @@ fn fixtures_are_up_to_date() {
         );
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn memguest_layouts_give_every_vm_a_workload() {
+    use hv_devices::vmconfig::Workload;
+    let kinds = |blob| -> Vec<Workload> {
+        let layout = VmLayout::parse(blob).unwrap();
+        layout
+            .vms
+            .iter()
+            .map(|vm| {
+                assert_eq!(vm.image, "memguest");
+                vm.workload.expect("every memguest VM has a workload").kind
+            })
+            .collect()
+    };
+    // The layout in tools/test.sh needs no memory service.
+    assert_eq!(kinds(MEMGUEST), [Workload::Swap, Workload::Stress]);
+    assert_eq!(
+        kinds(MEMGUEST_SMOKE),
+        [
+            Workload::Dedup,
+            Workload::Swap,
+            Workload::Idle,
+            Workload::Stress
+        ]
+    );
 }

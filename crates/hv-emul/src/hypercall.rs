@@ -76,6 +76,17 @@ pub enum VmInfoKey {
     RamBytes = 3,
     /// The VM's number.
     VmId = 4,
+    /// The VM's configured workload, as a [`Workload::code`] (error when none is set).
+    Workload = 9,
+    /// The workload's argument (error when none is set).
+    WorkloadArg = 10,
+    /// Full scans the dedup service has completed so far (all VMs; 0 when dedup is off).
+    DedupFullScans = 11,
+    /// Idle-tracking passes completed over this VM (0 when idle tracking is off).
+    IdlePasses = 12,
+    /// Guest physical address of the VM's first virtio-mmio balloon transport (error when
+    /// the VM has none).
+    BalloonGpa = 13,
 }
 
 impl VmInfoKey {
@@ -86,8 +97,73 @@ impl VmInfoKey {
             2 => VmInfoKey::VcpuCount,
             3 => VmInfoKey::RamBytes,
             4 => VmInfoKey::VmId,
+            9 => VmInfoKey::Workload,
+            10 => VmInfoKey::WorkloadArg,
+            11 => VmInfoKey::DedupFullScans,
+            12 => VmInfoKey::IdlePasses,
+            13 => VmInfoKey::BalloonGpa,
             _ => return None,
         })
+    }
+}
+
+/// What a memory-services test guest should do, chosen per VM by the configuration and
+/// reported as [`VmInfoKey::Workload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workload {
+    /// Fill memory with mergeable pages, wait for dedup scans, copy-on-write, verify.
+    Dedup,
+    /// Drive a virtio-balloon device.
+    Balloon,
+    /// Touch all memory in waves and verify it (for swap).
+    Swap,
+    /// Keep a known working set busy (for idle-page tracking).
+    Idle,
+    /// Random page writes and verified reads.
+    Stress,
+}
+
+impl Workload {
+    /// Every workload, in code order.
+    pub const ALL: [Workload; 5] = [
+        Workload::Dedup,
+        Workload::Balloon,
+        Workload::Swap,
+        Workload::Idle,
+        Workload::Stress,
+    ];
+
+    /// The number a guest reads from [`VmInfoKey::Workload`].
+    pub const fn code(self) -> u64 {
+        match self {
+            Workload::Dedup => 1,
+            Workload::Balloon => 2,
+            Workload::Swap => 3,
+            Workload::Idle => 4,
+            Workload::Stress => 5,
+        }
+    }
+
+    /// The name used in configurations (`workload = "dedup";`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Workload::Dedup => "dedup",
+            Workload::Balloon => "balloon",
+            Workload::Swap => "swap",
+            Workload::Idle => "idle",
+            Workload::Stress => "stress",
+        }
+    }
+
+    /// The workload called `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+impl core::fmt::Display for Workload {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -212,6 +288,39 @@ mod tests {
             Ok(Hypercall::VmInfo(VmInfoKey::RamBytes))
         );
         assert_eq!(parse(0, &regs(nr::YIELD, 0, 0)), Ok(Hypercall::Yield));
+    }
+
+    #[test]
+    fn memory_service_keys() {
+        let expected = [
+            (9, VmInfoKey::Workload),
+            (10, VmInfoKey::WorkloadArg),
+            (11, VmInfoKey::DedupFullScans),
+            (12, VmInfoKey::IdlePasses),
+            (13, VmInfoKey::BalloonGpa),
+        ];
+        for (raw, key) in expected {
+            assert_eq!(
+                parse(0, &regs(nr::VM_INFO, raw, 0)),
+                Ok(Hypercall::VmInfo(key))
+            );
+            assert_eq!(key as u64, raw);
+        }
+        assert_eq!(
+            parse(0, &regs(nr::VM_INFO, 14, 0)),
+            Err(HypercallError::BadArgument)
+        );
+    }
+
+    #[test]
+    fn workload_names_and_codes() {
+        for (i, w) in Workload::ALL.into_iter().enumerate() {
+            assert_eq!(w.code(), i as u64 + 1);
+            assert_eq!(Workload::from_name(w.name()), Some(w));
+        }
+        assert_eq!(Workload::from_name("Dedup"), None);
+        assert_eq!(Workload::from_name(""), None);
+        assert_eq!(Workload::from_name("dedup "), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Range;
 
 use hv_core::fault::Vm;
 use hv_core::frame_pool::FrameMemory;
@@ -113,8 +114,9 @@ pub struct IdleTracker {
 }
 
 impl IdleTracker {
-    /// A tracker over every backing object `vm` has now, with a working-set window of
-    /// `window` passes.
+    /// A tracker over every backing object `vm`'s memslots map now, with a working-set
+    /// window of `window` passes. On a host memory layer shared by several VMs the other
+    /// VMs' backings are not this VM's working set, so only the memslots count.
     pub fn new<T, M, R>(vm: &Vm<T, M, R>, window: u8) -> Result<Self, IdleError>
     where
         T: TableFrames,
@@ -124,9 +126,13 @@ impl IdleTracker {
         if window == 0 || window > MAX_AGE {
             return Err(IdleError::BadWindow);
         }
+        let mut ids: Vec<BackingId> =
+            vm.with_mmu(|mmu| mmu.slots.iter().map(|slot| slot.backing()).collect());
+        ids.sort_unstable_by_key(|id| id.0);
+        ids.dedup();
         let host = vm.host().lock();
         let mut backings = Vec::new();
-        for id in host.backing_ids() {
+        for id in ids {
             backings.push(BackingAges::new(id, host.backing_len(id)?));
         }
         Ok(Self {
@@ -185,6 +191,27 @@ impl IdleTracker {
         self.backings
             .iter()
             .flat_map(|a| (0..a.npages).map(move |p| (a.backing, p, a.get(p))))
+    }
+
+    /// Pages of `backing` in `pages` touched in the last `window` intervals (pages outside
+    /// the tracked backing count as not touched).
+    pub fn working_set_in(&self, backing: BackingId, pages: Range<u64>) -> u64 {
+        let Some(ages) = self.backings.iter().find(|a| a.backing == backing) else {
+            return 0;
+        };
+        (pages.start..pages.end.min(ages.npages))
+            .filter(|&p| ages.get(p) < self.window)
+            .count() as u64
+    }
+
+    /// Pages tracked for this VM.
+    pub fn pages(&self) -> u64 {
+        self.backings.iter().map(|a| a.npages).sum()
+    }
+
+    /// The tracked backing objects.
+    pub fn backings(&self) -> impl Iterator<Item = BackingId> + '_ {
+        self.backings.iter().map(|a| a.backing)
     }
 
     /// Statistics after the latest pass.
@@ -303,5 +330,40 @@ mod tests {
         check(&mut t, 600..1000);
         vm.check_invariants().unwrap();
         testvm::teardown_clean(vm);
+    }
+
+    /// VMs on one shared host layer: each tracker sees its own VM's backing only, and the
+    /// working sets stay apart.
+    #[test]
+    fn trackers_on_a_shared_layer_track_their_own_vm() {
+        let (host, vms) = testvm::shared_vms(256, 3, 32);
+        let mut trackers: Vec<IdleTracker> = vms
+            .iter()
+            .map(|(vm, _)| IdleTracker::new(&**vm, 2).unwrap())
+            .collect();
+        for ((_, b), t) in vms.iter().zip(&trackers) {
+            assert_eq!(t.backings().collect::<Vec<_>>(), [*b]);
+            assert_eq!(t.pages(), 32);
+        }
+        // VM i touches pages 0..8 * (i + 1) every interval.
+        for _ in 0..3 {
+            for (i, (vm, _)) in vms.iter().enumerate() {
+                for p in 0..8 * (i as u64 + 1) {
+                    vm.map_page(gpa(p), p % 2 == 0).unwrap();
+                }
+            }
+            for ((vm, _), t) in vms.iter().zip(&mut trackers) {
+                t.pass(&**vm).unwrap();
+            }
+        }
+        for (i, ((_, b), t)) in vms.iter().zip(&trackers).enumerate() {
+            let want = 8 * (i as u64 + 1);
+            assert_eq!(t.stats().working_set, want, "vm {i}");
+            assert_eq!(t.working_set_in(*b, 0..4), 4);
+            assert_eq!(t.working_set_in(*b, 4..100), want - 4);
+            assert_eq!(t.working_set_in(BackingId(99), 0..4), 0);
+        }
+        drop(trackers);
+        testvm::teardown_shared(host, vms);
     }
 }

@@ -1,5 +1,5 @@
 //! Portable memory services of mipsvisor: page dedup with copy-on-write, the balloon policy,
-//! idle-page tracking and compressed swap.
+//! idle-page tracking and compressed swap, and the operator console's command language.
 //!
 //! Each service changes the host side of guest memory and reaches the GPA tables only through
 //! the memory core's notifier protocol (`hv_core`); nothing here touches a register.
@@ -9,6 +9,7 @@
 extern crate alloc;
 
 pub mod balloon;
+pub mod console;
 pub mod dedup;
 pub mod idle;
 pub mod router;

@@ -10,6 +10,8 @@
 
 use core::fmt;
 
+pub mod memwork;
+
 /// The patterns a test round can write. Every word is a function of the pattern, the
 /// round's seed and the word's index (its guest physical address / 8), so a region can be
 /// filled and checked in any order and a stale word from another round or address is caught.

@@ -44,6 +44,16 @@ pub enum VmInfoKey {
     ReadOnlyBase,
     /// Proposed extension (guests/README.md): size in bytes of that read-only slot.
     ReadOnlyBytes,
+    /// The VM's memory-services workload: 1 dedup, 2 balloon, 3 swap, 4 idle, 5 stress.
+    Workload,
+    /// The workload's argument.
+    WorkloadArg,
+    /// Dedup full scans completed so far (0 when dedup is off).
+    DedupFullScans,
+    /// Idle-tracking passes completed over this VM (0 when idle tracking is off).
+    IdlePasses,
+    /// GPA of the VM's first virtio-mmio balloon transport.
+    BalloonGpa,
 }
 
 impl VmInfoKey {
@@ -59,6 +69,11 @@ impl VmInfoKey {
             VmInfoKey::TestRounds => 6,
             VmInfoKey::ReadOnlyBase => 7,
             VmInfoKey::ReadOnlyBytes => 8,
+            VmInfoKey::Workload => 9,
+            VmInfoKey::WorkloadArg => 10,
+            VmInfoKey::DedupFullScans => 11,
+            VmInfoKey::IdlePasses => 12,
+            VmInfoKey::BalloonGpa => 13,
         }
     }
 }

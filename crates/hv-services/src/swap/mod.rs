@@ -19,6 +19,7 @@ use core::fmt;
 use hv_core::fault::Vm;
 use hv_core::frame_pool::FrameMemory;
 use hv_core::host_mem::{HostMemError, PageState};
+use hv_core::notifier::MmuNotifier;
 use hv_core::shootdown::RemoteFlush;
 use hv_core::table_frames::TableFrames;
 
@@ -63,6 +64,8 @@ pub struct SwapperCounters {
     pub evicted: u64,
     /// Evictions refused because the swap pool was full.
     pub pool_full: u64,
+    /// Reclaim runs (from `balance` under pressure, or asked for directly).
+    pub reclaims: u64,
 }
 
 /// One VM as the swap service sees it.
@@ -122,6 +125,27 @@ impl Swapper {
         }
         self.counters.pressure_events += 1;
         let want = self.config.high_watermark - free_frames;
+        self.reclaim(want, vms, self.config.min_age)
+    }
+
+    /// Evicts up to `want` pages of `vms` whatever the watermarks, none younger than
+    /// `min_age` (a fault that found no free frame asks with 0: any progress beats stopping
+    /// the guest). Returns the frames freed.
+    pub fn reclaim<T, M, R>(
+        &mut self,
+        want: usize,
+        vms: &[SwapVm<'_, T, M, R>],
+        min_age: u8,
+    ) -> Result<usize, SwapError>
+    where
+        T: TableFrames,
+        M: FrameMemory,
+        R: RemoteFlush,
+    {
+        if want == 0 {
+            return Ok(0);
+        }
+        self.counters.reclaims += 1;
         let mut usage = Vec::with_capacity(vms.len());
         // Within one age, pages whose swap copy is still valid go first: evicting them
         // writes nothing.
@@ -134,6 +158,14 @@ impl Swapper {
                 match host.page(backing, page) {
                     Ok(PageState::Private(_)) => {
                         resident += 1;
+                        // Young now means touched since the last pass: a page faulted in
+                        // (swapped back) since then still carries the age it had while
+                        // out, and evicting it at once would thrash.
+                        let age = if v.vm.test_young(backing, page) {
+                            0
+                        } else {
+                            age
+                        };
                         let c = Candidate {
                             vm: index,
                             backing,
@@ -157,7 +189,7 @@ impl Swapper {
         }
         let mut freed = 0;
         let candidates = clean.into_iter().chain(dirty);
-        for c in select_victims(&usage, candidates, want, self.config.min_age) {
+        for c in select_victims(&usage, candidates, want, min_age) {
             match vms[c.vm].vm.swap_out(c.backing, c.page) {
                 Ok(true) => {
                     freed += 1;
@@ -414,5 +446,165 @@ mod tests {
         );
         testvm::teardown_clean(vm);
         assert_eq!(pool.stats().slots, 0);
+    }
+
+    /// Three VMs on one shared host pool (the firmware's layout), the pool in host frames:
+    /// pressure evicts the coldest pages across VMs, never a VM's hot pages while colder ones
+    /// exist, never below a reservation; a fault that finds the pool empty reclaims and
+    /// retries; every byte comes back and every frame and swap chunk is freed at the end.
+    #[test]
+    fn shared_pool_evicts_coldest_across_vms_within_reservations() {
+        use super::store::FrameBackend;
+        use hv_core::addr::Hfn;
+        use hv_core::frame_pool::VecFrameMemory;
+        const RAM: u64 = 48;
+        const POOL: usize = 100;
+        let (host, vms) = testvm::shared_vms(POOL, 3, RAM);
+        let area = Hfn::new(0x9_0000);
+        let backend = FrameBackend::new(VecFrameMemory::new(area, 64), area, 64).unwrap();
+        let pool = SharedSwap::new(backend);
+        assert!(host.set_swap_store(Box::new(pool.clone())).is_ok());
+        let mut idle: Vec<IdleTracker> = vms
+            .iter()
+            .map(|(vm, _)| IdleTracker::new(&**vm, 2).unwrap())
+            .collect();
+        let reservations = [8u64, 8, 40];
+        let mut swapper = Swapper::new(SwapConfig {
+            low_watermark: 40,
+            high_watermark: 50,
+            min_age: 1,
+        })
+        .unwrap();
+        let free = || host.lock().pool().free_count();
+        let resident = |b: BackingId| {
+            let st = host.lock();
+            (0..RAM)
+                .filter(|&p| st.page(b, p).unwrap().frame().is_some())
+                .count() as u64
+        };
+        let mut direct = 0;
+        // A guest access; an empty pool runs an urgent reclaim and retries, as the
+        // firmware's fault path does.
+        let touch = |v: usize,
+                     page: u64,
+                     write: bool,
+                     idle: &[IdleTracker],
+                     swapper: &mut Swapper,
+                     direct: &mut u32| loop {
+            match vms[v].0.map_page(gpa(page), write) {
+                Ok(_) => return,
+                Err(FaultError::OutOfMemory) => {
+                    *direct += 1;
+                    let views: Vec<SwapVm<'_, _, _, _>> = vms
+                        .iter()
+                        .zip(idle)
+                        .zip(reservations)
+                        .map(|(((vm, _), t), reservation)| SwapVm {
+                            vm: &**vm,
+                            idle: t,
+                            reservation,
+                        })
+                        .collect();
+                    assert!(swapper.reclaim(4, &views, 0).unwrap() > 0, "progress");
+                }
+                Err(e) => panic!("fault: {e}"),
+            }
+        };
+        for (v, (_, b)) in vms.iter().enumerate() {
+            for page in 0..RAM {
+                touch(v, page, true, &idle, &mut swapper, &mut direct);
+                vms[v]
+                    .0
+                    .host_write(*b, page, 0, &contents(v, page, 1))
+                    .unwrap();
+            }
+        }
+        assert!(direct > 0, "144 pages of RAM over a 100-frame pool");
+        // VM 0 keeps pages 0..12 hot for three intervals; everything else goes cold.
+        for _ in 0..3 {
+            for page in 0..12 {
+                touch(0, page, false, &idle, &mut swapper, &mut direct);
+            }
+            for (t, (vm, _)) in idle.iter_mut().zip(&vms) {
+                t.pass(&**vm).unwrap();
+            }
+        }
+        let before: Vec<u64> = vms.iter().map(|(_, b)| resident(*b)).collect();
+        let views: Vec<SwapVm<'_, _, _, _>> = vms
+            .iter()
+            .zip(&idle)
+            .zip(reservations)
+            .map(|(((vm, _), t), reservation)| SwapVm {
+                vm: &**vm,
+                idle: t,
+                reservation,
+            })
+            .collect();
+        let freed = swapper.balance(free(), &views).unwrap();
+        drop(views);
+        assert!(freed > 0);
+        // The high watermark (50 free) is out of reach: VM 0's resident pages are all hot
+        // (age 0, below min_age), VMs 1 and 2 go down to their reservations and no further.
+        let after: Vec<u64> = vms.iter().map(|(_, b)| resident(*b)).collect();
+        assert_eq!(before, [12, 40, 48]);
+        assert_eq!(after, [12, 8, 40]);
+        assert_eq!((freed, free()), (40, 40));
+        for page in 0..12 {
+            assert_eq!(idle[0].age_of(vms[0].1, page), Some(0));
+            assert!(resident(vms[0].1) >= 12);
+            let st = host.lock();
+            assert!(
+                matches!(st.page(vms[0].1, page), Ok(PageState::Private(_))),
+                "hot page {page} of VM 0 stayed"
+            );
+        }
+        for (v, (_, b)) in vms.iter().enumerate() {
+            let now = resident(*b);
+            assert!(
+                now >= reservations[v].min(before[v]),
+                "vm {v}: {now} resident, reservation {}",
+                reservations[v]
+            );
+        }
+        // Everything reads back byte-exact, through swap-ins that themselves need reclaim.
+        for round in 0..2 {
+            for (v, (vm, b)) in vms.iter().enumerate() {
+                for page in 0..RAM {
+                    touch(v, page, false, &idle, &mut swapper, &mut direct);
+                    let mut got = vec![0; 4096];
+                    vm.host().read(*b, page, 0, &mut got).unwrap();
+                    assert!(
+                        got == contents(v, page, 1),
+                        "vm {v} page {page} round {round}"
+                    );
+                }
+            }
+        }
+        {
+            // Slots minus clean copies is exactly the pages out of memory now.
+            let st = host.lock();
+            let out = vms
+                .iter()
+                .flat_map(|(_, b)| st.pages_of(*b).unwrap())
+                .filter(|s| matches!(s, PageState::SwappedOut(_)))
+                .count();
+            assert!(out > 0 && st.clean_copy_count() > 0);
+            assert_eq!(st.swapped_pages() - st.clean_copy_count(), out);
+        }
+        let c = host.lock().swap_counters();
+        assert!(c.read_back > 0 && c.written > 0);
+        assert!(
+            c.clean_reused > 0,
+            "pages read back and evicted again were not rewritten"
+        );
+        assert_eq!(swapper.counters().pool_full, 0);
+        drop(idle);
+        testvm::teardown_shared(host, vms);
+        assert_eq!(pool.stats().slots, 0);
+        assert_eq!(
+            pool.stats().stored_bytes,
+            0,
+            "every chunk of the swap area freed"
+        );
     }
 }

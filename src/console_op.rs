@@ -1,0 +1,84 @@
+//! The operator console on the host UART: the `mipsvisor> ` prompt, a line editor, and the
+//! commands of `hv_services::console` run against the services' [`OperatorView`].
+//!
+//! Polled, never waiting: the services task calls [`poll`] once per round, which takes what
+//! the UART received (at most [`MAX_BYTES_PER_POLL`] bytes, so a flood of input cannot stall
+//! a round), edits the line and runs each finished one. Every line of a command's answer is
+//! printed with the prefix `console: `, so nothing the operator asks for can be mistaken for
+//! a scenario's own `STAT` or `RESULT` lines. The prompt and the typed text stay on an open
+//! line; other output closes it first (see `console`), and the prompt is redrawn when the
+//! next key arrives.
+
+use crate::console;
+use alloc::string::String;
+use hv_services::console::{execute, Edit, LineEditor, OperatorView, PROMPT};
+use spin::Mutex;
+
+/// Prefix of every answer line.
+pub const ANSWER_PREFIX: &str = "console: ";
+/// Received bytes handled per poll at most.
+pub const MAX_BYTES_PER_POLL: usize = 256;
+
+/// The console's state between polls.
+struct Operator {
+    editor: LineEditor,
+    /// The first prompt has been shown.
+    started: bool,
+}
+
+static OPERATOR: Mutex<Operator> = Mutex::new(Operator {
+    editor: LineEditor::new(),
+    started: false,
+});
+
+/// Echo of the editor: partial writes that keep the prompt line open.
+struct Echo;
+
+impl core::fmt::Write for Echo {
+    fn write_str(&mut self, text: &str) -> core::fmt::Result {
+        console::write_open(text);
+        Ok(())
+    }
+}
+
+/// Handles what the operator typed since the last call: echo, editing, and the commands of
+/// finished lines, answered from `view`. Returns at once if another CPU is polling.
+// The services task (helper svccore, src/services) is the caller; until it is wired in,
+// keep the lint quiet here rather than on everything `poll` uses.
+#[allow(dead_code)]
+pub fn poll(view: &mut dyn OperatorView) {
+    let Some(mut operator) = OPERATOR.try_lock() else {
+        return;
+    };
+    if !operator.started {
+        operator.started = true;
+        console::write_open(PROMPT);
+    }
+    for _ in 0..MAX_BYTES_PER_POLL {
+        let Some(byte) = console::try_read_byte() else {
+            break;
+        };
+        if !console::line_open() {
+            // Something printed over the prompt: show it and the typing so far again.
+            let _ = operator.editor.redraw(&mut Echo);
+        }
+        match operator.editor.feed(byte, &mut Echo) {
+            Ok(Edit::Line) => {
+                run(operator.editor.line(), view);
+                operator.editor.clear();
+                console::write_open(PROMPT);
+            }
+            Ok(Edit::Cancelled) => console::write_open(PROMPT),
+            Ok(Edit::Pending) | Err(_) => {}
+        }
+    }
+}
+
+/// Runs one line and prints its answer.
+fn run(line: &[u8], view: &mut dyn OperatorView) {
+    let mut answer = String::new();
+    if execute(line, view, &mut answer).is_err() {
+        answer.push_str("error: the answer could not be formatted\n");
+    }
+    console::print_prefixed(ANSWER_PREFIX, &answer);
+}
