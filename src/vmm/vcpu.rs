@@ -56,18 +56,6 @@ fn derived_entry_lo(entry_lo: u64, guest_writable: bool) -> u64 {
     }
 }
 
-/// The fast lane's handler (arch::guest::FastHandler) for every vCPU.
-///
-/// # Safety
-/// `ctx` must be the context of a vCPU that is inside `guest::enter` on this CPU, with
-/// `fast_arg` pointing at that vCPU (run_slice sets both just before entering).
-unsafe extern "C" fn fast_tlb_handler(ctx: *mut GuestContext, kind: u64) -> u64 {
-    // SAFETY: per the contract the vCPU is alive and its run_slice is suspended inside
-    // guest::enter until this returns; fast_tlb does not touch the context's registers.
-    let vcpu = unsafe { &mut *((*ctx).fast_arg as *mut Vcpu) };
-    u64::from(!vcpu.fast_tlb(kind == EXIT_REFILL))
-}
-
 /// How a time slice ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SliceEnd {
@@ -231,10 +219,7 @@ impl Vcpu {
             }
             self.asids = Some(pair);
             self.ctx.entry_hi = u64::from(self.host_asid(pair));
-            // The fast lane finds this vCPU through the context while it runs.
-            self.ctx.set_fast_handler(Some(fast_tlb_handler));
-            self.ctx.fast_arg = self as *mut Self as u64;
-            guest::enter(&mut self.ctx);
+            guest::enter_with_fast_lane(self);
             tracker
                 .exit_guest(cpu)
                 .expect("CPU numbers are below MAX_CPUS");
@@ -450,16 +435,27 @@ impl Vcpu {
         abi::translate_access(Gva::new(gva), cp0.mode(), cp0.asid(), &self.cpu.tlb, access)
     }
 
+    /// [`Self::translate`], plus the other page of the pair (`gva ^ 0x1000`) for a load if
+    /// valid, in one guest TLB lookup.
+    fn translate_with_buddy(
+        &self,
+        gva: u64,
+        access: Access,
+    ) -> Result<(GuestTranslation, Option<GuestTranslation>), GuestException> {
+        let cp0 = &self.cpu.cp0;
+        abi::translate_with_buddy(Gva::new(gva), cp0.mode(), cp0.asid(), &self.cpu.tlb, access)
+    }
+
     /// A guest memory access missed in the root TLB (or hit a clean/invalid half).
     fn memory_fault(&mut self, access: Access) -> Flow {
         let gva = self.ctx.exit_bad_vaddr;
-        let translation = match self.translate(gva, access) {
+        let (translation, buddy) = match self.translate_with_buddy(gva, access) {
             Ok(t) => t,
             Err(exception) => return self.reflect(exception),
         };
         match self.vm.map_page(translation.gpa, access == Access::Store) {
             Ok(pair) => {
-                if !self.install_derived(gva, &translation, pair) {
+                if !self.install_derived(gva, &translation, buddy, pair, false) {
                     return self.stop(format!(
                         "memory core returned an invalid entry for GPA {:#x}",
                         translation.gpa.raw()
@@ -486,11 +482,15 @@ impl Vcpu {
 
     /// Writes the root-TLB entry for guest page `gva` from `translation` and the GPA entry
     /// pair `map_page` returned. False (and nothing written) if the entry is not valid.
+    /// `buddy` is the guest's translation of the other page of the pair, if valid;
+    /// `known_absent` says the root TLB has no entry for the pair (a refill is being taken).
     fn install_derived(
         &self,
         gva: u64,
         translation: &GuestTranslation,
+        buddy: Option<GuestTranslation>,
         (even, odd): hv_core::fault::PtePair,
+        known_absent: bool,
     ) -> bool {
         let gfn = translation.gpa.frame();
         let (pte, buddy_pte) = if gfn.is_odd() {
@@ -505,15 +505,15 @@ impl Vcpu {
         // The other page of the root pair, when the guest maps it onto the other page of
         // the GPA pair (the window, guest pages of 8 KiB and more) and the memory core has
         // it young: one refill then serves both.
-        let buddy_lo = match self.translate(gva ^ 0x1000, Access::Load) {
-            Ok(t) if t.gpa.frame() == gfn.buddy() => {
+        let buddy_lo = match buddy {
+            Some(t) if t.gpa.frame() == gfn.buddy() => {
                 Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
                     .filter(|lo| lo & ENTRY_LO_V != 0)
             }
             _ => None,
         };
         let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
-        guest::install_guest_page(gva, asid, lo, buddy_lo);
+        guest::install_guest_page(gva, asid, lo, buddy_lo, known_absent);
         true
     }
 
@@ -535,7 +535,7 @@ impl Vcpu {
             _ => return false,
         };
         let gva = guest::exit_bad_vaddr_now();
-        let Ok(translation) = self.translate(gva, access) else {
+        let Ok((translation, buddy)) = self.translate_with_buddy(gva, access) else {
             return false;
         };
         let Some(pair) = self
@@ -545,7 +545,7 @@ impl Vcpu {
         else {
             return false;
         };
-        if !self.install_derived(gva, &translation, pair) {
+        if !self.install_derived(gva, &translation, buddy, pair, refill) {
             return false;
         }
         let stats = &self.vm.stats;
@@ -740,5 +740,15 @@ impl Vcpu {
         }
         self.vm.console_write(&bytes);
         Ok(len)
+    }
+}
+
+impl guest::FastLane for Vcpu {
+    fn context(&mut self) -> &mut GuestContext {
+        &mut self.ctx
+    }
+
+    fn serve_tlb_exception(&mut self, refill: bool) -> bool {
+        self.fast_tlb(refill)
     }
 }

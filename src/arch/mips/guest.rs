@@ -38,27 +38,38 @@ pub struct GuestContext {
     pub exit_kind: u64,
     /// Host s0..s7, s8, gp, sp, ra and Status, saved by `run_guest`.
     host: [u64; 13],
-    /// The fast lane's handler (a [`FastHandler`]), 0 for none.
+    /// The fast lane's handler (`fast_trampoline`), called by guest.s with the context and
+    /// the exit kind; 0 back means served.
     fast_handler: u64,
-    /// Argument for the fast handler (the vCPU that owns this context).
-    pub fast_arg: u64,
+    /// The [`FastLane`] that owns this context, while it runs.
+    fast_arg: u64,
     _pad: u64,
 }
 
-/// A handler the fast lane calls for a guest TLB exception, on the exception path itself:
-/// EXL set, interrupts off, the guest's registers (other than the callee-saved ones) parked
-/// in the per-CPU area, the guest's ASID still in EntryHi. It gets the context and the exit
-/// kind ([`EXIT_GENERAL`] or [`EXIT_REFILL`]) and returns 0 when it served the fault (the
-/// guest resumes at once), anything else to take the general exit. It must not fault, must
-/// not wait for anything another CPU could be waiting for this CPU's guest exit to release,
-/// and must not touch the context's register fields.
-pub type FastHandler = unsafe extern "C" fn(ctx: *mut GuestContext, kind: u64) -> u64;
+/// Something that runs a guest and serves its TLB exceptions in the fast lane (guest.s): on
+/// the exception path itself, with EXL set, interrupts off, the guest's caller-saved
+/// registers parked in the per-CPU area and its ASID still in EntryHi.
+pub trait FastLane {
+    /// The register context to run.
+    fn context(&mut self) -> &mut GuestContext;
 
-impl GuestContext {
-    /// Sets the fast lane's handler (`None`: every exit takes the general path).
-    pub fn set_fast_handler(&mut self, handler: Option<FastHandler>) {
-        self.fast_handler = handler.map_or(0, |h| h as usize as u64);
-    }
+    /// Serves the guest TLB exception being taken (`refill`: it came through the refill
+    /// vector), reading Cause and BadVAddr with [`exit_cause_now`] / [`exit_bad_vaddr_now`].
+    /// True: served, the guest resumes at once. False: the exit goes the general way. It
+    /// must not fault, must not touch the context, and must not wait for anything another
+    /// CPU may hold while it waits for this CPU's guest to exit.
+    fn serve_tlb_exception(&mut self, refill: bool) -> bool;
+}
+
+/// guest.s calls this with the context [`enter_with_fast_lane`] ran.
+///
+/// # Safety
+/// `ctx.fast_arg` must point at the `V` suspended inside `enter_with_fast_lane`.
+unsafe extern "C" fn fast_trampoline<V: FastLane>(ctx: *mut GuestContext, kind: u64) -> u64 {
+    // SAFETY: per the contract the lane is alive and its owner is suspended in run_guest
+    // until this returns; serve_tlb_exception does not touch the context.
+    let lane = unsafe { &mut *((*ctx).fast_arg as *mut V) };
+    u64::from(!lane.serve_tlb_exception(kind == EXIT_REFILL))
 }
 
 /// Exit through the general exception vector.
@@ -138,19 +149,29 @@ pub fn guest_entry_status() -> u64 {
     u64::from(status)
 }
 
-/// Runs the guest described by `ctx` on this CPU until its next exception.
+/// Runs the guest of `lane`'s context on this CPU until its next exception that the fast
+/// lane does not serve.
 ///
-/// `ctx.entry_status` must come from [`guest_entry_status`] and `ctx.entry_hi` must carry an
-/// ASID in 1..=255 whose root-TLB entries were all built from this guest's translations.
-pub fn enter(ctx: &mut GuestContext) {
-    debug_assert!(ctx.entry_status & u64::from(Status::KSU_USER.bits()) != 0);
-    debug_assert!(ctx.entry_hi & 0xff != 0);
-    // SAFETY: run_guest saves and restores every callee-saved register, sp, gp, ra and
-    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode
-    // with the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which
-    // the caller built from copies of this VM's GPA entries, and every exception returns
-    // here through guest.s.
-    unsafe { run_guest(ctx) }
+/// `entry_status` must come from [`guest_entry_status`] and `entry_hi` must carry an ASID in
+/// 1..=255 whose root-TLB entries were all built from this guest's translations.
+pub fn enter_with_fast_lane<V: FastLane>(lane: &mut V) {
+    let this: *mut V = lane;
+    // SAFETY: `this` comes from the exclusive borrow, which is not used again until
+    // run_guest returns; the context pointer and the trampoline's lane pointer both derive
+    // from it. run_guest saves and restores every callee-saved register, sp, gp, ra and
+    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode with
+    // the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which the
+    // caller built from copies of this VM's GPA entries, and every exception either comes
+    // back through guest.s or is served by the lane in between.
+    unsafe {
+        let ctx: *mut GuestContext = (*this).context();
+        debug_assert!((*ctx).entry_status & u64::from(Status::KSU_USER.bits()) != 0);
+        debug_assert!((*ctx).entry_hi & 0xff != 0);
+        let trampoline: unsafe extern "C" fn(*mut GuestContext, u64) -> u64 = fast_trampoline::<V>;
+        (*ctx).fast_handler = trampoline as usize as u64;
+        (*ctx).fast_arg = this as u64;
+        run_guest(ctx);
+    }
 }
 
 /// The CPU this code runs on (for the guest ASID bookkeeping).
@@ -174,13 +195,19 @@ pub fn refill_cache_attempts(cpu: usize) -> u64 {
 /// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo`, and
 /// the other half with `buddy` if given, else keeping the other half of an existing entry
 /// for the same pair (G forced off in both).
-pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>) {
+/// `known_absent`: the root TLB holds no entry for the pair (a refill for it is being
+/// taken right now), so the probe is skipped.
+pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>, known_absent: bool) {
     let lo = EntryLo::from_bits_retain(lo).difference(EntryLo::G);
     let buddy = buddy.map(|b| EntryLo::from_bits_retain(b).difference(EntryLo::G));
     let entry_hi = (gva & PAIR_MASK) | u64::from(asid);
     let odd = gva & 0x1000 != 0;
     let mut window = TlbWindow::open();
-    let existing = window.probe(entry_hi);
+    let existing = if known_absent {
+        None
+    } else {
+        window.probe(entry_hi)
+    };
     let other = match (buddy, existing) {
         (Some(buddy), _) => buddy,
         (None, Some(index)) => {

@@ -9,6 +9,7 @@
 use super::addr::phys_to_virt;
 use crate::mem::frame::{FrameError, OwnedFrame, FRAMES};
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 use hv_core::addr::Hfn;
 use hv_core::frame_pool::{FrameMemory, FRAME_BYTES};
@@ -19,10 +20,17 @@ fn frame_va(hfn: Hfn) -> u64 {
     phys_to_virt(hfn.checked_addr().expect("allocated frames have addresses"))
 }
 
+/// Slots of [`FwTableFrames`]' memo of recently checked table frames.
+const RECENT_TABLES: usize = 8;
+
 /// GPA-table frames from the firmware's frame allocator (one VM's tables).
 pub struct FwTableFrames {
     /// Owned table frames, sorted by frame number.
     frames: Vec<OwnedFrame>,
+    /// Frames found in `frames` before, by frame number modulo the slot count: (frame
+    /// number + 1, kernel address), 0 = empty. Saves the search on every level of every
+    /// walk (a fault walks three levels); a frame leaves it when it is freed.
+    recent: [Cell<(u64, u64)>; RECENT_TABLES],
 }
 
 impl fmt::Debug for FwTableFrames {
@@ -36,7 +44,22 @@ impl fmt::Debug for FwTableFrames {
 impl FwTableFrames {
     /// No tables yet.
     pub const fn new() -> Self {
-        Self { frames: Vec::new() }
+        Self {
+            frames: Vec::new(),
+            recent: [const { Cell::new((0, 0)) }; RECENT_TABLES],
+        }
+    }
+
+    /// Kernel address of table frame `hfn`, which must be one of ours.
+    fn table_va(&self, hfn: Hfn) -> u64 {
+        let slot = &self.recent[hfn.raw() as usize % RECENT_TABLES];
+        let (tag, va) = slot.get();
+        if tag == hfn.raw() + 1 {
+            return va;
+        }
+        let va = frame_va(self.frames[self.position(hfn)].hfn());
+        slot.set((hfn.raw() + 1, va));
+        va
     }
 
     fn position(&self, hfn: Hfn) -> usize {
@@ -66,6 +89,7 @@ impl TableFrames for FwTableFrames {
     }
 
     fn free_table(&mut self, hfn: Hfn) {
+        self.recent[hfn.raw() as usize % RECENT_TABLES].set((0, 0));
         let frame = self.frames.remove(self.position(hfn));
         if let Err(error) = FRAMES.lock().free(frame) {
             panic!("GPA-table frame {hfn} could not be freed: {error}");
@@ -73,17 +97,15 @@ impl TableFrames for FwTableFrames {
     }
 
     fn table(&self, hfn: Hfn) -> &TablePage {
-        let index = self.position(hfn);
-        let va = frame_va(self.frames[index].hfn());
-        // SAFETY: the frame is RAM owned by this object (checked above), 4 KiB aligned and
+        let va = self.table_va(hfn);
+        // SAFETY: the frame is RAM owned by this object (checked by table_va), 4 KiB aligned and
         // reached through the cached unmapped segment; the shared borrow of `self` keeps
         // every mutable view (`table_mut`) away while the reference lives.
         unsafe { &*(va as *const TablePage) }
     }
 
     fn table_mut(&mut self, hfn: Hfn) -> &mut TablePage {
-        let index = self.position(hfn);
-        let va = frame_va(self.frames[index].hfn());
+        let va = self.table_va(hfn);
         // SAFETY: as in `table`; the exclusive borrow of `self` makes this the only view.
         unsafe { &mut *(va as *mut TablePage) }
     }
