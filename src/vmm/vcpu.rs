@@ -27,7 +27,6 @@ use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInf
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
-use hv_emul::regs::Gprs;
 use hv_emul::timer::GuestTimer;
 
 /// EntryLo.V.
@@ -190,7 +189,7 @@ impl Vcpu {
             {
                 self.cpu.pc = handler;
             }
-            self.ctx.gpr = *self.cpu.gprs.as_array();
+            guest::copy_gprs(&mut self.ctx.gpr, self.cpu.gprs.as_array());
             self.ctx.pc = self.cpu.pc;
             self.ctx.entry_status = guest::guest_entry_status();
             let tracker = flush::tracker();
@@ -223,7 +222,9 @@ impl Vcpu {
             tracker
                 .exit_guest(cpu)
                 .expect("CPU numbers are below MAX_CPUS");
-            self.cpu.gprs = Gprs::from_array(self.ctx.gpr);
+            self.cpu
+                .gprs
+                .copy_from_with(&self.ctx.gpr, guest::copy_gprs);
             self.cpu.pc = self.ctx.pc;
             VmStats::bump(&self.vm.stats.exits);
             if self.ctx.exit_kind == EXIT_REFILL {
