@@ -94,9 +94,19 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::bench::bench,
     },
     Scenario {
+        name: "svc-bench",
+        about: "instruction cost of the memory services (run under --icount; tools/bench.sh)",
+        run: crate::vmm::svc_bench::svc_bench,
+    },
+    Scenario {
         name: "isolation",
         about: "a hostile guest tries forbidden things beside a well-behaved VM",
         run: crate::vmm::scenarios::isolation,
+    },
+    Scenario {
+        name: "balloon",
+        about: "virtio balloons inflated by half a VM's RAM and deflated; hostile input refused",
+        run: crate::vmm::balloon_scenario::balloon,
     },
     Scenario {
         name: "vcpu-selftest",

@@ -166,6 +166,140 @@ scenario_case() {
     fi
 }
 
+# run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
+# services that may be absent; passes if it ran to its RESULT line (log_case judges it).
+run_case() {
+    local name=$1 scenario=$2 log rc
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
+        >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    if [ $rc -ne 124 ] && grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "exit status $rc, no RESULT $scenario line; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
+# log_case NAME LOG PATTERN...: a scenario's log (out/test-logs/qemu-LOG.log) has a line
+# matching each PATTERN (grep -E).
+log_case() {
+    local name=$1 log=$LOGS/qemu-$2.log pattern missing=()
+    shift 2
+    for pattern in "$@"; do
+        grep -Eq -- "$pattern" "$log" 2>/dev/null || missing+=("/$pattern/")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        pass "$name"
+    else
+        fail "$name" "$log lacks ${missing[*]}"
+    fi
+}
+
+# console_answer LOG COMMAND: the `console: ` lines answering COMMAND (those after the prompt
+# line that shows it, up to the next prompt line; other output may interleave).
+console_answer() {
+    awk -v want="mipsvisor> $2" '
+        index($0, "mipsvisor> ") == 1 { capture = ($0 == want); next }
+        capture && index($0, "console: ") == 1 { print }' "$1"
+}
+
+# console_case NAME SCENARIO VM BALLOON_RE SWAP_RE IDLE_RE qemu-run.sh arguments...: pipes
+# operator commands into a service scenario (VM = one of its VMs) and checks that the
+# scenario still passes and that every command got its own answer from the services' view
+# (src/services/view.rs): the VM table, pool and dedup figures, KSM counters, the answers of
+# `balloon VM 8`, `swap` and `idle VM` (matching the given grep -E patterns: they differ with
+# the services the scenario runs), and a one-line error for each bad command.
+console_case() {
+    local name=$1 scenario=$2 vm=$3 balloon_re=$4 swap_re=$5 idle_re=$6 log rc
+    shift 6
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
+        "balloon $vm lots" "idle" "idle nosuchvm" "vms" |
+        timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" \
+            >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why="" answer
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
+    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    expect() {
+        answer=$(console_answer "$log" "$1")
+        grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
+    }
+    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    expect_no_error() {
+        answer=$(console_answer "$log" "$1")
+        if [ -z "$answer" ]; then
+            why="${why:+$why, }no answer to '$1'"
+        elif grep -q '^console: error:' <<<"$answer"; then
+            why="${why:+$why, }'$1' answered with an error"
+        fi
+    }
+    expect help '^console:   balloon <vm> <MiB> '
+    expect help '^console:   idle <vm> '
+    local command
+    for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
+        expect_no_error "$command"
+    done
+    expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
+    expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
+    expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
+    expect ksm '^console: pages_sharing [0-9]+$'
+    expect ksm '^console: full_scans [0-9]+$'
+    expect "balloon $vm 8" "$balloon_re"
+    expect swap "$swap_re"
+    expect "idle $vm" "$idle_re"
+    expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
+    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
+        why="${why:+$why, }the bad command got more than one line"
+    # Output printed while the prompt was open must start its own line.
+    ! grep -Eq '^mipsvisor> .*(STAT|RESULT|BENCH) ' "$log" ||
+        why="${why:+$why, }a STAT/RESULT/BENCH line was glued to the prompt"
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
+# bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
+# and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
+bench_case() {
+    local name=$1 scenario=$2 log rc figure
+    shift 2
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
+        </dev/null >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log"
+    local why=""
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    for figure in "$@"; do
+        grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
+            why="${why:+$why, }no positive BENCH $figure"
+    done
+    if [ -z "$why" ]; then
+        pass "qemu $name [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
 fail_case() {
     local name=$1 pattern=$2 log rc
@@ -213,9 +347,34 @@ run_qemu() {
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
     scenario_case "guests-memguest-smp2" guests --smp 2 --config memguest
-    scenario_case "guests-memguest-smp1" guests --smp 1 --config memguest
+    # VM info keys 9, 10 and 13 as the layout sets them, and the workloads' verdict lines.
+    log_case "memguest VM info and verdicts" guests-memguest-smp2 \
+        '^\[mg-swap\] memguest: vm 0 workload 3 arg 3 .*, balloon none$' \
+        '^\[mg-stress\] memguest: vm 1 workload 5 arg 20000 .*, balloon 0x1f002000$' \
+        '^\[mg-swap\] memguest: swap wave 3/3 wrote [0-9]+ pages, verified [0-9]+ pages, 0 bad$' \
+        '^\[mg-swap\] memguest: verified [0-9]+ pages, 0 bad$' \
+        '^\[mg-stress\] memguest: stress ops 20000 bad_pages 0$'
+    # One VM per workload. Without the services task in this scenario dedup and idle wait
+    # ~30 s, give up (exit 3) and still write and verify their memory; with it they pass.
+    run_case "guests-memguest-smoke-smp1" guests --smp 1 --config memguest-smoke
+    log_case "memguest every workload verifies its memory" guests-memguest-smoke-smp1 \
+        '^\[mg-dedup\] memguest: dedup filled [0-9]+ pages' \
+        '^\[mg-dedup\] memguest: (dedup full scans [0-9]+ -> [0-9]+ after|FAIL gave up waiting for dedup full scans)' \
+        '^\[mg-dedup\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
+        '^\[mg-dedup\] memguest: verified [0-9]+ pages, 0 bad$' \
+        '^RESULT vm:mg-dedup (PASS exit=0|FAIL exit=3)$' \
+        '^\[mg-idle\] memguest: working set 64 pages ' \
+        '^\[mg-idle\] memguest: verified [0-9]+ pages, 0 bad$' \
+        '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
+        '^RESULT vm:mg-swap PASS exit=0$' \
+        '^RESULT vm:mg-stress PASS exit=0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    scenario_case "balloon-smp2" balloon --smp 2
+    scenario_case "balloon-smp1" balloon --smp 1
+    bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
+        cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
+        dedup_metadata_bytes_per_page
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest

@@ -11,8 +11,14 @@ use volatile::VolatilePtr;
 const THR: usize = 0;
 /// Interrupt enable register, DLAB = 0; divisor latch high byte with DLAB = 1.
 const IER: usize = 1;
-/// FIFO control register (write).
+/// FIFO control register (write) / interrupt identification register (read).
 const FCR: usize = 2;
+/// FCR bit: FIFOs enabled.
+const FCR_ENABLE: u8 = 1 << 0;
+/// FCR bit: clear the transmit FIFO.
+const FCR_CLEAR_TX: u8 = 1 << 2;
+/// IIR bits 7:6: both set while the FIFOs are enabled.
+const IIR_FIFOS_ON: u8 = 0xc0;
 /// Line control register.
 const LCR: usize = 3;
 /// Modem control register.
@@ -59,15 +65,25 @@ impl Uart16550 {
         unsafe { VolatilePtr::new(self.base.add(index * self.stride)) }
     }
 
-    /// Programs 8N1 at divisor 1 (115200 baud with the usual 1.8432 MHz clock), enables and
-    /// clears the FIFOs, masks the UART's interrupts.
+    /// Programs 8N1 at divisor 1 (115200 baud with the usual 1.8432 MHz clock), masks the
+    /// UART's interrupts, and leaves the FIFOs on or off as it finds them.
+    ///
+    /// Why not switch the FIFOs on: a 16550 flushes its receiver when the FIFO-enable bit
+    /// changes, and input may already be waiting (QEMU hands piped stdin to the UART from
+    /// the first instant), so that would drop a byte of the operator's input. Polled
+    /// transmit does not need the FIFO; if a loader left it on, it stays on, unflushed.
     pub fn init(&self) {
+        // Read as IIR: bits 7:6 are set while the FIFOs are enabled.
+        let fifos_on = self.register(FCR).read() & IIR_FIFOS_ON == IIR_FIFOS_ON;
         self.register(IER).write(0);
         self.register(LCR).write(LCR_DLAB);
         self.register(THR).write(1);
         self.register(IER).write(0);
         self.register(LCR).write(LCR_8N1);
-        self.register(FCR).write(0x07);
+        if fifos_on {
+            // Same enable bit, so nothing is flushed; bit 2 clears the transmit FIFO only.
+            self.register(FCR).write(FCR_ENABLE | FCR_CLEAR_TX);
+        }
         self.register(MCR).write(0x03);
     }
 

@@ -2,12 +2,11 @@
 //! console as `[vmname] line`) and virtio-mmio transports, from the portable models in
 //! hv-devices. Guest loads and stores that hit no memslot arrive here decoded by hv-emul.
 //!
-//! The virtio backend attached today is a minimal balloon (device ID 5): inflate requests
-//! give the named guest pages back through the memory core (which flushes their derived
-//! translations); deflate requests are acknowledged and the pages come back, zeroed, on
-//! their next touch. Feature negotiation, statistics and the config-space target are the
-//! memory-services work's to fill in.
+//! The virtio device attached is the balloon (device ID 5, see `balloon.rs`): hv-devices'
+//! full device model with hv-services' memory policy, shared with the host side so targets
+//! can change at run time.
 
+use super::balloon::Balloon;
 use super::vm::GuestMemory;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -17,8 +16,7 @@ use hv_core::addr::{Gpa, PAGE_SIZE};
 use hv_core::memslot::BackingId;
 use hv_devices::bus::{MmioBus, MmioDevice};
 use hv_devices::uart16550::{LinePrefixer, LineWriter, Uart16550, UartSink};
-use hv_devices::virtio_mmio::{VirtioDevice, VirtioMmio};
-use hv_devices::virtqueue::{self, MemError, QueueError, SplitQueue};
+use hv_devices::virtqueue::{self, MemError};
 use hv_devices::vmconfig::{DeviceKind, DeviceSpec, VirtioKind};
 
 /// A device on a VM's bus.
@@ -77,6 +75,11 @@ impl RamView {
         }
     }
 
+    /// The VM's memory.
+    pub fn memory(&self) -> &Arc<GuestMemory> {
+        &self.memory
+    }
+
     /// Splits `[gpa, gpa + len)` into per-page pieces: (backing page, offset, length).
     fn pieces(&self, gpa: Gpa, len: u64) -> Result<Vec<(u64, usize, usize)>, MemError> {
         let out_of_range = MemError::OutOfRange { gpa, len };
@@ -93,12 +96,6 @@ impl RamView {
             at += take;
         }
         Ok(pieces)
-    }
-
-    /// The backing page of `gpa`, if it is RAM.
-    fn page_of(&self, gpa: Gpa) -> Option<u64> {
-        let offset = gpa.raw().checked_sub(self.base)?;
-        (offset < self.bytes).then_some(offset / PAGE_SIZE)
     }
 }
 
@@ -142,94 +139,24 @@ impl virtqueue::GuestMemory for RamView {
     }
 }
 
-/// Queue size of the balloon's two queues.
-const BALLOON_QUEUE_SIZE: u16 = 64;
-/// Page frame numbers read from one inflate/deflate buffer at most.
-const BALLOON_PFNS_PER_CHAIN: usize = 256;
-
-/// The minimal balloon backend (see the module notes).
-struct Balloon {
-    ram: RamView,
-    /// Config space: num_pages (what the host asks for) and actual (what the driver has).
-    config: [u8; 8],
-    inflated: u64,
+/// A VM's bus and the balloons on it.
+pub struct Devices {
+    /// The bus.
+    pub bus: MmioBus<BusDevice>,
+    /// The balloons (also reachable by VM name through `balloon::find`).
+    pub balloons: Vec<Arc<Balloon>>,
 }
 
-impl VirtioDevice for Balloon {
-    fn device_id(&self) -> u32 {
-        5
-    }
-
-    fn device_features(&self) -> u64 {
-        0
-    }
-
-    fn queue_max_sizes(&self) -> &[u16] {
-        &[BALLOON_QUEUE_SIZE, BALLOON_QUEUE_SIZE]
-    }
-
-    fn config_len(&self) -> u64 {
-        self.config.len() as u64
-    }
-
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let at = offset as usize;
-        data.copy_from_slice(&self.config[at..at + data.len()]);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only `actual` (bytes 4..8) is the driver's to write.
-        let at = offset as usize;
-        if at >= 4 {
-            self.config[at..at + data.len()].copy_from_slice(data);
-        }
-    }
-
-    fn activate(&mut self, _features: u64) {}
-
-    fn reset(&mut self) {
-        self.config[4..].fill(0);
-    }
-
-    fn process_queue(
-        &mut self,
-        queue: u16,
-        vq: &mut SplitQueue,
-        mem: &mut dyn virtqueue::GuestMemory,
-    ) -> Result<(), QueueError> {
-        while let Some(chain) = vq.pop(mem)? {
-            let mut buf = [0u8; BALLOON_PFNS_PER_CHAIN * 4];
-            let n = chain.read_into(mem, &mut buf).map_err(QueueError::Ring)?;
-            if queue == 0 {
-                for pfn in buf[..n - n % 4].chunks_exact(4) {
-                    let pfn = u32::from_le_bytes([pfn[0], pfn[1], pfn[2], pfn[3]]);
-                    let gpa = Gpa::new(u64::from(pfn) * PAGE_SIZE);
-                    // Pages outside RAM are ignored, as a device would.
-                    if let Some(page) = self.ram.page_of(gpa) {
-                        if self
-                            .ram
-                            .memory
-                            .balloon(self.ram.backing, page..page + 1)
-                            .is_ok()
-                        {
-                            self.inflated += 1;
-                        }
-                    }
-                }
-            }
-            vq.push_used(mem, chain.head, 0)?;
-        }
-        Ok(())
-    }
-}
-
-/// Builds the devices of a VM from its configuration.
+/// Builds the devices of a VM from its configuration; `balloon_target_mib` is the initial
+/// target of its balloons.
 pub fn build_bus(
     name: &str,
     specs: &[DeviceSpec],
     ram: &RamView,
-) -> Result<MmioBus<BusDevice>, String> {
+    balloon_target_mib: Option<u32>,
+) -> Result<Devices, String> {
     let mut bus: MmioBus<BusDevice> = MmioBus::new();
+    let mut balloons = Vec::new();
     for spec in specs {
         let device: BusDevice = match spec.kind {
             DeviceKind::Uart16550 { stride } => {
@@ -240,19 +167,15 @@ pub fn build_bus(
                 )
             }
             DeviceKind::VirtioMmio(VirtioKind::Balloon) => {
-                let backend = Balloon {
-                    ram: ram.clone(),
-                    config: [0; 8],
-                    inflated: 0,
-                };
-                Box::new(
-                    VirtioMmio::new(backend, ram.clone(), ())
-                        .map_err(|e| alloc::format!("VM {name}: virtio-mmio: {e:?}"))?,
-                )
+                let balloon = Balloon::create(name, ram, ram.bytes, balloon_target_mib)
+                    .map_err(|e| alloc::format!("VM {name}: {e}"))?;
+                let device = Box::new(balloon.bus_device());
+                balloons.push(balloon);
+                device
             }
         };
         bus.insert(spec.window, device)
             .map_err(|e| alloc::format!("VM {name}: device window: {e:?}"))?;
     }
-    Ok(bus)
+    Ok(Devices { bus, balloons })
 }

@@ -13,15 +13,15 @@ use hv_devices::vmconfig::VmLayout;
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
 /// Count ticks CPU 0 waits for the other CPUs to come up.
-const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
+pub(super) const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
 /// Count ticks to wait when the command line does not say how many CPUs to expect.
-const CPU_SETTLE_TICKS: u32 = 20_000_000;
+pub(super) const CPU_SETTLE_TICKS: u32 = 20_000_000;
 /// Guest RAM of each self-test VM.
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
 /// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
 /// layout named after the scenario, else the built-in default.
-fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
+pub(super) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
     let name = info.options.config.unwrap_or(scenario);
     match images::config(name) {
         Some(blob) => VmLayout::parse(blob)
@@ -61,7 +61,11 @@ fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), S
 }
 
 /// Builds the VM specs of `layout`, after checking it against this host (`cpus` online).
-fn specs(info: &BootInfo, layout: &VmLayout, cpus: usize) -> Result<Vec<VmSpec<'static>>, String> {
+pub(super) fn specs(
+    info: &BootInfo,
+    layout: &VmLayout,
+    cpus: usize,
+) -> Result<Vec<VmSpec<'static>>, String> {
     let mut known: Vec<&str> = images::embedded_names().collect();
     known.push("initrd");
     let mut checked = layout.clone();
@@ -95,13 +99,14 @@ fn specs(info: &BootInfo, layout: &VmLayout, cpus: usize) -> Result<Vec<VmSpec<'
             image: ImageSource::Elf(bytes),
             swap_on_yield: None,
             workload: vm.workload,
+            balloon_target_mib: vm.balloon_target_mib,
         });
     }
     Ok(specs)
 }
 
 /// Prints the statistics every guest scenario reports.
-fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) {
+pub(super) fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) {
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
     crate::println!("STAT gpa_faults={}", super::total(vms, |s| &s.gpa_faults));
@@ -177,6 +182,7 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,
+            balloon_target_mib: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;

@@ -144,6 +144,7 @@ impl Vcpu {
     pub fn is_waiting(&mut self) -> bool {
         if self.waiting {
             self.update_timer();
+            self.update_device_lines();
             if self.wake_pending() {
                 self.waiting = false;
             }
@@ -166,6 +167,11 @@ impl Vcpu {
         self.last_timer_check = now;
     }
 
+    /// Copies the levels of the VM's device interrupt lines into Cause.IP6..IP2.
+    fn update_device_lines(&mut self) {
+        self.cpu.cp0.set_hw_interrupts(self.vm.device_irq_lines());
+    }
+
     fn guest_count(&self) -> u32 {
         self.timer.guest_count(guest::host_count())
     }
@@ -184,6 +190,7 @@ impl Vcpu {
                 return SliceEnd::Waiting;
             }
             self.update_timer();
+            self.update_device_lines();
             if let Some(handler) =
                 exception::deliver_pending_interrupt(&mut self.cpu.cp0, self.cpu.pc)
             {

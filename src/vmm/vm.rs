@@ -1,6 +1,7 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
+use super::balloon::Balloon;
 use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
@@ -31,7 +32,9 @@ const LOGGED_UNBACKED: u64 = 8;
 /// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
 const RECORDED_LINES_MAX: usize = 128;
 /// First words of console lines a scenario may want to inspect afterwards.
-const RECORDED_WORDS: [&str; 4] = ["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM"];
+const RECORDED_WORDS: [&str; 5] = ["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM", "BALLOON"];
+/// Hardware interrupt line of the virtio balloon (Cause.IP3; IP2 is left for a console).
+pub const BALLOON_IRQ_LINE: u8 = 1;
 /// Extra pool frames beyond RAM pages (copies when breaking shared pages).
 const POOL_SPARE_FRAMES: usize = 16;
 
@@ -55,6 +58,8 @@ pub struct VmSpec<'a> {
     pub swap_on_yield: Option<(Gpa, u64)>,
     /// The memory-services workload reported to the guest (VM-info keys 9 and 10).
     pub workload: Option<WorkloadSpec>,
+    /// Initial target of the VM's balloon in MiB (layout `balloon-target-mib`).
+    pub balloon_target_mib: Option<u32>,
 }
 
 /// Where a VM's image comes from.
@@ -186,6 +191,8 @@ pub struct Vm {
     /// The read-only memslot: base, size in bytes, backing.
     pub rom: Option<(Gpa, u64, BackingId)>,
     devices: Mutex<MmioBus<BusDevice>>,
+    /// The VM's virtio balloons (usually one).
+    pub balloons: Vec<Arc<Balloon>>,
     /// Guest entry point.
     pub entry: u64,
     /// First guest physical address above every loaded segment.
@@ -285,8 +292,13 @@ impl Vm {
             }
         };
         let ram_view = RamView::new(guest.clone(), backing, Gpa::new(0), ram_bytes);
-        let devices = devices::build_bus(&spec.name, &spec.devices, &ram_view)
-            .map_err(VmBuildError::Devices)?;
+        let devices = devices::build_bus(
+            &spec.name,
+            &spec.devices,
+            &ram_view,
+            spec.balloon_target_mib,
+        )
+        .map_err(VmBuildError::Devices)?;
         let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
         Ok(Self {
             id,
@@ -295,7 +307,8 @@ impl Vm {
             memory: guest,
             ram_backing: backing,
             rom,
-            devices: Mutex::new(devices),
+            devices: Mutex::new(devices.bus),
+            balloons: devices.balloons,
             entry,
             image_end,
             vcpus: 1,
@@ -309,6 +322,13 @@ impl Vm {
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
+    }
+
+    /// Levels of the VM's device interrupt lines, bit n = hardware interrupt n (Cause.IP2
+    /// + n): the balloon drives [`BALLOON_IRQ_LINE`].
+    pub fn device_irq_lines(&self) -> u8 {
+        let balloon = self.balloons.iter().any(|b| b.irq().asserted());
+        u8::from(balloon) << BALLOON_IRQ_LINE
     }
 
     /// Resolves a guest access to `gpa` through the memory core (counted as a GPA fault).
@@ -400,8 +420,9 @@ impl Vm {
         }
     }
 
-    /// The guest yielded: takes a [`Mark`] (benchmarks use them), then runs the swap-out
-    /// test knob once, if set. Returns pages swapped.
+    /// The guest yielded: takes a [`Mark`] (benchmarks use them), advances the `balloon`
+    /// scenario's cycle, then runs the swap-out test knob once, if set. Returns pages
+    /// swapped.
     pub fn on_yield(&self) -> Result<u64, String> {
         let mark = Mark {
             count: crate::arch::guest::host_count(),
@@ -416,6 +437,7 @@ impl Vm {
                 marks.push(mark);
             }
         }
+        super::balloon_scenario::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };

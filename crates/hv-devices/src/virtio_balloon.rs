@@ -101,6 +101,11 @@ pub trait BalloonHooks {
     /// A chain on queue `role` was malformed and went back unused (already counted in
     /// [`BalloonStats::bad_chains`]); lets the firmware log it.
     fn chain_rejected(&mut self, _role: QueueRole) {}
+    /// The PFNs of one well-formed inflate or deflate chain follow: the hooks may batch the
+    /// work (one unmap and one flush per run of pages) until [`BalloonHooks::chain_end`].
+    fn chain_start(&mut self, _role: QueueRole) {}
+    /// The chain announced by [`BalloonHooks::chain_start`] is done: finish batched work.
+    fn chain_end(&mut self, _role: QueueRole) {}
 }
 
 /// Counters for the stats console and the `balloon` scenario.
@@ -228,6 +233,7 @@ impl<H: BalloonHooks> VirtioBalloon<H> {
                 let Some(pfns) = Self::pfn_array(chain, mem) else {
                     return false;
                 };
+                self.hooks.chain_start(role);
                 for pfn in pfns {
                     let gfn = Gfn::new(u64::from(pfn));
                     let done = if role == QueueRole::Inflate {
@@ -244,6 +250,7 @@ impl<H: BalloonHooks> VirtioBalloon<H> {
                         Err(_) => self.stats.refused_pfns += 1,
                     }
                 }
+                self.hooks.chain_end(role);
                 true
             }
             QueueRole::Reporting => {
@@ -420,10 +427,15 @@ mod tests {
         stats: Vec<Vec<(u16, u64)>>,
         reports: Vec<(Gpa, u32)>,
         rejected: Vec<QueueRole>,
+        /// `chain_start` / `chain_end` calls, in order (true = start).
+        brackets: Vec<(bool, QueueRole)>,
+        /// PFN calls made outside a start/end bracket.
+        unbracketed: u64,
     }
 
     impl BalloonHooks for Recorder {
         fn inflate(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+            self.note_pfn(QueueRole::Inflate);
             if gfn.raw() >= self.ram_pages {
                 return Err(PageRefused::OutOfRange);
             }
@@ -433,6 +445,7 @@ mod tests {
             Ok(())
         }
         fn deflate(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+            self.note_pfn(QueueRole::Deflate);
             if gfn.raw() >= self.ram_pages {
                 return Err(PageRefused::OutOfRange);
             }
@@ -450,6 +463,20 @@ mod tests {
         }
         fn chain_rejected(&mut self, role: QueueRole) {
             self.rejected.push(role);
+        }
+        fn chain_start(&mut self, role: QueueRole) {
+            self.brackets.push((true, role));
+        }
+        fn chain_end(&mut self, role: QueueRole) {
+            self.brackets.push((false, role));
+        }
+    }
+
+    impl Recorder {
+        fn note_pfn(&mut self, role: QueueRole) {
+            if self.brackets.last() != Some(&(true, role)) {
+                self.unbracketed += 1;
+            }
         }
     }
 
@@ -580,6 +607,17 @@ mod tests {
         assert_eq!((s.deflated_pages, s.refused_pfns), (1, 3));
         assert_eq!(d.backend().hooks().ballooned.len(), 1);
         assert_eq!(d.last_error(), None);
+        // Each well-formed chain's PFNs came inside one start/end bracket of its queue.
+        assert_eq!(d.backend().hooks().unbracketed, 0);
+        assert_eq!(
+            d.backend().hooks().brackets,
+            vec![
+                (true, QueueRole::Inflate),
+                (false, QueueRole::Inflate),
+                (true, QueueRole::Deflate),
+                (false, QueueRole::Deflate)
+            ]
+        );
     }
 
     #[test]
@@ -613,6 +651,10 @@ mod tests {
         assert_eq!(d.backend().hooks().rejected, vec![QueueRole::Inflate; 5]);
         assert_eq!(d.backend().stats().inflated_pages, 0);
         assert_eq!(used_idx(&d, 0), 5, "every chain went back to the driver");
+        assert!(
+            d.backend().hooks().brackets.is_empty(),
+            "no PFN of a bad chain is used"
+        );
         assert!(d.is_active(), "bad chains do not break the device");
     }
 

@@ -282,6 +282,16 @@ pub enum ConfigError {
         /// VM index.
         vm: usize,
     },
+    /// A `balloon-target-mib` larger than the VM's RAM.
+    BalloonTargetTooLarge {
+        /// VM index.
+        vm: usize,
+    },
+    /// A `balloon-target-mib` on a VM without a virtio balloon.
+    BalloonTargetWithoutBalloon {
+        /// VM index.
+        vm: usize,
+    },
     /// A `workload` that is not one of the known names.
     UnknownWorkload {
         /// VM index.
@@ -353,6 +363,12 @@ impl fmt::Display for ConfigError {
             ConfigError::UnknownImage { vm } => {
                 write!(f, "vm {vm}: the firmware has no guest image of that name")
             }
+            ConfigError::BalloonTargetTooLarge { vm } => {
+                write!(f, "vm {vm}: balloon-target-mib is larger than the VM's RAM")
+            }
+            ConfigError::BalloonTargetWithoutBalloon { vm } => {
+                write!(f, "vm {vm}: balloon-target-mib is set but the VM has no balloon")
+            }
             ConfigError::UnknownWorkload { vm } => write!(
                 f,
                 "vm {vm}: workload must be one of \"dedup\", \"balloon\", \"swap\", \"idle\", \"stress\""
@@ -384,6 +400,8 @@ impl ConfigError {
             | ConfigError::BadDevice { vm, .. }
             | ConfigError::TooManyDevices { vm }
             | ConfigError::UnknownImage { vm }
+            | ConfigError::BalloonTargetTooLarge { vm }
+            | ConfigError::BalloonTargetWithoutBalloon { vm }
             | ConfigError::UnknownWorkload { vm }
             | ConfigError::WorkloadArgWithoutWorkload { vm }
             | ConfigError::AffinityToMissingCpu { vm, .. } => Some(vm),
@@ -528,6 +546,8 @@ pub struct VmSpec {
     pub trust_group: Option<u32>,
     /// Emulated devices.
     pub devices: Vec<DeviceSpec>,
+    /// Initial target of the VM's balloon in MiB (`balloon-target-mib`); `None` = 0.
+    pub balloon_target_mib: Option<u32>,
     /// The workload a memory-services test guest should run, if any.
     pub workload: Option<WorkloadSpec>,
 }
@@ -606,6 +626,18 @@ impl VmSpec {
                 return Err(ConfigError::BadDevice { vm, device });
             }
         }
+        if let Some(mib) = self.balloon_target_mib {
+            let has_balloon = self
+                .devices
+                .iter()
+                .any(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon));
+            if !has_balloon {
+                return Err(ConfigError::BalloonTargetWithoutBalloon { vm });
+            }
+            if u64::from(mib) << 20 > self.ram.size_bytes {
+                return Err(ConfigError::BalloonTargetTooLarge { vm });
+            }
+        }
         let regions: Vec<_> = self.regions().collect();
         for (i, &(first, a_start, a_end)) in regions.iter().enumerate() {
             for &(second, b_start, b_end) in &regions[i + 1..] {
@@ -664,6 +696,7 @@ impl VmLayout {
                         window: window(DEFAULT_VIRTIO_GPA, crate::virtio_mmio::WINDOW_BYTES),
                     },
                 ],
+                balloon_target_mib: None,
                 workload: None,
             })
             .collect();
@@ -791,6 +824,10 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         None => None,
         Some(p) => Some(be32_exact(p.value).ok_or(bad("trust-group"))?),
     };
+    let balloon_target_mib = match node.property("balloon-target-mib") {
+        None => None,
+        Some(p) => Some(be32_exact(p.value).ok_or(bad("balloon-target-mib"))?),
+    };
     let workload = parse_workload(vm, node)?;
     let mut devices = Vec::new();
     for (device, child) in node.children().enumerate() {
@@ -808,6 +845,7 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         affinity,
         trust_group,
         devices,
+        balloon_target_mib,
         workload,
     })
 }
@@ -1066,6 +1104,70 @@ mod tests {
             vm.devices[1].kind,
             DeviceKind::VirtioMmio(VirtioKind::Balloon)
         );
+    }
+
+    fn balloon(b: &mut Blob) {
+        b.begin("virtio@1f001000")
+            .str("compatible", "virtio,mmio")
+            .u64s("reg", &[0x1f00_1000, 0x200])
+            .str("virtio-device", "balloon")
+            .end();
+    }
+
+    #[test]
+    fn balloon_target_is_parsed_and_checked() {
+        let with_target = |mib: u32, device: bool| {
+            config(&["a"], move |b, _| {
+                plain_vm(b, 0);
+                b.u32s("balloon-target-mib", &[mib]);
+                if device {
+                    balloon(b);
+                }
+            })
+        };
+        let vm = &VmLayout::parse(&with_target(8, true)).unwrap().vms[0];
+        assert_eq!(vm.balloon_target_mib, Some(8));
+        // All of RAM (16 MiB) is a valid target; one MiB more is not.
+        assert!(VmLayout::parse(&with_target(16, true)).is_ok());
+        assert_eq!(
+            VmLayout::parse(&with_target(17, true)),
+            Err(ConfigError::BalloonTargetTooLarge { vm: 0 })
+        );
+        assert_eq!(
+            VmLayout::parse(&with_target(u32::MAX, true)),
+            Err(ConfigError::BalloonTargetTooLarge { vm: 0 })
+        );
+        assert_eq!(
+            VmLayout::parse(&with_target(8, false)),
+            Err(ConfigError::BalloonTargetWithoutBalloon { vm: 0 })
+        );
+        let wide = config(&["a"], |b, _| {
+            plain_vm(b, 0);
+            b.u64s("balloon-target-mib", &[8]);
+            balloon(b);
+        });
+        assert_eq!(
+            VmLayout::parse(&wide),
+            Err(ConfigError::BadProperty {
+                vm: 0,
+                property: "balloon-target-mib"
+            })
+        );
+        let absent = config(&["a"], |b, _| {
+            plain_vm(b, 0);
+            balloon(b);
+        });
+        assert_eq!(
+            VmLayout::parse(&absent).unwrap().vms[0].balloon_target_mib,
+            None
+        );
+        for e in [
+            ConfigError::BalloonTargetTooLarge { vm: 3 },
+            ConfigError::BalloonTargetWithoutBalloon { vm: 3 },
+        ] {
+            assert_eq!(e.vm(), Some(3));
+            assert!(e.to_string().contains("balloon-target-mib"));
+        }
     }
 
     #[test]

@@ -34,7 +34,7 @@ const ALL: &[(&str, &[u8])] = &[
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
-const IMAGES: &[&str] = &["testguest", "hostile", "memguest"];
+const IMAGES: &[&str] = &["testguest", "hostile", "memguest", "balloonguest"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -80,6 +80,8 @@ fn memory_service_layouts_have_what_their_scenarios_need() {
         .devices
         .iter()
         .any(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon))));
+    // ... and one whose target starts from the layout (`balloon-target-mib`).
+    assert!(balloon.vms.iter().any(|vm| vm.balloon_target_mib.is_some()));
     // demo: a trust group and a VM outside it.
     let demo = VmLayout::parse(DEMO).unwrap();
     let solo = demo.find("solo").unwrap();

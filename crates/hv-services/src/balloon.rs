@@ -6,6 +6,11 @@
 //! comes back zero-filled through the fault slow path. Free page reports drop the frames of
 //! the reported range the same way, without counting the pages as inflated.
 //!
+//! Inside an inflate chain (between [`BalloonHooks::chain_start`] and
+//! [`BalloonHooks::chain_end`]) accepted pages are gathered into runs of consecutive backing
+//! pages and given back one run at a time: one notifier invalidation and one remote flush
+//! per run instead of per page. Outside a chain every call takes effect at once.
+//!
 //! The guest driver is untrusted: a PFN outside the VM's writable RAM, a page inflated twice
 //! or deflated while not inflated, and a report that is unaligned or not RAM are refused,
 //! counted and recorded in a short event log that the firmware drains and prints. Malformed
@@ -66,6 +71,9 @@ impl fmt::Display for BalloonError {
 pub enum BalloonEventKind {
     /// An inflate PFN was refused.
     InflateRefused(PageRefused),
+    /// The memory core refused to give back an accepted run of this many pages (a memslot
+    /// removed meanwhile); the pages stay with the guest.
+    GiveBackFailed(u64),
     /// A deflate PFN was refused.
     DeflateRefused(PageRefused),
     /// A free page report was refused.
@@ -108,6 +116,13 @@ impl fmt::Display for BalloonEvent {
                     reason(r)
                 )
             }
+            BalloonEventKind::GiveBackFailed(pages) => {
+                write!(
+                    f,
+                    "balloon: could not give back {pages} pages from {}: memory changed",
+                    self.gpa
+                )
+            }
             BalloonEventKind::BadChain(role) => {
                 write!(
                     f,
@@ -136,14 +151,47 @@ pub struct BalloonCounters {
     pub refused_not_allowed: u64,
     /// Malformed chains reported by the device.
     pub bad_chains: u64,
+    /// Batched runs of an inflate chain given back (one notifier invalidation each).
+    pub runs_given_back: u64,
     /// Log records dropped because the log was full.
     pub events_dropped: u64,
+}
+
+/// Accepted inflations not given back yet: consecutive backing pages, consecutive frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Run {
+    backing: BackingId,
+    pages: core::ops::Range<u64>,
+    first_gfn: u64,
+}
+
+impl Run {
+    /// Extends the run by `(backing, page)` at `gfn` if that is adjacent at either end.
+    fn extend(&mut self, backing: BackingId, page: u64, gfn: u64) -> bool {
+        let len = self.pages.end - self.pages.start;
+        if backing != self.backing {
+            return false;
+        }
+        if page == self.pages.end && gfn == self.first_gfn + len {
+            self.pages.end += 1;
+            true
+        } else if page + 1 == self.pages.start && gfn + 1 == self.first_gfn {
+            self.pages.start -= 1;
+            self.first_gfn -= 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
     inflated: BTreeSet<u64>,
+    /// Inside an inflate chain: accepted pages are batched into `run`.
+    batching: bool,
+    run: Option<Run>,
     counters: BalloonCounters,
     events: VecDeque<BalloonEvent>,
     guest_stats: Vec<(u16, u64)>,
@@ -163,6 +211,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         Self {
             vm,
             inflated: BTreeSet::new(),
+            batching: false,
+            run: None,
             counters: BalloonCounters::default(),
             events: VecDeque::new(),
             guest_stats: Vec::new(),
@@ -283,7 +333,20 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         if self.inflated.contains(&gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
-        if !self.give_back(backing, page..page + 1) {
+        if self.batching {
+            let extended = self
+                .run
+                .as_mut()
+                .is_some_and(|run| run.extend(backing, page, gfn.raw()));
+            if !extended {
+                self.flush_run();
+                self.run = Some(Run {
+                    backing,
+                    pages: page..page + 1,
+                    first_gfn: gfn.raw(),
+                });
+            }
+        } else if !self.give_back(backing, page..page + 1) {
             return Err(PageRefused::OutOfRange);
         }
         self.inflated.insert(gfn.raw());
@@ -291,7 +354,30 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         Ok(())
     }
 
+    /// Gives back the batched run, if any. Should the memory core refuse it (a memslot
+    /// removed since the pages were checked), the pages are not inflated after all: they
+    /// leave the balloon's set and the failure is logged.
+    fn flush_run(&mut self) {
+        let Some(run) = self.run.take() else {
+            return;
+        };
+        let len = run.pages.end - run.pages.start;
+        if self.give_back(run.backing, run.pages.clone()) {
+            self.counters.runs_given_back += 1;
+            return;
+        }
+        for gfn in run.first_gfn..run.first_gfn + len {
+            self.inflated.remove(&gfn);
+        }
+        self.counters.inflated_now -= len;
+        self.log(
+            BalloonEventKind::GiveBackFailed(len),
+            gpa_of(Gfn::new(run.first_gfn)),
+        );
+    }
+
     fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
+        self.flush_run();
         self.backing_page(gfn)?;
         if !self.inflated.remove(&gfn.raw()) {
             return Err(PageRefused::Duplicate);
@@ -302,6 +388,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     }
 
     fn report_range(&mut self, gpa: Gpa, len: u32) -> Result<(), PageRefused> {
+        self.flush_run();
         if len == 0 || len > MAX_REPORT_BYTES {
             return Err(PageRefused::NotAllowed);
         }
@@ -350,6 +437,16 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> BalloonHooks for VmBalloon<
     fn chain_rejected(&mut self, role: QueueRole) {
         self.counters.bad_chains += 1;
         self.log(BalloonEventKind::BadChain(role), Gpa::new(0));
+    }
+
+    fn chain_start(&mut self, role: QueueRole) {
+        self.flush_run();
+        self.batching = role == QueueRole::Inflate;
+    }
+
+    fn chain_end(&mut self, _role: QueueRole) {
+        self.flush_run();
+        self.batching = false;
     }
 }
 
@@ -602,6 +699,88 @@ mod tests {
     }
 
     #[test]
+    fn inflate_chains_give_back_runs_of_pages_at_once() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..RAM {
+            guest_fill(&vm, b, i, 0x33);
+        }
+        let before = free_frames(&vm);
+        let mut d = device(&vm, 0, 2);
+        // Descending (as a driver giving pages from the top of RAM does), then ascending.
+        send(&mut d, 0, (32..48).rev().map(|i| RAM_GFN + i));
+        assert_eq!(hooks(&d).counters().runs_given_back, 1);
+        send(&mut d, 0, (0..8).map(|i| RAM_GFN + i));
+        assert_eq!(hooks(&d).counters().runs_given_back, 2);
+        // A gap splits the chain into runs; refused PFNs (a page inflated before, a duplicate
+        // inside the chain, one beyond RAM) do not.
+        send(
+            &mut d,
+            0,
+            [
+                RAM_GFN + 10,
+                RAM_GFN + 11,
+                RAM_GFN + 20,
+                RAM_GFN + 40,
+                RAM_GFN + 12,
+                RAM_GFN + 12,
+                RAM_GFN + RAM,
+                RAM_GFN + 13,
+            ],
+        );
+        let c = hooks(&d).counters();
+        assert_eq!(c.inflated_now, 16 + 8 + 5);
+        assert_eq!(c.frames_returned, 29);
+        assert_eq!((c.refused_duplicate, c.refused_out_of_range), (2, 1));
+        assert_eq!(c.runs_given_back, 2 + 3, "10..12, 20..21, then 12..14");
+        assert_eq!(free_frames(&vm), before + 29);
+        for i in (32..48).chain(0..8).chain(10..14).chain(20..21) {
+            assert_eq!(
+                vm.host().lock().page(b, i),
+                Ok(PageState::Ballooned),
+                "page {i}"
+            );
+            assert!(hooks(&d).is_inflated(Gfn::new(RAM_GFN + i)));
+        }
+        assert!(guest_read(&vm, b, 9).iter().all(|&x| x == 0x33));
+        vm.check_invariants().unwrap();
+        drop(d);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn a_run_the_core_refuses_is_not_inflated_and_is_logged() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        guest_fill(&vm, b, 0, 1);
+        let mut h = VmBalloon::new(vm.clone());
+        h.chain_start(QueueRole::Inflate);
+        h.inflate(Gfn::new(RAM_GFN)).unwrap();
+        h.inflate(Gfn::new(RAM_GFN + 1)).unwrap();
+        assert_eq!(
+            vm.host().lock().page(b, 0).map(|p| p.frame().is_some()),
+            Ok(true)
+        );
+        // The backing disappears before the chain ends (its slot first).
+        let slot = vm.with_mmu(|st| st.slots.find(Gfn::new(RAM_GFN)).unwrap().id());
+        vm.remove_memslot(slot).unwrap();
+        vm.host().remove_backing(vm.as_ref(), b).unwrap();
+        h.chain_end(QueueRole::Inflate);
+        let c = h.counters();
+        assert_eq!(
+            (c.inflated_now, c.frames_returned, c.runs_given_back),
+            (0, 0, 0)
+        );
+        assert!(!h.is_inflated(Gfn::new(RAM_GFN)));
+        let events: Vec<BalloonEvent> = h.drain_events().collect();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].kind, BalloonEventKind::GiveBackFailed(2));
+        assert!(events[0]
+            .to_string()
+            .contains("could not give back 2 pages"));
+        drop(h);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
     fn event_log_keeps_the_newest_records() {
         let (vm, _) = testvm::vm(FRAMES, RAM);
         let mut h = VmBalloon::new(vm.clone());
@@ -671,8 +850,9 @@ mod tests {
         .contains("exceeds"));
     }
 
-    /// Inflation and deflation race guest faults on the same pages: no entry ever names a
-    /// frame its page no longer holds, and every frame comes back at the end.
+    /// Inflation (page by page and batched per chain) and deflation race guest faults on
+    /// the same pages: no entry ever names a frame its page no longer holds, and every frame
+    /// comes back at the end.
     #[test]
     fn inflate_races_guest_faults() {
         const PAGES: u64 = 32;
@@ -703,13 +883,28 @@ mod tests {
         let mut round = 0u64;
         while round < 200 || (faults.load(Ordering::Relaxed) < 5000 && round < 200_000) {
             round += 1;
-            for i in (round % 2..PAGES).step_by(2) {
+            // Every third round inflates one half of RAM as one chain (given back as one run
+            // at the chain's end); the others inflate every other page, one by one.
+            let batched = round.is_multiple_of(3);
+            let pages: Vec<u64> = if batched {
+                let half = (round / 3 % 2) * PAGES / 2;
+                (half..half + PAGES / 2).rev().collect()
+            } else {
+                (round % 2..PAGES).step_by(2).collect()
+            };
+            if batched {
+                h.chain_start(QueueRole::Inflate);
+            }
+            for &i in &pages {
                 h.inflate(Gfn::new(RAM_GFN + i)).unwrap();
+            }
+            if batched {
+                h.chain_end(QueueRole::Inflate);
             }
             if round.is_multiple_of(20) {
                 vm.check_invariants().unwrap();
             }
-            for i in (round % 2..PAGES).step_by(2) {
+            for &i in &pages {
                 h.deflate(Gfn::new(RAM_GFN + i)).unwrap();
             }
         }
@@ -719,6 +914,7 @@ mod tests {
         }
         assert!(faults.load(Ordering::Relaxed) > 0);
         assert_eq!(h.counters().inflated_now, 0);
+        assert!(h.counters().runs_given_back >= 200 / 3);
         drop(h);
         vm.check_invariants().unwrap();
         let _ = b;

@@ -70,15 +70,15 @@ pub fn unique(vm: u64, seed: u64, page: u64) -> PageFill {
     PageFill::keyed(key(tag::UNIQUE, vm, seed, page))
 }
 
-/// The three kinds of dedup-mode pages.
+/// The three kinds of dedup-mode pages (the discriminant indexes per-class counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DedupClass {
     /// All zero (page % 10 == 0).
-    Zero,
+    Zero = 0,
     /// VM-unique (page % 10 == 1).
-    Unique,
+    Unique = 1,
     /// The shared pattern of the page number (the other 8 in 10).
-    Shared,
+    Shared = 2,
 }
 
 /// Which kind of page `page` is in dedup mode.

@@ -25,7 +25,7 @@ use guest_patterns::memwork::{
     PAGE_WORDS,
 };
 use guest_rt::hypercall::{self, HypercallError, VmInfoKey};
-use guest_rt::println;
+use guest_rt::{cp0, println};
 
 guest_rt::entry!(main);
 
@@ -54,8 +54,12 @@ mod workload {
 const DEDUP_SCANS_WANTED: u64 = 2;
 /// Idle-tracking passes to keep the working set busy for.
 const IDLE_PASSES_WANTED: u64 = 8;
-/// Yields a wait for a service counter may take before the guest gives up.
-const WAIT_MAX_YIELDS: u64 = 200_000;
+/// Guest Count ticks a wait for a service counter may take before the guest gives up: about
+/// 30 s (Count runs at about 200 MHz under QEMU; under -icount it is virtual time, like the
+/// services' own pacing).
+const WAIT_MAX_TICKS: u64 = 6_000_000_000;
+/// Yields a wait may take whatever Count says (in case Count does not advance).
+const WAIT_MAX_YIELDS: u64 = 5_000_000;
 /// Swap mode's waves unless key 10 says otherwise.
 const DEFAULT_SWAP_WAVES: u64 = 4;
 /// Idle mode's working set in pages unless key 10 says otherwise.
@@ -104,10 +108,13 @@ fn main() -> u64 {
             return status::SETUP;
         }
     };
+    // Key 13 is balloonguest's; shown so a run also checks the hypervisor's answer.
+    let balloon = hypercall::vm_info(VmInfoKey::BalloonGpa).ok();
     println!(
-        "memguest: vm {vm} workload {code} arg {} ram {} KiB, pages {first}..{end}",
+        "memguest: vm {vm} workload {code} arg {} ram {} KiB, pages {first}..{end}, balloon {}",
         ArgText(arg),
-        ram >> 10
+        ram >> 10,
+        GpaText(balloon)
     );
     match code {
         workload::DEDUP => dedup(&env, arg.unwrap_or(0)),
@@ -133,6 +140,18 @@ impl core::fmt::Display for ArgText {
         match self.0 {
             Some(v) => write!(f, "{v}"),
             None => f.write_str("default"),
+        }
+    }
+}
+
+/// Prints an optional guest physical address in hex, or `none`.
+struct GpaText(Option<u64>);
+
+impl core::fmt::Display for GpaText {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(gpa) => write!(f, "{gpa:#x}"),
+            None => f.write_str("none"),
         }
     }
 }
@@ -188,25 +207,41 @@ fn counter(key: VmInfoKey) -> u64 {
     hypercall::vm_info(key).unwrap_or(0)
 }
 
+/// How a wait for a service counter went.
+#[derive(Debug, Clone, Copy)]
+struct Waited {
+    /// The counter's last value.
+    value: u64,
+    /// Yields taken.
+    yields: u64,
+    /// Count ticks spent.
+    ticks: u64,
+}
+
 /// Yields until counter `key` reached `target`, doing `between` before each yield.
-/// Returns the last value and the yields taken; `Err` if [`WAIT_MAX_YIELDS`] went by first.
-fn wait_for(
-    key: VmInfoKey,
-    target: u64,
-    mut between: impl FnMut(),
-) -> Result<(u64, u64), (u64, u64)> {
-    let mut yields = 0;
+/// `Err` if [`WAIT_MAX_TICKS`] of Count or [`WAIT_MAX_YIELDS`] yields went by first.
+fn wait_for(key: VmInfoKey, target: u64, mut between: impl FnMut()) -> Result<Waited, Waited> {
+    let mut waited = Waited {
+        value: 0,
+        yields: 0,
+        ticks: 0,
+    };
+    let mut last = cp0::count();
     loop {
-        let now = counter(key);
-        if now >= target {
-            return Ok((now, yields));
+        waited.value = counter(key);
+        if waited.value >= target {
+            return Ok(waited);
         }
-        if yields == WAIT_MAX_YIELDS {
-            return Err((now, yields));
+        // Count is 32 bits: add up the (wrapping) steps.
+        let now = cp0::count();
+        waited.ticks += u64::from(now.wrapping_sub(last));
+        last = now;
+        if waited.ticks >= WAIT_MAX_TICKS || waited.yields >= WAIT_MAX_YIELDS {
+            return Err(waited);
         }
         between();
         let _ = hypercall::yield_now();
-        yields += 1;
+        waited.yields += 1;
     }
 }
 
@@ -227,18 +262,27 @@ fn verify_all(env: &Env, what: &str, fill: impl Fn(u64) -> PageFill) -> u64 {
 /// Dedup mode: see the file comment. `seed` varies the VM-unique pages.
 fn dedup(env: &Env, seed: u64) -> u64 {
     let vm = env.vm;
+    // Pages per class: zero, unique, shared (what dedup could merge is zero + shared).
+    let mut classes = [0u64; 3];
     for page in env.free.start..env.free.end {
         write_page(page, memwork::dedup_fill(vm, seed, page, false));
+        classes[memwork::dedup_class(page) as usize] += 1;
     }
-    println!("memguest: dedup filled {} pages", env.free.len());
+    let [zero, unique, shared] = classes;
+    println!(
+        "memguest: dedup filled {} pages ({zero} zero, {unique} unique, {shared} shared)",
+        env.free.len()
+    );
     let start = counter(VmInfoKey::DedupFullScans);
     let waited = wait_for(VmInfoKey::DedupFullScans, start + DEDUP_SCANS_WANTED, || {});
     match waited {
-        Ok((now, yields)) => {
-            println!("memguest: dedup full scans {start} -> {now} after {yields} yields")
-        }
-        Err((now, yields)) => println!(
-            "memguest: FAIL gave up waiting for dedup full scans: {start} -> {now} after {yields} yields (want +{DEDUP_SCANS_WANTED}); is dedup running?"
+        Ok(w) => println!(
+            "memguest: dedup full scans {start} -> {} after {} yields",
+            w.value, w.yields
+        ),
+        Err(w) => println!(
+            "memguest: FAIL gave up waiting for dedup full scans: {start} -> {} after {} yields, {} Mticks (want +{DEDUP_SCANS_WANTED}); is dedup running?",
+            w.value, w.yields, w.ticks / 1_000_000
         ),
     }
     let mut written = 0u64;
@@ -331,9 +375,13 @@ fn idle(env: &Env, pages: u64) -> u64 {
         loops += 1;
     });
     match waited {
-        Ok((now, _)) => println!("memguest: idle passes {start} -> {now} after {loops} loops"),
-        Err((now, yields)) => println!(
-            "memguest: FAIL gave up waiting for idle passes: {start} -> {now} after {yields} yields (want +{IDLE_PASSES_WANTED}); is idle tracking running?"
+        Ok(w) => println!(
+            "memguest: idle passes {start} -> {} after {loops} loops",
+            w.value
+        ),
+        Err(w) => println!(
+            "memguest: FAIL gave up waiting for idle passes: {start} -> {} after {} yields, {} Mticks (want +{IDLE_PASSES_WANTED}); is idle tracking running?",
+            w.value, w.yields, w.ticks / 1_000_000
         ),
     }
     let bad = verify_all(env, "idle", |page| memwork::idle_fill(vm, page));
