@@ -268,7 +268,7 @@ impl FrameMemory for FwFrameMemory {
         let va = self.byte_va(hfn, offset, buf.len());
         // An instruction fetch for emulation: one load instead of a call to memcpy.
         if let Ok(word) = <&mut [u8; 4]>::try_from(&mut *buf) {
-            if va % 4 == 0 {
+            if va.is_multiple_of(4) {
                 // SAFETY: as below; aligned, inside the checked range.
                 *word = unsafe { (va as *const u32).read() }.to_ne_bytes();
                 return;
