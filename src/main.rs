@@ -46,6 +46,8 @@ mod scenario;
 #[cfg(target_arch = "mips64")]
 mod selftest;
 #[cfg(target_arch = "mips64")]
+mod services;
+#[cfg(target_arch = "mips64")]
 mod smp;
 #[cfg(target_arch = "mips64")]
 mod vmm;

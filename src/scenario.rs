@@ -106,12 +106,17 @@ pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "balloon",
         about: "virtio balloons inflated by half a VM's RAM and deflated; hostile input refused",
-        run: crate::vmm::balloon_scenario::balloon,
+        run: crate::services::balloon_scenario::balloon,
     },
     Scenario {
         name: "vcpu-selftest",
         about: "a built-in assembly guest checks each trap-and-emulate path",
         run: crate::vmm::scenarios::vcpu_selftest,
+    },
+    Scenario {
+        name: "dedup",
+        about: "same-page merging in a trust group, copy-on-write, an outsider shares nothing",
+        run: crate::services::scenario::dedup_scenario,
     },
     Scenario {
         name: "fault-selftest",

@@ -239,6 +239,24 @@ impl FrameAllocator {
         Err(FrameError::OutOfFrames)
     }
 
+    /// Length of the longest run of consecutive free frames inside one region (the most
+    /// [`FrameAllocator::alloc_contiguous`] can give now).
+    pub fn largest_free_run(&self) -> usize {
+        let mut best = 0;
+        for region in &self.regions[..self.region_count] {
+            let mut run = 0;
+            for bit in region.first_bit..region.first_bit + region.npages as usize {
+                if self.bitmap[bit / 64] & (1 << (bit % 64)) == 0 {
+                    run += 1;
+                    best = best.max(run);
+                } else {
+                    run = 0;
+                }
+            }
+        }
+        best
+    }
+
     /// Returns a frame.
     pub fn free(&mut self, frame: OwnedFrame) -> Result<(), FrameError> {
         let hfn = frame.hfn;
@@ -308,6 +326,7 @@ mod tests {
         let run = allocator.alloc_contiguous(3).unwrap();
         let hfns: Vec<u64> = run.iter().map(|f| f.hfn().raw()).collect();
         assert_eq!(hfns, [0x11, 0x12, 0x13]);
+        assert_eq!(allocator.largest_free_run(), 4);
         // Four do not fit the first region any more, but the second one is free.
         let run4 = allocator.alloc_contiguous(4).unwrap();
         assert_eq!(run4.first().unwrap().hfn().raw(), 0x20);
@@ -321,10 +340,13 @@ mod tests {
             allocator.alloc_contiguous(0).err(),
             Some(FrameError::OutOfFrames)
         );
+        assert_eq!(allocator.largest_free_run(), 0);
         for frame in run.into_iter().chain(run4) {
             allocator.free(frame).unwrap();
         }
         assert_eq!(allocator.free_frames(), 7);
+        // Frame 0x10 is still taken: the first region's run is 3, the second's 4.
+        assert_eq!(allocator.largest_free_run(), 4);
         assert!(allocator.alloc_contiguous(5).is_err());
     }
 

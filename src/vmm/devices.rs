@@ -6,8 +6,8 @@
 //! full device model with hv-services' memory policy, shared with the host side so targets
 //! can change at run time.
 
-use super::balloon::Balloon;
 use super::vm::GuestMemory;
+use crate::services::balloon::Balloon;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;

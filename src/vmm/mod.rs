@@ -6,13 +6,10 @@
 //! - [`asid`], [`flush`]: host ASIDs for guest mappings and remote invalidation.
 //! - [`loader`], [`images`]: guest images (embedded at build time, or from an initrd).
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
-//! - [`balloon`]: each VM's virtio balloon, its run-time target and counters.
 //! - [`bench`], [`svc_bench`]: instruction-cost benchmarks of guest exits and of the memory
 //!   services (tools/bench.sh).
 
 pub mod asid;
-pub mod balloon;
-pub mod balloon_scenario;
 pub mod bench;
 pub mod devices;
 pub mod flush;

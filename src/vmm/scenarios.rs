@@ -11,17 +11,17 @@ use hv_core::addr::Gpa;
 use hv_devices::vmconfig::VmLayout;
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
-const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
+pub(crate) const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
 /// Count ticks CPU 0 waits for the other CPUs to come up.
-pub(super) const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
+pub(crate) const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
 /// Count ticks to wait when the command line does not say how many CPUs to expect.
-pub(super) const CPU_SETTLE_TICKS: u32 = 20_000_000;
+pub(crate) const CPU_SETTLE_TICKS: u32 = 20_000_000;
 /// Guest RAM of each self-test VM.
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
 /// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
 /// layout named after the scenario, else the built-in default.
-pub(super) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
+pub(crate) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
     let name = info.options.config.unwrap_or(scenario);
     match images::config(name) {
         Some(blob) => VmLayout::parse(blob)
@@ -61,7 +61,7 @@ fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), S
 }
 
 /// Builds the VM specs of `layout`, after checking it against this host (`cpus` online).
-pub(super) fn specs(
+pub(crate) fn specs(
     info: &BootInfo,
     layout: &VmLayout,
     cpus: usize,
@@ -106,7 +106,7 @@ pub(super) fn specs(
 }
 
 /// Prints the statistics every guest scenario reports.
-pub(super) fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) {
+pub(crate) fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) {
     crate::println!("STAT vms={}", vms.len());
     crate::println!("STAT cpus={cpus}");
     crate::println!("STAT gpa_faults={}", super::total(vms, |s| &s.gpa_faults));

@@ -6,6 +6,11 @@
 //! and puts it back at the tail, so a vCPU may run on a different CPU each slice. A vCPU
 //! carries its host ASIDs only for the CPU it last ran on (asid.rs), so moving it never
 //! takes a stale translation along. CPUs other than 0 join from their idle loop.
+//!
+//! While a service scenario runs (`services::active`), CPU 0 belongs to the memory
+//! services when another CPU is online: it takes the services rounds and runs only vCPUs
+//! whose VM may run on no other online CPU (an affinity of CPU 0 alone still works). With
+//! one CPU, CPU 0 runs every vCPU and takes a due round between two slices.
 
 use super::vcpu::{SliceEnd, Vcpu};
 use crate::arch::{self, cp0, cpu_id, MAX_CPUS};
@@ -62,12 +67,14 @@ pub fn migrations() -> u64 {
 }
 
 /// Takes the first vCPU that may and can run on `cpu` now (its VM's CPU affinity allows
-/// `cpu`, it is not waiting), leaving the others in order.
-fn pick(cpu: usize) -> Option<Box<Vcpu>> {
+/// `cpu` and none of the CPUs in `elsewhere`, it is not waiting), leaving the others in
+/// order.
+fn pick(cpu: usize, elsewhere: u64) -> Option<Box<Vcpu>> {
     let mut queue = QUEUE.lock();
     for _ in 0..queue.len() {
         let mut vcpu = queue.pop_front()?;
-        let allowed = vcpu.vm.affinity.is_none_or(|mask| mask & (1 << cpu) != 0);
+        let mask = vcpu.vm.affinity.unwrap_or(u64::MAX);
+        let allowed = mask & (1 << cpu) != 0 && mask & elsewhere == 0;
         if !allowed || vcpu.is_waiting() {
             queue.push_back(vcpu);
         } else {
@@ -77,8 +84,24 @@ fn pick(cpu: usize) -> Option<Box<Vcpu>> {
     None
 }
 
+/// CPUs other than 0 that are online, as a mask.
+fn other_online_cpus() -> u64 {
+    let online = crate::percpu::online_count().min(MAX_CPUS);
+    1u64.checked_shl(online as u32)
+        .map_or(u64::MAX, |bit| bit - 1)
+        & !1
+}
+
 fn run_on_this_cpu(timeout_ticks: Option<u64>) -> bool {
     let cpu = cpu_id();
+    // CPU 0 in a service scenario: rounds first, and leave to the other CPUs every vCPU
+    // they may run.
+    let services_here = cpu == 0 && crate::services::active();
+    let elsewhere = if services_here {
+        other_online_cpus()
+    } else {
+        0
+    };
     let start = cp0::count();
     let mut elapsed: u64 = 0;
     let mut last = start;
@@ -95,7 +118,11 @@ fn run_on_this_cpu(timeout_ticks: Option<u64>) -> bool {
         if timeout_ticks.is_some_and(|limit| elapsed >= limit) {
             return false;
         }
-        let Some(mut vcpu) = pick(cpu) else {
+        if services_here && crate::services::round_due() {
+            crate::services::tick();
+            continue;
+        }
+        let Some(mut vcpu) = pick(cpu, elsewhere) else {
             // Nothing runnable: sleep until the next tick (a waiting guest's timer is
             // checked then).
             arch::wait_for_interrupt();

@@ -1,11 +1,11 @@
 //! A virtual machine: its memory (the memory core's per-VM object over firmware frames),
 //! its name and console, its counters and its final result.
 
-use super::balloon::Balloon;
 use super::devices::{self, BusDevice, RamView};
 use super::flush::FwRemoteFlush;
 use super::loader::{self, ImageError};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
+use crate::services::balloon::Balloon;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -14,7 +14,6 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
-use hv_core::frame_pool::FramePool;
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_devices::bus::{BusError, MmioBus};
 use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
@@ -32,11 +31,16 @@ const LOGGED_UNBACKED: u64 = 8;
 /// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
 const RECORDED_LINES_MAX: usize = 128;
 /// First words of console lines a scenario may want to inspect afterwards.
-const RECORDED_WORDS: [&str; 5] = ["ATTEMPT", "OUTCOME", "HOSTILE", "CHECKSUM", "BALLOON"];
+const RECORDED_WORDS: [&str; 6] = [
+    "ATTEMPT",
+    "OUTCOME",
+    "HOSTILE",
+    "CHECKSUM",
+    "BALLOON",
+    "memguest:",
+];
 /// Hardware interrupt line of the virtio balloon (Cause.IP3; IP2 is left for a console).
 pub const BALLOON_IRQ_LINE: u8 = 1;
-/// Extra pool frames beyond RAM pages (copies when breaking shared pages).
-const POOL_SPARE_FRAMES: usize = 16;
 
 /// How a VM is built.
 #[derive(Debug, Clone)]
@@ -81,8 +85,8 @@ pub enum ImageSource<'a> {
 pub enum VmBuildError {
     /// RAM size zero, unaligned or beyond the guest window.
     BadRamSize(u64),
-    /// No host frames for the RAM pool.
-    NoFrames,
+    /// No host frames for the shared guest pool (why).
+    NoFrames(String),
     /// The memory core refused the set-up.
     Memory(VmError),
     /// The image is unusable.
@@ -97,7 +101,7 @@ impl fmt::Display for VmBuildError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BadRamSize(bytes) => write!(f, "bad guest RAM size {bytes:#x}"),
-            Self::NoFrames => write!(f, "not enough contiguous host frames for guest RAM"),
+            Self::NoFrames(why) => write!(f, "no guest memory pool: {why}"),
             Self::Memory(e) => write!(f, "memory core: {e}"),
             Self::Image(e) => write!(f, "guest image: {e}"),
             Self::Load(e) => write!(f, "loading the image: {e}"),
@@ -240,12 +244,12 @@ impl Vm {
         }
         .map_err(VmBuildError::Image)?;
         let pages = ram_bytes / PAGE_SIZE;
-        let memory = FwFrameMemory::allocate(pages as usize + POOL_SPARE_FRAMES)
-            .map_err(|_| VmBuildError::NoFrames)?;
-        let (base, nframes) = (memory.base(), memory.len());
-        let pool = FramePool::new(memory, base, nframes);
-        let guest = GuestMemory::new(FwTableFrames::new(), pool, FwRemoteFlush::new())
-            .map_err(VmBuildError::Memory)?;
+        // Every VM's RAM lives in the one shared host layer (dedup may share frames across
+        // a trust group; swap and balloon manage one pool).
+        let host = crate::services::try_host().map_err(VmBuildError::NoFrames)?;
+        let guest =
+            GuestMemory::with_host(FwTableFrames::new(), host.clone(), FwRemoteFlush::new())
+                .map_err(VmBuildError::Memory)?;
         let guest = Arc::new(guest);
         let backing = guest
             .host()
@@ -437,7 +441,7 @@ impl Vm {
                 marks.push(mark);
             }
         }
-        super::balloon_scenario::on_yield(self);
+        crate::services::balloon_scenario::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };
@@ -525,5 +529,24 @@ impl Vm {
     /// How the VM ended, if it did.
     pub fn outcome(&self) -> Option<VmOutcome> {
         self.outcome.lock().clone()
+    }
+
+    /// Frees the VM's guest memory: its backings leave the shared host layer (through its
+    /// own notifier) and its GPA-table frames go back to the frame allocator. Needs the
+    /// last reference to the memory object (the devices' RAM view holds one; dropped here).
+    pub fn teardown(self) -> Result<(), String> {
+        let Self {
+            memory,
+            devices,
+            balloons,
+            ..
+        } = self;
+        // The devices (balloons included) hold references to the guest memory.
+        drop(devices);
+        drop(balloons);
+        let memory =
+            Arc::try_unwrap(memory).map_err(|_| String::from("guest memory still referenced"))?;
+        drop(memory.detach());
+        Ok(())
     }
 }

@@ -725,6 +725,74 @@ mod tests {
         assert_eq!(used_idx(&d, 2), 1);
     }
 
+    /// Descriptor-level validation at the edges: PFN arrays split over descriptors (even
+    /// inside one PFN) and exactly at the PFN limit are fine; buffers that wrap around the
+    /// address space or run past the end of guest memory, readable buffers on the
+    /// reporting queue and statistics buffers of partial entries are whole bad chains.
+    #[test]
+    fn descriptor_edges_of_balloon_chains() {
+        let mut d = device(F_STATS_VQ | F_REPORTING, 4);
+        // PFNs 1, 2, 3 over three descriptors, the middle one splitting PFN 2.
+        let bytes: Vec<u8> = [1u32, 2, 3].iter().flat_map(|p| p.to_le_bytes()).collect();
+        put(&mut d, DATA, &bytes);
+        desc(&mut d, 0, 0, DATA, 6, VIRTQ_DESC_F_NEXT, 1);
+        desc(&mut d, 0, 1, DATA + 6, 2, VIRTQ_DESC_F_NEXT, 2);
+        desc(&mut d, 0, 2, DATA + 8, 4, 0, 0);
+        kick(&mut d, 0, 0);
+        let ballooned: Vec<u64> = d.backend().hooks().ballooned.iter().copied().collect();
+        assert_eq!(ballooned, vec![1, 2, 3]);
+        // Exactly the limit: every PFN reaches the hooks (the ones beyond RAM are refused
+        // one by one), the chain is not bad.
+        let limit: Vec<u32> = (0..MAX_PFNS_PER_CHAIN as u32).map(|i| 100 + i).collect();
+        send_pfns(&mut d, 0, &limit);
+        let s = d.backend().stats();
+        assert_eq!(
+            (s.bad_chains, s.refused_pfns),
+            (0, MAX_PFNS_PER_CHAIN as u64)
+        );
+        // Wrapping around the address space, and straddling the end of guest memory.
+        desc(&mut d, 0, 3, u64::MAX - 3, 8, 0, 0);
+        kick(&mut d, 0, 3);
+        desc(&mut d, 1, 0, 0x4_0000 - 4, 8, 0, 0);
+        kick(&mut d, 1, 0);
+        // A readable buffer on the reporting queue (reports are device-writable only).
+        desc(&mut d, 3, 0, DATA, 0x1000, 0, 0);
+        kick(&mut d, 3, 0);
+        // A statistics buffer of one entry and one byte.
+        desc(&mut d, 2, 0, DATA, STAT_ENTRY_BYTES as u32 + 1, 0, 0);
+        kick(&mut d, 2, 0);
+        let s = d.backend().stats();
+        assert_eq!(s.bad_chains, 4);
+        assert_eq!(
+            (s.inflated_pages, s.deflated_pages, s.reported_ranges),
+            (3, 0, 0)
+        );
+        assert_eq!(s.stats_updates, 0);
+        assert_eq!(
+            d.backend().hooks().rejected,
+            vec![
+                QueueRole::Inflate,
+                QueueRole::Deflate,
+                QueueRole::Reporting,
+                QueueRole::Stats
+            ]
+        );
+        assert!(d.backend().hooks().reports.is_empty());
+        // Every chain went back to the driver, and the device still works.
+        assert_eq!(
+            (
+                used_idx(&d, 0),
+                used_idx(&d, 1),
+                used_idx(&d, 2),
+                used_idx(&d, 3)
+            ),
+            (3, 1, 1, 1)
+        );
+        assert!(d.is_active());
+        send_pfns(&mut d, 1, &[2]);
+        assert_eq!(d.backend().stats().deflated_pages, 1);
+    }
+
     #[test]
     fn configuration_space() {
         let mut d = device(F_PAGE_POISON, 2);

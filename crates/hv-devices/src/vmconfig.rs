@@ -311,6 +311,8 @@ pub enum ConfigError {
         /// CPUs present.
         cpu_count: u32,
     },
+    /// The `/services` node is wrong (see [`ServicesError`]).
+    Services(ServicesError),
 }
 
 impl fmt::Display for ConfigError {
@@ -380,6 +382,7 @@ impl fmt::Display for ConfigError {
                 f,
                 "vm {vm}: cpu-affinity names CPU {cpu}, but only {cpu_count} CPUs are present"
             ),
+            ConfigError::Services(e) => write!(f, "/services: {e}"),
         }
     }
 }
@@ -409,7 +412,8 @@ impl ConfigError {
             ConfigError::Blob(_)
             | ConfigError::NotAConfig
             | ConfigError::NoVms
-            | ConfigError::TooManyVms(_) => None,
+            | ConfigError::TooManyVms(_)
+            | ConfigError::Services(_) => None,
         }
     }
 }
@@ -655,6 +659,8 @@ impl VmSpec {
 pub struct VmLayout {
     /// The VMs, in configuration order.
     pub vms: Vec<VmSpec>,
+    /// Memory-service settings (the optional `/services` node).
+    pub services: ServicesSpec,
 }
 
 /// Guest-physical address of each VM's console in the built-in layout.
@@ -700,7 +706,10 @@ impl VmLayout {
                 workload: None,
             })
             .collect();
-        Self { vms }
+        Self {
+            vms,
+            services: ServicesSpec::default(),
+        }
     }
 
     /// Parses and checks a configuration blob (everything except [`VmLayout::check_host`]).
@@ -730,7 +739,11 @@ impl VmLayout {
             }
             vms.push(parse_vm(vm, node)?);
         }
-        let layout = Self { vms };
+        let services = match root.children().find(|n| n.name == "services") {
+            Some(node) => ServicesSpec::parse(node).map_err(ConfigError::Services)?,
+            None => ServicesSpec::default(),
+        };
+        let layout = Self { vms, services };
         layout.check()?;
         Ok(layout)
     }
@@ -784,6 +797,194 @@ impl VmLayout {
     /// The index of the VM called `name`.
     pub fn find(&self, name: &str) -> Option<usize> {
         self.vms.iter().position(|v| v.name == name)
+    }
+}
+
+/// Longest property name kept in a [`ServicesError`].
+const MAX_PROPERTY_NAME: usize = 31;
+
+/// A property name copied out of a blob, for errors (at most [`MAX_PROPERTY_NAME`] bytes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PropertyName {
+    bytes: [u8; MAX_PROPERTY_NAME],
+    len: u8,
+}
+
+impl PropertyName {
+    fn new(name: &str) -> Self {
+        let mut bytes = [0; MAX_PROPERTY_NAME];
+        // Cut at a character boundary so the stored name stays valid UTF-8.
+        let mut len = name.len().min(MAX_PROPERTY_NAME);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// The name (cut to [`MAX_PROPERTY_NAME`] bytes).
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for PropertyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+/// What is wrong with the `/services` node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServicesError {
+    /// A property the firmware does not know (a typo would otherwise be ignored silently).
+    UnknownProperty(PropertyName),
+    /// A number property that is not one 32-bit cell, or a flag that is not empty.
+    BadValue {
+        /// Property name.
+        property: &'static str,
+    },
+    /// A number outside its allowed range.
+    OutOfRange {
+        /// Property name.
+        property: &'static str,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+    /// A child node (the node holds properties only).
+    UnexpectedChild,
+}
+
+impl fmt::Display for ServicesError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServicesError::UnknownProperty(name) => write!(
+                f,
+                "unknown property \"{}\" (known: {})",
+                name.as_str(),
+                ServicesSpec::PROPERTIES.join(", ")
+            ),
+            ServicesError::BadValue { property } => write!(
+                f,
+                "property \"{property}\" must be one 32-bit cell (<N>), or empty for a flag"
+            ),
+            ServicesError::OutOfRange { property, min, max } => {
+                write!(f, "property \"{property}\" must be in {min}..={max}")
+            }
+            ServicesError::UnexpectedChild => f.write_str("the node takes no child nodes"),
+        }
+    }
+}
+
+/// Memory-service settings from the optional `/services` node of a layout. Numbers are
+/// single 32-bit cells; flags are empty properties. Every property is optional.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServicesSpec {
+    /// `guest-pool-mib`: host RAM for all guest RAM together (a smaller pool than the
+    /// guests' total RAM overcommits, which swap then has to cover); `None` = everything the
+    /// firmware can give guests.
+    pub guest_pool_mib: Option<u32>,
+    /// `round-interval-us`: time between two services rounds.
+    pub round_interval_us: u32,
+    /// `dedup`: the same-page merging service runs.
+    pub dedup: bool,
+    /// `dedup-pages-per-pass`: pages one dedup pass visits; `None` = the advisor chooses.
+    pub dedup_pages_per_pass: Option<u32>,
+    /// `dedup-full-scan-ms`: the advisor's target time for one full scan.
+    pub dedup_full_scan_ms: u32,
+    /// `dedup-cpu-budget-permille`: most of its CPU the dedup scanner may use.
+    pub dedup_cpu_budget_permille: u32,
+    /// `dedup-max-page-sharing`: most guest pages one shared frame may back.
+    pub dedup_max_page_sharing: u32,
+    /// `dedup-no-zero-pages`: zero pages are merged like any other, not onto a zero frame.
+    pub dedup_no_zero_pages: bool,
+}
+
+impl Default for ServicesSpec {
+    fn default() -> Self {
+        Self {
+            guest_pool_mib: None,
+            round_interval_us: 2_000,
+            dedup: false,
+            dedup_pages_per_pass: None,
+            dedup_full_scan_ms: 200,
+            dedup_cpu_budget_permille: 500,
+            dedup_max_page_sharing: 256,
+            dedup_no_zero_pages: false,
+        }
+    }
+}
+
+impl ServicesSpec {
+    /// Every property the node may hold.
+    pub const PROPERTIES: [&'static str; 8] = [
+        "guest-pool-mib",
+        "round-interval-us",
+        "dedup",
+        "dedup-pages-per-pass",
+        "dedup-full-scan-ms",
+        "dedup-cpu-budget-permille",
+        "dedup-max-page-sharing",
+        "dedup-no-zero-pages",
+    ];
+
+    fn parse(node: FdtNode<'_, '_>) -> Result<Self, ServicesError> {
+        if node.children().next().is_some() {
+            return Err(ServicesError::UnexpectedChild);
+        }
+        let mut spec = Self::default();
+        for property in node.properties() {
+            let value = property.value;
+            let number = |name: &'static str, min: u64, max: u64| {
+                let n = be32_exact(value).ok_or(ServicesError::BadValue { property: name })?;
+                if u64::from(n) < min || u64::from(n) > max {
+                    return Err(ServicesError::OutOfRange {
+                        property: name,
+                        min,
+                        max,
+                    });
+                }
+                Ok(n)
+            };
+            let flag = |name: &'static str| {
+                if value.is_empty() {
+                    Ok(true)
+                } else {
+                    Err(ServicesError::BadValue { property: name })
+                }
+            };
+            match property.name {
+                "guest-pool-mib" => {
+                    spec.guest_pool_mib = Some(number("guest-pool-mib", 1, 1 << 16)?)
+                }
+                "round-interval-us" => {
+                    spec.round_interval_us = number("round-interval-us", 100, 10_000_000)?
+                }
+                "dedup" => spec.dedup = flag("dedup")?,
+                "dedup-pages-per-pass" => {
+                    spec.dedup_pages_per_pass = Some(number("dedup-pages-per-pass", 1, 1 << 20)?)
+                }
+                "dedup-full-scan-ms" => {
+                    spec.dedup_full_scan_ms = number("dedup-full-scan-ms", 1, 3_600_000)?
+                }
+                "dedup-cpu-budget-permille" => {
+                    spec.dedup_cpu_budget_permille = number("dedup-cpu-budget-permille", 1, 1000)?
+                }
+                "dedup-max-page-sharing" => {
+                    spec.dedup_max_page_sharing = number("dedup-max-page-sharing", 2, 1 << 20)?
+                }
+                "dedup-no-zero-pages" => spec.dedup_no_zero_pages = flag("dedup-no-zero-pages")?,
+                // dtc adds `name` to nodes of old-style blobs; harmless.
+                "name" => {}
+                other => return Err(ServicesError::UnknownProperty(PropertyName::new(other))),
+            }
+        }
+        Ok(spec)
     }
 }
 
@@ -1593,6 +1794,113 @@ mod tests {
         assert!(!layout.may_share_pages(1, 3));
         assert!(!layout.may_share_pages(0, 9));
         assert_eq!(layout.find("c"), Some(2));
+    }
+
+    /// A one-VM blob with a `/services` node written by `services`.
+    fn with_services(services: impl Fn(&mut Blob)) -> Vec<u8> {
+        let mut b = Blob::default();
+        b.begin("").str("compatible", COMPATIBLE).begin("vms");
+        b.begin("a");
+        plain_vm(&mut b, 0);
+        b.end().end();
+        b.begin("services");
+        services(&mut b);
+        b.end().end().finish()
+    }
+
+    #[test]
+    fn services_node_is_optional_and_parsed() {
+        let layout = VmLayout::parse(&config(&["a"], plain_vm)).unwrap();
+        assert_eq!(layout.services, ServicesSpec::default());
+        assert!(!layout.services.dedup);
+
+        let blob = with_services(|b| {
+            b.u32s("guest-pool-mib", &[96])
+                .u32s("round-interval-us", &[500])
+                .prop("dedup", &[])
+                .u32s("dedup-pages-per-pass", &[64])
+                .u32s("dedup-full-scan-ms", &[50])
+                .u32s("dedup-cpu-budget-permille", &[250])
+                .u32s("dedup-max-page-sharing", &[8])
+                .prop("dedup-no-zero-pages", &[]);
+        });
+        let services = VmLayout::parse(&blob).unwrap().services;
+        assert_eq!(
+            services,
+            ServicesSpec {
+                guest_pool_mib: Some(96),
+                round_interval_us: 500,
+                dedup: true,
+                dedup_pages_per_pass: Some(64),
+                dedup_full_scan_ms: 50,
+                dedup_cpu_budget_permille: 250,
+                dedup_max_page_sharing: 8,
+                dedup_no_zero_pages: true,
+            }
+        );
+    }
+
+    #[test]
+    fn services_node_errors_are_clear() {
+        let err = |services: &dyn Fn(&mut Blob)| VmLayout::parse(&with_services(services));
+        let unknown = err(&|b| {
+            b.u32s("dedup-pages-per-pas", &[1]);
+        })
+        .unwrap_err();
+        assert_eq!(
+            unknown,
+            ConfigError::Services(ServicesError::UnknownProperty(PropertyName::new(
+                "dedup-pages-per-pas"
+            )))
+        );
+        let text = unknown.to_string();
+        assert!(text.starts_with("/services: unknown property \"dedup-pages-per-pas\""));
+        assert!(text.contains("dedup-pages-per-pass"), "{text}");
+        assert_eq!(unknown.vm(), None);
+
+        assert_eq!(
+            err(&|b| {
+                b.u64s("guest-pool-mib", &[64]);
+            }),
+            Err(ConfigError::Services(ServicesError::BadValue {
+                property: "guest-pool-mib"
+            }))
+        );
+        assert_eq!(
+            err(&|b| {
+                b.u32s("dedup", &[1]);
+            }),
+            Err(ConfigError::Services(ServicesError::BadValue {
+                property: "dedup"
+            }))
+        );
+        assert_eq!(
+            err(&|b| {
+                b.u32s("dedup-max-page-sharing", &[1]);
+            }),
+            Err(ConfigError::Services(ServicesError::OutOfRange {
+                property: "dedup-max-page-sharing",
+                min: 2,
+                max: 1 << 20
+            }))
+        );
+        assert_eq!(
+            err(&|b| {
+                b.u32s("guest-pool-mib", &[0]);
+            })
+            .unwrap_err()
+            .to_string(),
+            "/services: property \"guest-pool-mib\" must be in 1..=65536"
+        );
+        assert_eq!(
+            err(&|b| {
+                b.begin("swap").end();
+            }),
+            Err(ConfigError::Services(ServicesError::UnexpectedChild))
+        );
+        // Long names are cut, not refused, and stay printable.
+        let long = "x".repeat(40);
+        assert_eq!(PropertyName::new(&long).as_str().len(), MAX_PROPERTY_NAME);
     }
 
     #[test]

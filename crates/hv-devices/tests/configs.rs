@@ -132,6 +132,7 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
         assert!(group.iter().all(|&b| layout.may_share_pages(a, b)));
         assert!(!layout.may_share_pages(a, loner));
     }
+    assert!(layout.services.dedup, "the dedup layout turns dedup on");
     for vm in &layout.vms {
         assert!(vm
             .devices

@@ -13,7 +13,9 @@
 //!    `BALLOON hostile sent=N ...` (N = refusals the host should count).
 //! 3. Fills its free RAM with a pattern; reports a small scratch range as free (free page
 //!    reporting) and checks that it reads zero afterwards.
-//! 4. Polls the configuration each yield: inflates (pages from the top of RAM, at most 256
+//! 4. Takes the balloon's interrupt (hardware line 1, Cause.IP3): the handler acknowledges
+//!    it and counts configuration changes and used buffers. The driver does not depend on
+//!    it: it polls the configuration each yield, and inflates (pages from the top of RAM, at most 256
 //!    PFNs a chain) while `num_pages > actual`, deflates while `num_pages < actual`, updates
 //!    `actual`, answers statistics requests. Ends once it has inflated to a nonzero target
 //!    and is back at 0 (bounded number of polls).
@@ -27,8 +29,10 @@
 mod virtio;
 
 use core::ptr::{read_volatile, write_volatile};
+use core::sync::atomic::{AtomicU64, Ordering};
 use guest_rt::hypercall::{self, VmInfoKey};
-use guest_rt::{println, window_address};
+use guest_rt::trap::{self, exc, TrapFrame, TrapInfo};
+use guest_rt::{cp0, println, window_address};
 use virtio::{Desc, Queue, Transport, VirtioError, DESC_F_NEXT, DESC_F_WRITE};
 
 guest_rt::entry!(main);
@@ -69,6 +73,19 @@ const MAX_POLLS: u64 = 400_000;
 const STAT_MEMFREE: u16 = 4;
 const STAT_MEMTOT: u16 = 5;
 const STAT_AVAIL: u16 = 6;
+
+/// Cause.IP3 / Status.IM3: the balloon's interrupt line (docs/guest-abi.md, section 4).
+const BALLOON_IP: u32 = 1 << 11;
+/// InterruptStatus bits.
+const INT_USED_BUFFER: u32 = 1;
+const INT_CONFIG_CHANGE: u32 = 2;
+
+/// The balloon's registers, for the interrupt handler (set before interrupts are enabled).
+static DEVICE_GPA: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken that reported a configuration change.
+static CONFIG_IRQS: AtomicU64 = AtomicU64::new(0);
+/// Interrupts taken that reported used buffers.
+static USED_IRQS: AtomicU64 = AtomicU64::new(0);
 
 /// PFN arrays and the statistics buffer handed to the device.
 static mut PFNS: [u32; DEVICE_MAX_PFNS + 4] = [0; DEVICE_MAX_PFNS + 4];
@@ -263,6 +280,22 @@ impl Balloon {
     }
 }
 
+/// Exceptions: only the balloon's interrupt is expected. The handler acknowledges what the
+/// device reports (which lowers the line) and counts it.
+fn handle_exception(frame: &mut TrapFrame, info: &TrapInfo) {
+    let pending = info.cause & info.status & cp0::STATUS_IM_MASK;
+    if info.exc_code() != exc::INT || pending & BALLOON_IP == 0 {
+        trap::unexpected(frame, info);
+    }
+    let status = Transport::at(DEVICE_GPA.load(Ordering::Relaxed)).ack_interrupts();
+    if status & INT_CONFIG_CHANGE != 0 {
+        CONFIG_IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+    if status & INT_USED_BUFFER != 0 {
+        USED_IRQS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Sends the hostile requests; returns how many refusals the host should have counted.
 fn hostile(b: &mut Balloon, scratch: u64) -> Result<u64, &'static str> {
     let ram_pages = (b.ram_bytes / PAGE) as u32;
@@ -358,6 +391,10 @@ fn main() -> u64 {
             return exit::DEVICE;
         }
     };
+    DEVICE_GPA.store(gpa, Ordering::Relaxed);
+    trap::install(handle_exception);
+    // SAFETY: the handler above serves the only interrupt unmasked here.
+    unsafe { cp0::set_status(cp0::status() | BALLOON_IP | cp0::STATUS_IE) };
     let scratch = guest_rt::image_end_gpa().div_ceil(PAGE);
     println!(
         "balloonguest: balloon at {gpa:#x}, features {features:#x}, ram {} MiB, up to {} pages",
@@ -434,6 +471,11 @@ fn main() -> u64 {
     println!(
         "balloonguest: deflated to 0 after {polls} polls, {} statistics updates",
         b.stats_sent
+    );
+    println!(
+        "BALLOON interrupts config={} used={}",
+        CONFIG_IRQS.load(Ordering::Relaxed),
+        USED_IRQS.load(Ordering::Relaxed)
     );
 
     // Pages the balloon held read zero; the others kept the pattern.

@@ -172,6 +172,9 @@ pub struct DedupStats {
     pub full_scans: u64,
     /// Guest pages backed by a zero frame now.
     pub zero_pages_merged: u64,
+    /// Zero frames in use (at most one per domain); each holds one of those pages' bytes,
+    /// so the frames saved by zero merging are `zero_pages_merged - zero_frames`.
+    pub zero_frames: u64,
     /// Writes that broke sharing on this host layer (copies or last-sharer takeovers).
     pub cow_breaks: u64,
     /// Successful merges so far.
@@ -187,6 +190,12 @@ pub struct DedupStats {
 }
 
 impl DedupStats {
+    /// Host frames the merging saves now: every extra sharer of a stable frame, and every
+    /// zero page but the one per domain whose frame became the zero frame.
+    pub fn saved_frames(&self) -> u64 {
+        self.pages_sharing + self.zero_pages_merged.saturating_sub(self.zero_frames)
+    }
+
     /// Metadata bytes per tracked page, rounded up (0 with nothing tracked).
     pub fn metadata_bytes_per_page(&self) -> u64 {
         if self.tracked_pages == 0 {
@@ -587,17 +596,20 @@ impl Dedup {
         // Each listed frame has the service's reference plus one per sharing page (and,
         // fleetingly, one per fault in flight).
         let sharers = |h: &Hfn| u64::from(st.pool().refcount(*h).saturating_sub(1));
-        let (mut shared, mut sharing, mut zero) = (0, 0, 0);
+        let (mut shared, mut sharing, mut zero, mut zero_frames) = (0, 0, 0, 0);
         for d in &self.domains {
             for n in d.stable.values().flatten().map(sharers) {
                 shared += u64::from(n > 0);
                 sharing += n.saturating_sub(1);
             }
-            zero += d.zero.as_ref().map_or(0, sharers);
+            let zero_sharers = d.zero.as_ref().map_or(0, sharers);
+            zero += zero_sharers;
+            zero_frames += u64::from(zero_sharers > 0);
         }
         stats.pages_shared = shared;
         stats.pages_sharing = sharing;
         stats.zero_pages_merged = zero;
+        stats.zero_frames = zero_frames;
         stats.cow_breaks = st.cow_breaks();
         stats.tracked_pages = self.tracked.iter().map(|t| t.meta.len() as u64).sum();
         stats.metadata_bytes = self.metadata_bytes();

@@ -161,6 +161,8 @@ fn zero_pages_go_to_one_zero_frame_and_are_counted_apart() {
     }
     let s = dedup.stats(&host);
     assert_eq!(s.zero_pages_merged, 4);
+    assert_eq!(s.zero_frames, 1);
+    assert_eq!(s.saved_frames(), 3, "four zero pages live in one frame");
     assert_eq!((s.pages_shared, s.pages_sharing), (0, 0));
     assert_eq!(s.merges, 3, "the first zero page became the frame");
     // With zero merging off, zero pages are ordinary content.
@@ -178,6 +180,7 @@ fn zero_pages_go_to_one_zero_frame_and_are_counted_apart() {
     plain.full_scans(&host2, &Quiet, 2).unwrap();
     let s = plain.stats(&host2);
     assert_eq!((s.zero_pages_merged, s.pages_sharing), (0, 2));
+    assert_eq!((s.zero_frames, s.saved_frames()), (0, 2));
 }
 
 #[test]

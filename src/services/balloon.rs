@@ -7,10 +7,16 @@
 //! The device sits on the VM's MMIO bus behind a [`BusBalloon`]; the host side reaches the
 //! same device through [`find`]. Lock order: a VM's bus lock, then the balloon's lock; host
 //! callers take only the balloon's lock.
+//!
+//! A service scenario calls [`register`]: each services round then prints pending refusal
+//! lines and reports [`saved_pages`] for the `STAT sample` line, and the operator console's
+//! `balloon <vm> <MiB>` calls [`set_target`].
 
-use super::devices::RamView;
-use super::flush::FwRemoteFlush;
+use super::view::{self, ConsoleHandlers};
+use super::{Hook, HookOutcome, RoundContext, Service};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
+use crate::vmm::devices::RamView;
+use crate::vmm::flush::FwRemoteFlush;
 use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
@@ -278,6 +284,55 @@ pub fn tick() {
         let mut device = balloon.device.lock();
         balloon.log_events(&mut device);
     }
+}
+
+/// Saved pages reported in the previous round (a change makes the round print a sample).
+static LAST_SAVED: AtomicU64 = AtomicU64::new(0);
+
+/// The balloon's part of a services round.
+fn round(_ctx: &RoundContext<'_>) -> HookOutcome {
+    tick();
+    let saved = saved_pages();
+    HookOutcome {
+        changed: LAST_SAVED.swap(saved, Ordering::Relaxed) != saved,
+        saved_pages: saved,
+    }
+}
+
+/// The balloon holds no frames of its own: inflated pages' frames are already back in the
+/// pool, and teardown frees the devices with their VMs.
+fn stop(_host: &Arc<super::SharedHost>) {
+    LAST_SAVED.store(0, Ordering::Relaxed);
+}
+
+/// The console's `balloon <vm> <MiB>`.
+fn console_balloon(vm: &str, mib: u64, out: &mut dyn fmt::Write) -> fmt::Result {
+    match set_target(vm, mib) {
+        Ok(pages) => {
+            let actual = find(vm).map_or(0, |b| b.snapshot().actual_pages);
+            writeln!(
+                out,
+                "balloon {vm}: target {mib} MiB ({pages} pages); the driver holds {actual} pages now"
+            )
+        }
+        Err(e) => writeln!(out, "balloon {vm}: refused: {e}"),
+    }
+}
+
+/// Joins the services: a round hook (log lines, saved pages) and the console's `balloon`
+/// command. Call before `services::start`; `services::finish` undoes it.
+pub fn register() {
+    LAST_SAVED.store(0, Ordering::Relaxed);
+    super::register(Hook {
+        name: "balloon",
+        service: Service::Balloon,
+        round,
+        stop,
+    });
+    view::register(ConsoleHandlers {
+        balloon: Some(console_balloon),
+        ..ConsoleHandlers::default()
+    });
 }
 
 /// Prints the `STAT` lines of every live balloon: one line per VM and the totals.

@@ -12,14 +12,15 @@
 //!    its memory and exits.
 //!
 //! PASS needs every guest to exit 0, every cycle done with at least the target's pages of
-//! frames returned and the VM's resident frames down by as much, and the refusals the host
-//! counted (`STAT balloon_rejected=`) equal to what the guests say they sent.
+//! frames returned and the VM's resident frames down by as much, the refusals the host
+//! counted (`STAT balloon_rejected=`) equal to what the guests say they sent, and every
+//! guest to have taken the device's configuration-change interrupt (Cause.IP3).
 
 use super::balloon::{self, Balloon};
-use super::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
-use super::vm::Vm;
 use crate::scenario::BootInfo;
 use crate::smp;
+use crate::vmm::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
+use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -153,15 +154,40 @@ fn advance(cycle: &mut Cycle) {
     }
 }
 
-/// What a guest says it sent: the `sent=` of its `BALLOON hostile` line.
-fn hostile_sent(vm: &Vm) -> Option<u64> {
+/// The number after `prefix` on the guest's first recorded line that starts with it.
+fn guest_figure(vm: &Vm, prefix: &str) -> Option<u64> {
     vm.recorded_lines().iter().find_map(|line| {
-        line.strip_prefix("BALLOON hostile sent=")?
+        line.strip_prefix(prefix)?
             .split_whitespace()
             .next()?
             .parse()
             .ok()
     })
+}
+
+/// Run-time targets the host must refuse: a VM without a balloon (or no such VM), and a
+/// target larger than the VM's RAM. Neither may change any balloon.
+fn check_bad_targets(vms: &[Arc<Vm>]) -> Result<(), String> {
+    let Some(vm) = vms.first() else {
+        return Ok(());
+    };
+    let too_big = (vm.ram_bytes >> 20) + 1;
+    match balloon::set_target("no-such-vm", 1) {
+        Err(e @ balloon::TargetError::NoBalloon(_)) => {
+            crate::log!("balloon: refused as it must: {e}")
+        }
+        other => return Err(format!("target for a VM that does not exist: {other:?}")),
+    }
+    match balloon::set_target(&vm.name, too_big) {
+        Err(e @ balloon::TargetError::Target(_)) => crate::log!("balloon: refused as it must: {e}"),
+        other => {
+            return Err(format!(
+                "target of {too_big} MiB for VM {}: {other:?}",
+                vm.name
+            ))
+        }
+    }
+    Ok(())
 }
 
 /// Checks one VM's cycle; `Err` names what failed.
@@ -201,8 +227,9 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         "balloon: {} VMs from {source} on {cpus} CPUs",
         layout.vms.len()
     );
+    super::init_host(layout.services.guest_pool_mib)?;
     let specs = scenarios::specs(info, &layout, cpus)?;
-    let (vms, vcpus) = super::build_vms(&specs)?;
+    let (vms, vcpus) = crate::vmm::build_vms(&specs)?;
     {
         let mut cycles = CYCLES.lock();
         for vm in &vms {
@@ -221,17 +248,24 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
             });
         }
     }
-    super::run(&vms, vcpus, TIMEOUT_TICKS);
+    let refusals = check_bad_targets(&vms);
+    let groups: Vec<Option<u32>> = layout.vms.iter().map(|vm| vm.trust_group).collect();
+    balloon::register();
+    super::start(&vms, &groups, &layout.services, None)?;
+    crate::vmm::run(&vms, vcpus, TIMEOUT_TICKS);
     balloon::tick();
     let mut cycles: Vec<Cycle> = core::mem::take(&mut *CYCLES.lock());
     // A guest exits right after deflating, without another yield: look once more.
     for cycle in &mut cycles {
         advance(cycle);
     }
-    let passed = super::report(&vms, &[]);
+    let passed = crate::vmm::report(&vms, &[]);
     scenarios::print_stats(&vms, cpus);
     balloon::print_stats();
     let mut failures: Vec<String> = Vec::new();
+    if let Err(why) = refusals {
+        failures.push(why);
+    }
     let (mut returned, mut pool_gain) = (0u64, 0i64);
     for cycle in &cycles {
         returned += cycle.frames_returned_at_inflate;
@@ -245,7 +279,28 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         "STAT balloon_saved_mib_at_inflate={}",
         (returned * PAGE_SIZE) >> 20
     );
-    let sent: Option<u64> = vms.iter().map(|vm| hostile_sent(vm)).sum();
+    let sent: Option<u64> = vms
+        .iter()
+        .map(|vm| guest_figure(vm, "BALLOON hostile sent="))
+        .sum();
+    // Every target change after DRIVER_OK raised the configuration-change interrupt, and
+    // each guest takes it on Cause.IP3.
+    let config_irqs: Vec<Option<u64>> = vms
+        .iter()
+        .map(|vm| guest_figure(vm, "BALLOON interrupts config="))
+        .collect();
+    crate::println!(
+        "STAT balloon_guest_config_irqs={}",
+        config_irqs.iter().flatten().sum::<u64>()
+    );
+    for (vm, irqs) in vms.iter().zip(&config_irqs) {
+        if irqs.is_none_or(|n| n == 0) {
+            failures.push(format!(
+                "VM {} took no configuration-change interrupt",
+                vm.name
+            ));
+        }
+    }
     let rejected: u64 = balloon::all().iter().map(|b| b.snapshot().rejected()).sum();
     crate::println!("STAT balloon_hostile_sent={}", sent.unwrap_or(0));
     match sent {
@@ -258,6 +313,13 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
     }
     if passed != vms.len() {
         failures.push(format!("{} of {} VMs passed", passed, vms.len()));
+    }
+    // Teardown: every frame of the pool must come back.
+    drop(cycles);
+    match super::finish(vms, "") {
+        Ok(0) => {}
+        Ok(leaked) => failures.push(format!("{leaked} pool frames leaked")),
+        Err(why) => failures.push(why),
     }
     if failures.is_empty() {
         Ok(())
