@@ -43,9 +43,6 @@ impl core::fmt::Write for Echo {
 
 /// Handles what the operator typed since the last call: echo, editing, and the commands of
 /// finished lines, answered from `view`. Returns at once if another CPU is polling.
-// The services task (helper svccore, src/services) is the caller; until it is wired in,
-// keep the lint quiet here rather than on everything `poll` uses.
-#[allow(dead_code)]
 pub fn poll(view: &mut dyn OperatorView) {
     let Some(mut operator) = OPERATOR.try_lock() else {
         return;

@@ -119,6 +119,16 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::services::scenario::dedup_scenario,
     },
     Scenario {
+        name: "swap",
+        about: "more guest RAM than the guest pool: pages go to compressed swap and come back",
+        run: crate::services::pressure::swap_scenario,
+    },
+    Scenario {
+        name: "idle",
+        about: "idle-page tracking finds a guest's known working set within 5 %",
+        run: crate::services::pressure::idle_scenario,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,

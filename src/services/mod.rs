@@ -16,7 +16,10 @@
 pub mod balloon;
 pub mod balloon_scenario;
 pub mod dedup;
+pub mod idle;
+pub mod pressure;
 pub mod scenario;
+pub mod swap;
 pub mod view;
 
 use crate::arch::cp0;
@@ -208,23 +211,14 @@ pub fn active() -> bool {
 }
 
 /// Full dedup scans completed (VM-info key 11); 0 when dedup is off.
-#[allow(
-    dead_code,
-    reason = "answers VM-info keys 11 and 12 (memguest wires them in vcpu.rs)"
-)]
 pub fn dedup_full_scans() -> u64 {
     dedup::published_full_scans()
 }
 
 /// Idle-tracking passes completed for VM `vm_id` (VM-info key 12); 0 while idle tracking
 /// is not running.
-#[allow(
-    dead_code,
-    reason = "answers VM-info keys 11 and 12 (memguest wires them in vcpu.rs)"
-)]
 pub fn idle_passes(vm_id: usize) -> u64 {
-    let _ = vm_id;
-    0
+    idle::passes(vm_id)
 }
 
 /// Pool frames free now.

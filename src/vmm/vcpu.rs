@@ -481,6 +481,11 @@ impl Vcpu {
                 }
                 self.emulate_trapping(Cause::from_bits_retain(self.ctx.exit_cause as u32))
             }
+            // The guest pool is empty: swap evicts a batch of cold pages and the guest
+            // retries the access (it faults again and finds a frame).
+            Err(FaultError::OutOfMemory) if crate::services::swap::reclaim_for_fault() => {
+                Flow::Resume
+            }
             Err(error) => self.stop(format!(
                 "guest memory at GPA {:#x}: {error}",
                 translation.gpa.raw()
@@ -717,9 +722,9 @@ impl Vcpu {
             VmInfoKey::VmId => self.vm.id as u64,
             VmInfoKey::Workload => self.vm.workload.ok_or(unset)?.kind.code(),
             VmInfoKey::WorkloadArg => self.vm.workload.and_then(|w| w.arg).ok_or(unset)?,
-            // The services task keeps these counters; until it runs they stay at 0.
-            VmInfoKey::DedupFullScans => 0,
-            VmInfoKey::IdlePasses => 0,
+            // Kept by the services task; 0 while the service is not running.
+            VmInfoKey::DedupFullScans => crate::services::dedup_full_scans(),
+            VmInfoKey::IdlePasses => crate::services::idle_passes(self.vm.id),
             VmInfoKey::BalloonGpa => self.vm.balloon_gpa.ok_or(unset)?.raw(),
         })
     }

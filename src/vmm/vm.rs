@@ -533,7 +533,8 @@ impl Vm {
 
     /// Frees the VM's guest memory: its backings leave the shared host layer (through its
     /// own notifier) and its GPA-table frames go back to the frame allocator. Needs the
-    /// last reference to the memory object (the devices' RAM view holds one; dropped here).
+    /// last reference to the memory object (the devices' and balloons' RAM views hold one;
+    /// dropped here).
     pub fn teardown(self) -> Result<(), String> {
         let Self {
             memory,
@@ -541,7 +542,7 @@ impl Vm {
             balloons,
             ..
         } = self;
-        // The devices (balloons included) hold references to the guest memory.
+        // Both hold the RAM view, which holds the memory object.
         drop(devices);
         drop(balloons);
         let memory =

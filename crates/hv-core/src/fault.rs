@@ -411,6 +411,16 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
         self.host.swap_out(self, backing, page)
     }
 
+    /// Swaps out the resident pages of a range with one invalidation (see
+    /// [`HostMem::swap_out_range`]).
+    pub fn swap_out_range(
+        &self,
+        backing: BackingId,
+        pages: Range<u64>,
+    ) -> Result<u64, HostMemError> {
+        self.host.swap_out_range(self, backing, pages)
+    }
+
     /// Balloons backing pages (see [`HostMem::balloon`]).
     pub fn balloon(&self, backing: BackingId, pages: Range<u64>) -> Result<(), HostMemError> {
         self.host.balloon(self, backing, pages)

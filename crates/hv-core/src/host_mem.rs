@@ -494,6 +494,23 @@ impl<M: FrameMemory> HostMem<M> {
             .expect("released frame holds the resolve reference");
     }
 
+    /// Frees the swap copies of up to `max` resident clean pages (when the store is full):
+    /// those pages stay resident and correct, their next write simply finds no copy to
+    /// drop, and evicting them later writes them out again. Changes no guest mapping.
+    /// Returns how many copies were freed.
+    pub fn drop_clean_copies(&self, max: usize) -> usize {
+        let mut st = self.state.lock();
+        let mut dropped = 0;
+        while dropped < max {
+            let Some((_, slot)) = st.clean_copies.pop_first() else {
+                break;
+            };
+            st.swap.free(slot);
+            dropped += 1;
+        }
+        dropped
+    }
+
     /// Writes host-side data into a page (the VMM writing guest RAM through its own mapping):
     /// resolves it for writing, then copies `data` in.
     pub fn write(
@@ -568,6 +585,49 @@ impl<M: FrameMemory> HostMem<M> {
         st.drop_page(backing, page, PageState::SwappedOut(slot));
         notifier.invalidate_range_end(backing, pages);
         Ok(true)
+    }
+
+    /// Swaps out every resident page of `pages` with one invalidation over the range (one
+    /// flush of derived translations instead of one per page). Copies are saved first; if
+    /// the store fills, the range is cut before the page that did not fit. Returns how many
+    /// pages went out; `OutOfMemory` only when none could.
+    pub fn swap_out_range(
+        &self,
+        notifier: &(impl MmuNotifier + ?Sized),
+        backing: BackingId,
+        pages: Range<u64>,
+    ) -> Result<u64, HostMemError> {
+        let mut st = self.state.lock();
+        st.check_range(backing, &pages)?;
+        let mut saved = Vec::new();
+        saved
+            .try_reserve(usize::try_from(pages.end - pages.start).unwrap_or(usize::MAX))
+            .map_err(|_| HostMemError::OutOfMemory)?;
+        let mut end = pages.end;
+        for page in pages.clone() {
+            let Some(hfn) = st.page(backing, page)?.frame() else {
+                continue;
+            };
+            match st.save_to_swap(backing, page, hfn) {
+                Ok(slot) => saved.push((page, slot)),
+                Err(e) if saved.is_empty() => return Err(e),
+                Err(_) => {
+                    end = page;
+                    break;
+                }
+            }
+        }
+        let Some(&(first, _)) = saved.first() else {
+            return Ok(0);
+        };
+        // Nothing may fail from here on: every copy is in the store.
+        let span = first..end;
+        notifier.invalidate_range_start(backing, span.clone());
+        for &(page, slot) in &saved {
+            st.drop_page(backing, page, PageState::SwappedOut(slot));
+        }
+        notifier.invalidate_range_end(backing, span);
+        Ok(saved.len() as u64)
     }
 
     /// Gives `pages` back to the host (balloon inflation): every frame and swap copy is

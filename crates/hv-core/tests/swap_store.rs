@@ -123,3 +123,78 @@ fn a_failing_load_leaves_the_page_swapped_out() {
     let (_, pool) = vm.teardown();
     assert_eq!(pool.allocated_count(), 0);
 }
+
+/// A plain store holding at most `room` pages.
+struct SmallStore {
+    inner: PlainSwap,
+    room: usize,
+}
+
+impl SwapStore for SmallStore {
+    fn store(&mut self, page: &[u8]) -> Result<SwapSlot, SwapStoreError> {
+        if self.inner.slots_in_use() == self.room {
+            return Err(SwapStoreError::Full);
+        }
+        self.inner.store(page)
+    }
+    fn load(&mut self, slot: SwapSlot, page: &mut [u8]) -> Result<(), SwapStoreError> {
+        self.inner.load(slot, page)
+    }
+    fn free(&mut self, slot: SwapSlot) {
+        self.inner.free(slot)
+    }
+    fn slots_in_use(&self) -> usize {
+        self.inner.slots_in_use()
+    }
+}
+
+#[test]
+fn a_range_swaps_out_with_one_flush_and_stops_where_the_store_fills() {
+    let vm = test_vm(16);
+    let b = vm.host().create_backing(8).unwrap();
+    vm.add_memslot(range(0x100, 8), b, 0, SlotFlags::empty())
+        .unwrap();
+    assert!(vm
+        .host()
+        .set_swap_store(Box::new(SmallStore {
+            inner: PlainSwap::new(),
+            room: 4,
+        }))
+        .is_ok());
+    // Pages 0..6 are resident (mapped by guest faults), 6 and 7 never touched.
+    for page in 0..6u64 {
+        vm.map_page(gpa(0x100 + page), true).unwrap();
+        vm.host_write(b, page, 0, &[page as u8 + 1; 16]).unwrap();
+    }
+    vm.remote_flush().take();
+    // Room for 4: pages 0..4 go out, one flush over them; 4 and 5 stay resident and mapped.
+    assert_eq!(vm.swap_out_range(b, 0..8), Ok(4));
+    let flushes = vm.remote_flush().take();
+    assert_eq!(flushes.len(), 1, "{flushes:?}");
+    for page in 0..4 {
+        assert!(RecordingFlush::covered(&flushes, Gfn::new(0x100 + page)));
+    }
+    assert!(!RecordingFlush::covered(&flushes, Gfn::new(0x104)));
+    assert!(vm.lookup(gpa(0x104)).is_some());
+    {
+        let st = vm.host().lock();
+        assert!((0..4).all(|p| matches!(st.page(b, p), Ok(PageState::SwappedOut(_)))));
+        assert!((4..6).all(|p| matches!(st.page(b, p), Ok(PageState::Private(_)))));
+        assert!((6..8).all(|p| st.page(b, p) == Ok(PageState::NotTouched)));
+    }
+    // A full store: nothing goes out, nothing changes.
+    assert_eq!(vm.swap_out_range(b, 4..8), Err(HostMemError::OutOfMemory));
+    assert_eq!(vm.swap_out_range(b, 6..8), Ok(0), "nothing resident");
+    assert_eq!(
+        vm.swap_out_range(b, 6..9),
+        Err(HostMemError::PageOutOfRange)
+    );
+    assert!(vm.remote_flush().take().is_empty());
+    for page in 0..6u64 {
+        vm.map_page(gpa(0x100 + page), false).unwrap();
+        assert_eq!(contents(&vm, b, page)[..16], [page as u8 + 1; 16]);
+    }
+    vm.check_invariants().unwrap();
+    let (_, pool) = vm.teardown();
+    assert_eq!(pool.allocated_count(), 0);
+}

@@ -64,8 +64,13 @@ fn memory_service_layouts_have_what_their_scenarios_need() {
         let layout = VmLayout::parse(blob).unwrap();
         layout.vms.iter().map(|vm| vm.ram.size_bytes).collect()
     };
-    // swap: more guest RAM than a --mem 256 host can back.
-    assert!(ram(SWAP).iter().sum::<u64>() > 256 << 20);
+    // swap: more guest RAM than the guest pool it asks for.
+    let pool_mib = VmLayout::parse(SWAP)
+        .unwrap()
+        .services
+        .guest_pool_mib
+        .expect("swap sets /services/guest-pool-mib");
+    assert!(ram(SWAP).iter().sum::<u64>() > u64::from(pool_mib) << 20);
     // idle: one VM.
     assert_eq!(ram(IDLE).len(), 1);
     // stress: at least 4 VMs that may all share pages.

@@ -26,6 +26,11 @@ use hv_core::table_frames::TableFrames;
 use crate::idle::IdleTracker;
 use policy::{select_victims, Candidate, VmUsage};
 
+/// Longest run of consecutive pages evicted with one invalidation.
+const MAX_RUN_PAGES: u64 = 64;
+/// Clean copies freed at a time when the store is full.
+const CLEAN_COPIES_DROPPED: usize = 64;
+
 /// Errors from the swap service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SwapError {
@@ -66,6 +71,8 @@ pub struct SwapperCounters {
     pub pool_full: u64,
     /// Reclaim runs (from `balance` under pressure, or asked for directly).
     pub reclaims: u64,
+    /// Swap copies of resident clean pages freed to make room in a full store.
+    pub clean_copies_dropped: u64,
 }
 
 /// One VM as the swap service sees it.
@@ -189,14 +196,41 @@ impl Swapper {
         }
         let mut freed = 0;
         let candidates = clean.into_iter().chain(dirty);
-        for c in select_victims(&usage, candidates, want, min_age) {
-            match vms[c.vm].vm.swap_out(c.backing, c.page) {
-                Ok(true) => {
-                    freed += 1;
-                    self.counters.evicted += 1;
+        // Consecutive pages of one backing go out together: one flush per run instead of
+        // one per page (each flush waits for every CPU in a guest to leave it).
+        let mut victims = select_victims(&usage, candidates, want, min_age);
+        victims.sort_unstable_by_key(|c| (c.vm, c.backing.0, c.page));
+        let mut next = 0;
+        while next < victims.len() {
+            let first = victims[next];
+            let mut end = first.page + 1;
+            next += 1;
+            while next < victims.len()
+                && (victims[next].vm, victims[next].backing) == (first.vm, first.backing)
+                && victims[next].page == end
+                && end - first.page < MAX_RUN_PAGES
+            {
+                end += 1;
+                next += 1;
+            }
+            let vm = vms[first.vm].vm;
+            let mut result = vm.swap_out_range(first.backing, first.page..end);
+            if result == Err(HostMemError::OutOfMemory) {
+                // The store is full: the copies of resident clean pages are the room to
+                // take back (they only spare a rewrite), then the run goes out.
+                let dropped = vm.host().drop_clean_copies(CLEAN_COPIES_DROPPED);
+                self.counters.clean_copies_dropped += dropped as u64;
+                if dropped > 0 {
+                    result = vm.swap_out_range(first.backing, first.page..end);
                 }
-                // Became non-resident meanwhile (ballooned, already out): nothing to do.
-                Ok(false) => {}
+            }
+            match result {
+                // Pages that became non-resident meanwhile (ballooned, already out) and the
+                // tail of a run that filled the store are not counted.
+                Ok(out) => {
+                    freed += out as usize;
+                    self.counters.evicted += out;
+                }
                 Err(HostMemError::OutOfMemory) => {
                     self.counters.pool_full += 1;
                     break;
@@ -606,5 +640,63 @@ mod tests {
             0,
             "every chunk of the swap area freed"
         );
+    }
+
+    /// A store that fills up with clean copies of pages read back gives those copies up
+    /// before it refuses an eviction: the guest keeps running and loses nothing.
+    #[test]
+    fn a_full_store_gives_up_clean_copies_before_refusing() {
+        use super::store::FrameBackend;
+        use hv_core::addr::Hfn;
+        use hv_core::frame_pool::VecFrameMemory;
+        const RAM: u64 = 32;
+        let (vm, b) = testvm::vm(24, RAM);
+        let area = Hfn::new(0x9_0000);
+        // Room for 12 incompressible pages: fewer than pages out plus clean copies.
+        let backend = FrameBackend::new(VecFrameMemory::new(area, 12), area, 12).unwrap();
+        let pool = SharedSwap::new(backend);
+        assert!(vm.host().set_swap_store(Box::new(pool.clone())).is_ok());
+        let mut idle = IdleTracker::new(&*vm, 2).unwrap();
+        let mut swapper = Swapper::new(SwapConfig {
+            low_watermark: 2,
+            high_watermark: 4,
+            min_age: 0,
+        })
+        .unwrap();
+        // Every page of version 1 is noise (page % 5 == 0 in `contents` for page * 5).
+        let data = |page: u64| contents(7, page * 5, 1);
+        for round in 0..4 {
+            for page in 0..RAM {
+                loop {
+                    match vm.map_page(gpa(page), round == 0) {
+                        Ok(_) => break,
+                        Err(FaultError::OutOfMemory) => {
+                            idle.pass(&*vm).unwrap();
+                            let view = [SwapVm {
+                                vm: &*vm,
+                                idle: &idle,
+                                reservation: 0,
+                            }];
+                            assert!(swapper.reclaim(4, &view, 0).unwrap() > 0, "progress");
+                        }
+                        Err(e) => panic!("fault: {e}"),
+                    }
+                }
+                if round == 0 {
+                    vm.host_write(b, page, 0, &data(page)).unwrap();
+                } else {
+                    let mut got = vec![0; 4096];
+                    vm.host().read(b, page, 0, &mut got).unwrap();
+                    assert!(got == data(page), "page {page} round {round}");
+                }
+            }
+        }
+        let c = swapper.counters();
+        assert_eq!(c.pool_full, 0);
+        assert!(c.clean_copies_dropped > 0, "{c:?}");
+        assert_eq!(pool.stats().raw_pages, pool.stats().slots);
+        vm.check_invariants().unwrap();
+        testvm::teardown_clean(vm);
+        assert_eq!(pool.stats().slots, 0);
     }
 }
