@@ -96,6 +96,11 @@ fi
 QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
       -semihosting -kernel "$OUT/mipsvisor.elf"
       -append "scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}${INITRD:+ image=initrd}")
+# The firmware's EJTAG debug stub goes to the debug vector in the boot ROM (physical
+# 0x1fc00480), so that a guest's SDBBP comes back to the hypervisor as a guest exit.
+if [ -f "$OUT/ejtag-vector.bin" ]; then
+    QEMU+=(-device "loader,file=$OUT/ejtag-vector.bin,addr=0x1fc00480,force-raw=on")
+fi
 if [ -n "$INITRD" ]; then
     [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
     QEMU+=(-initrd "$INITRD")

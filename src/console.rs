@@ -85,9 +85,25 @@ pub fn write_open(text: &str) {
     LINE_OPEN.store(!text.ends_with('\n'), Ordering::Relaxed);
 }
 
-/// True while the operator console's prompt line is open (nothing printed over it since).
-pub fn line_open() -> bool {
-    LINE_OPEN.load(Ordering::Relaxed)
+/// Continues the operator console's open line with `echo`. If other output ended that line
+/// since, writes `redraw` (the prompt and the line as it stands now) instead, then the end
+/// of the line if `echo` ends one. Checked and written under the line lock, so no other line
+/// can slip in between.
+pub fn echo(echo: &str, redraw: &dyn Fn(&mut dyn Write) -> fmt::Result) {
+    if echo.is_empty() {
+        return;
+    }
+    let _irq = IrqGuard::new();
+    let _line = LINE_LOCK.lock();
+    if LINE_OPEN.load(Ordering::Relaxed) {
+        let _ = RawWriter.write_str(echo);
+    } else {
+        let _ = redraw(&mut RawWriter);
+        if echo.ends_with('\n') {
+            let _ = RawWriter.write_str("\n");
+        }
+    }
+    LINE_OPEN.store(!echo.ends_with('\n'), Ordering::Relaxed);
 }
 
 /// Prints every line of `text` with `prefix` in front, as one block no other line splits.

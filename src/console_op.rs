@@ -31,12 +31,12 @@ static OPERATOR: Mutex<Operator> = Mutex::new(Operator {
     started: false,
 });
 
-/// Echo of the editor: partial writes that keep the prompt line open.
-struct Echo;
+/// The echo of one received byte (a few bytes; Ctrl-U erases at most a line's worth).
+struct Echo(String);
 
 impl core::fmt::Write for Echo {
     fn write_str(&mut self, text: &str) -> core::fmt::Result {
-        console::write_open(text);
+        self.0.push_str(text);
         Ok(())
     }
 }
@@ -51,15 +51,17 @@ pub fn poll(view: &mut dyn OperatorView) {
         operator.started = true;
         console::write_open(PROMPT);
     }
+    let mut echo = Echo(String::new());
     for _ in 0..MAX_BYTES_PER_POLL {
         let Some(byte) = console::try_read_byte() else {
             break;
         };
-        if !console::line_open() {
-            // Something printed over the prompt: show it and the typing so far again.
-            let _ = operator.editor.redraw(&mut Echo);
-        }
-        match operator.editor.feed(byte, &mut Echo) {
+        echo.0.clear();
+        let edit = operator.editor.feed(byte, &mut echo);
+        // If other output ended the prompt line, this shows prompt and line again.
+        let editor = &operator.editor;
+        console::echo(&echo.0, &|out| editor.redraw(out));
+        match edit {
             Ok(Edit::Line) => {
                 run(operator.editor.line(), view);
                 operator.editor.clear();

@@ -17,7 +17,8 @@
 # `svc-bench` (src/vmm/svc_bench.rs), memory services, no guest: times each service
 # operation over 2048 pages of a memory-core VM on firmware frames. Prints BENCH
 # dedup_checksum_insns_per_page=, dedup_merge_insns=, cow_break_insns=,
-# balloon_inflate_insns_per_page=, swap_out_insns=, swap_in_insns= (per event) and
+# balloon_inflate_insns_per_page= (chains of 256 consecutive PFNs; _scattered_ with none
+# adjacent), swap_out_insns=, swap_in_insns= (per event) and
 # dedup_metadata_bytes_per_page= (the dedup service's accounting, checked against the heap).
 set -euo pipefail
 
@@ -27,7 +28,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
     --no-build) ARGS+=(--no-build); shift ;;
     --cpu) ARGS+=(--cpu "$2"); shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown option '$1'" >&2; exit 2 ;;
     esac
 done

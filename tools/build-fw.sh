@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the mipsvisor firmware for 64-bit MIPS (mips64el, n64) with -Z build-std.
 #
-#   tools/build-fw.sh            build: out/mipsvisor.elf, .bin (raw) and .srec (S-records)
+#   tools/build-fw.sh            build: out/mipsvisor.elf, .bin (raw) and .srec (S-records),
+#                                and out/ejtag-vector.bin (the debug vector stub)
 #   tools/build-fw.sh clippy     MIPS clippy of the firmware with -D warnings
 #
 # Toolchain: Debian's rustc-web/cargo-web/rust-web-src (rustc 1.96, sysroot /usr holds the
@@ -49,10 +50,13 @@ build)
         exit 1
     fi
     "$OBJCOPY" -O binary "$OUT/mipsvisor.elf" "$OUT/mipsvisor.bin"
+    # The EJTAG debug stub for the boot ROM's debug vector (src/arch/mips/debug_vector.rs);
+    # qemu-run.sh loads it at physical 0x1fc00480.
+    "$OBJCOPY" -O binary --only-section=.ejtag_vector "$OUT/mipsvisor.elf" "$OUT/ejtag-vector.bin"
     # YAMON loads S-records at 32-bit KSEG0 addresses: fold the sign-extended ELF
     # addresses (0xffffffff8xxxxxxx) down to 0x8xxxxxxx.
     "$OBJCOPY" -O srec --change-addresses=0x100000000 "$OUT/mipsvisor.elf" "$OUT/mipsvisor.srec"
-    echo "build-fw: $OUT/mipsvisor.elf, mipsvisor.bin, mipsvisor.srec"
+    echo "build-fw: $OUT/mipsvisor.elf, mipsvisor.bin, mipsvisor.srec, ejtag-vector.bin"
     ;;
 clippy)
     "${CARGO[@]}" clippy -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}" \

@@ -208,15 +208,15 @@ console_answer() {
         capture && index($0, "console: ") == 1 { print }' "$1"
 }
 
-# console_case NAME SCENARIO VM BALLOON_RE SWAP_RE IDLE_RE qemu-run.sh arguments...: pipes
+# console_case NAME SCENARIO VM KSM_RE BALLOON_RE SWAP_RE IDLE_RE qemu-run.sh arguments...: pipes
 # operator commands into a service scenario (VM = one of its VMs) and checks that the
 # scenario still passes and that every command got its own answer from the services' view
-# (src/services/view.rs): the VM table, pool and dedup figures, KSM counters, the answers of
+# (src/services/view.rs): the VM table and pool figures, and the answers of `ksm`,
 # `balloon VM 8`, `swap` and `idle VM` (matching the given grep -E patterns: they differ with
 # the services the scenario runs), and a one-line error for each bad command.
 console_case() {
-    local name=$1 scenario=$2 vm=$3 balloon_re=$4 swap_re=$5 idle_re=$6 log rc
-    shift 6
+    local name=$1 scenario=$2 vm=$3 ksm_re=$4 balloon_re=$5 swap_re=$6 idle_re=$7 log rc
+    shift 7
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
     printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
@@ -252,8 +252,7 @@ console_case() {
     expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
     expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
     expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
-    expect ksm '^console: pages_sharing [0-9]+$'
-    expect ksm '^console: full_scans [0-9]+$'
+    expect ksm "$ksm_re"
     expect "balloon $vm 8" "$balloon_re"
     expect swap "$swap_re"
     expect "idle $vm" "$idle_re"
@@ -377,8 +376,21 @@ run_qemu() {
         '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
         '^RESULT vm:mg-swap PASS exit=0$' \
         '^RESULT vm:mg-stress PASS exit=0$'
+    # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
+    scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
+    log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
+        '^\[cpu0\] VM duo \(id 0\): 2 vCPU\(s\)' '^RESULT vm:duo PASS exit=0$'
     scenario_case "isolation-smp2" isolation --smp 2
     scenario_case "isolation-smp1" isolation --smp 1
+    # The hostile guest's SDBBP probes depend on each CPU model's debug mode (EJTAG stub).
+    scenario_case "isolation-5KEc-smp2" isolation --cpu 5KEc --smp 2
+    scenario_case "isolation-Loongson-3A4000-smp2" isolation --cpu Loongson-3A4000 --smp 2
+    scenario_case "isolation-Octeon68XX-smp2" isolation --cpu Octeon68XX --smp 2
+    fail_case "isolation-refuses-without-debug-stub" \
+        '^RESULT isolation FAIL the EJTAG debug vector \(0xbfc00480\) does not hold' \
+        qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic \
+        -no-reboot -semihosting -kernel "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" \
+        -append "scenario=isolation cpus=1 mem=256"
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
@@ -387,6 +399,19 @@ run_qemu() {
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
     scenario_case "idle-smp2" idle --smp 2
     scenario_case "idle-smp1" idle --smp 1
+    # The operator console against the real services view, on the services CPU (smp 2) and
+    # between slices (smp 1).
+    local console_balloon=(big '^console: dedup is not running$'
+        '^console: balloon big: target 8 MiB \(2048 pages\); the driver holds [0-9]+ pages now$'
+        '^console: swap is not running in this scenario$'
+        '^console: idle tracking is not running in this scenario$')
+    console_case "console-balloon-smp2" balloon "${console_balloon[@]}" --smp 2
+    console_case "console-balloon-smp1" balloon "${console_balloon[@]}" --smp 1
+    console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
+        '^console: the balloon service is not running in this scenario$' \
+        '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
+        '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
+        --smp 2
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page

@@ -81,6 +81,7 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         rom: None,
         devices: Vec::new(),
         affinity: None,
+        vcpus: 1,
         image: ImageSource::Flat {
             bytes: bench_guest::image(),
             gpa: bench_guest::LOAD_GPA,

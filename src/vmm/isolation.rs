@@ -13,6 +13,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use hv_devices::console_log::tally_attempts;
 
 /// What the hostile guest's console said, and what became of it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -21,37 +22,32 @@ pub struct Tally {
     pub attempted: u64,
     /// Attempts contained (see the module notes).
     pub contained: u64,
-    /// Outcomes that reported a breach.
+    /// Outcomes that reported a breach (or were too long to judge).
     pub breaches: u64,
+    /// ATTEMPT/OUTCOME lines that break the protocol (an outcome of another attempt, ...).
+    pub malformed: u64,
+    /// Recorded lines lost because the record was full.
+    pub dropped: u64,
     /// Name of the attempt during which the VM was stopped, if any.
     pub stopped_during: Option<String>,
 }
 
-/// Counts attempts and contained ones from the VM's recorded console lines.
+/// Counts attempts and contained ones from the VM's recorded console lines
+/// (hv_devices::console_log: only whole lines from their real start are recorded, with
+/// control bytes escaped, so padding or control bytes cannot forge or hide one).
 pub fn tally(vm: &Arc<Vm>) -> Tally {
     let lines = vm.recorded_lines();
-    let mut tally = Tally::default();
-    let mut open: Option<String> = None;
-    for line in &lines {
-        let mut words = line.split_whitespace();
-        match words.next() {
-            Some("ATTEMPT") => {
-                tally.attempted += 1;
-                let _number = words.next();
-                open = Some(String::from(words.next().unwrap_or("?")));
-            }
-            Some("OUTCOME") if open.is_some() => {
-                if line.contains("BREACH") {
-                    tally.breaches += 1;
-                } else {
-                    tally.contained += 1;
-                }
-                open = None;
-            }
-            _ => {}
-        }
-    }
-    if let (Some(name), Some(VmOutcome::Stopped(_))) = (open, vm.outcome()) {
+    let dropped = vm.recorded_dropped();
+    let counted = tally_attempts(&lines);
+    let mut tally = Tally {
+        attempted: counted.attempted,
+        contained: counted.contained,
+        breaches: counted.breaches,
+        malformed: counted.malformed,
+        dropped,
+        stopped_during: None,
+    };
+    if let (Some((_, name)), Some(VmOutcome::Stopped(_))) = (counted.open, vm.outcome()) {
         // The VM was stopped with a reason while this attempt ran: contained.
         tally.contained += 1;
         tally.stopped_during = Some(name);
@@ -77,6 +73,12 @@ pub fn judge(
         problems.push(format!(
             "hostile guest announced {} attempts, {min_attempts} expected",
             tally.attempted
+        ));
+    }
+    if tally.malformed != 0 || tally.dropped != 0 {
+        problems.push(format!(
+            "console record unreliable: {} malformed ATTEMPT/OUTCOME lines, {} lines dropped",
+            tally.malformed, tally.dropped
         ));
     }
     if tally.contained != tally.attempted {

@@ -32,7 +32,7 @@ use vm::{Vm, VmOutcome, VmSpec, VmStats};
 /// Guest TLB size offered to every vCPU (the ABI's 64 entries).
 const GUEST_TLB_ENTRIES: usize = 64;
 
-/// Builds the VMs of `specs` and one vCPU each.
+/// Builds the VMs of `specs` and their vCPUs (numbered from 0 within each VM).
 pub fn build_vms(specs: &[VmSpec<'_>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), String> {
     let mut vms = Vec::new();
     let mut vcpus = Vec::new();
@@ -40,13 +40,16 @@ pub fn build_vms(specs: &[VmSpec<'_>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), Stri
         let vm = Vm::build(id, spec).map_err(|e| format!("VM {}: {e}", spec.name))?;
         let vm = Arc::new(vm);
         crate::log!(
-            "VM {} (id {id}): {} KiB RAM, image up to GPA {:#x}, entry {:#x}",
+            "VM {} (id {id}): {} vCPU(s), {} KiB RAM, image up to GPA {:#x}, entry {:#x}",
             vm.name,
+            vm.vcpus,
             vm.ram_bytes / 1024,
             vm.image_end,
             vm.entry
         );
-        vcpus.push(Vcpu::new(vm.clone(), 0, GUEST_TLB_ENTRIES)?);
+        for index in 0..vm.vcpus {
+            vcpus.push(Vcpu::new(vm.clone(), index, GUEST_TLB_ENTRIES)?);
+        }
         vms.push(vm);
     }
     Ok((vms, vcpus))

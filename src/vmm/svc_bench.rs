@@ -6,15 +6,18 @@
 //! interrupts off. Under `-icount shift=0` Count converts into instructions with one factor,
 //! calibrated the way `bench.rs` does it. Every figure is an average over [`PAGES`] events.
 //!
-//! - `dedup_checksum_insns_per_page`: the dedup checksum of one resident page, called the way
-//!   the scanner calls it (`with_page_contents`), minus the same loop with a trivial closure
-//!   (the page lookup, printed separately).
+//! - `dedup_checksum_insns_per_page`: the dedup checksum of one resident page, timed around
+//!   the call inside the closure the scanner passes to `with_page_contents` (the whole visit,
+//!   page lookup included, is printed beside it).
 //! - `dedup_merge_insns`: `HostMem::merge_onto` of a mapped writable page onto a stable frame
 //!   (write-protect through the notifier, byte compare, `set_entry`, reference counts).
 //! - `cow_break_insns`: a guest write fault (`map_page(gpa, true)`) on a merged page: the
 //!   slow path's copy into a new frame and its `set_entry`.
-//! - `balloon_inflate_insns_per_page`: `VmBalloon::inflate` of a touched page (checks,
-//!   unmap through the notifier, frame back to the pool, bookkeeping).
+//! - `balloon_inflate_insns_per_page`: `VmBalloon::inflate` of a touched page as the device
+//!   drives it (chains of 256 PFNs between `chain_start` and `chain_end`; checks, unmap
+//!   through the notifier and remote flush once per run of consecutive pages, frames back to
+//!   the pool, bookkeeping); `balloon_inflate_scattered_insns_per_page` the same with no two
+//!   PFNs adjacent (one unmap and flush per page).
 //! - `swap_out_insns` / `swap_in_insns`: `Vm::swap_out` of a touched page into the LZ4
 //!   compressed store, and the read fault that brings it back.
 //! - `dedup_metadata_bytes_per_page`: the dedup service's own accounting after two full scans,
@@ -35,7 +38,7 @@ use hv_core::flush::FlushScope;
 use hv_core::frame_pool::{FramePool, FRAME_BYTES};
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_core::shootdown::RemoteFlush;
-use hv_devices::virtio_balloon::BalloonHooks;
+use hv_devices::virtio_balloon::{BalloonHooks, QueueRole};
 use hv_services::balloon::VmBalloon;
 use hv_services::dedup::checksum::page_checksum;
 use hv_services::dedup::{Dedup, DedupConfig, PageMeta, VmId};
@@ -87,7 +90,12 @@ impl Clock {
             f(i)?;
         }
         let ticks = u64::from(cp0::count().wrapping_sub(start));
-        Ok(ticks * self.factor_milli / 1000 / events)
+        Ok(self.insns(ticks) / events)
+    }
+
+    /// Instructions in `ticks` Count ticks.
+    fn insns(&self, ticks: u64) -> u64 {
+        ticks * self.factor_milli / 1000
     }
 }
 
@@ -193,26 +201,26 @@ fn print(name: &str, value: u64, unit: &str, note: &str) {
     crate::println!("BENCH {name}={value} {unit} ({note}{target})");
 }
 
-/// Checksum of every page through the scanner's access path, minus the path alone.
+/// Checksum of every page through the scanner's access path (`with_page_contents`): the
+/// checksum alone (Count read around the call, inside the closure) and the whole visit.
 fn checksum(clock: &Clock) -> Result<(u64, u64), String> {
     let vm = BenchVm::new(PAGES)?;
     vm.fill(unique_words)?;
     let st = vm.memory.host().lock();
     let b = vm.backing;
-    // Both loops keep each result, so they differ only in the closure.
-    let mut lens = Vec::with_capacity(PAGES as usize);
-    let path = clock.per_event(PAGES, |p| {
-        let len = st.with_page_contents(b, p, |bytes| bytes.len() as u64);
-        lens.push(len.map_err(|e| format!("{e}"))?.unwrap_or(0));
-        Ok::<(), String>(())
-    })?;
-    if lens.iter().any(|&len| len != FRAME_BYTES as u64) {
-        return Err(String::from("a benchmark page is not resident"));
-    }
     let mut sums = Vec::with_capacity(PAGES as usize);
-    let total = clock.per_event(PAGES, |p| {
-        let sum = st.with_page_contents(b, p, page_checksum);
-        sums.push(sum.map_err(|e| format!("{e}"))?.unwrap_or(0));
+    let mut inner_ticks = 0u64;
+    let whole = clock.per_event(PAGES, |p| {
+        let sum = st.with_page_contents(b, p, |bytes| {
+            let start = cp0::count();
+            let sum = page_checksum(bytes);
+            inner_ticks += u64::from(cp0::count().wrapping_sub(start));
+            sum
+        });
+        sums.push(
+            sum.map_err(|e| format!("{e}"))?
+                .ok_or("a page is not resident")?,
+        );
         Ok::<(), String>(())
     })?;
     sums.sort_unstable();
@@ -223,7 +231,7 @@ fn checksum(clock: &Clock) -> Result<(u64, u64), String> {
             sums.len()
         ));
     }
-    Ok((total.saturating_sub(path), path))
+    Ok((clock.insns(inner_ticks) / PAGES, whole))
 }
 
 /// Merges of every page but page 0 onto page 0's frame, then a write to each of them.
@@ -261,16 +269,30 @@ fn merge_and_cow(clock: &Clock) -> Result<(u64, u64), String> {
     Ok((merge, cow))
 }
 
-/// Inflates the balloon over every page.
-fn balloon(clock: &Clock) -> Result<u64, String> {
-    let vm = BenchVm::new(PAGES)?;
+/// PFNs per inflate chain (Linux's driver and the balloon guest send at most 256).
+const CHAIN_PFNS: u64 = 256;
+
+/// Inflates the balloon over every page (`stride` 1) or every other page (`stride` 2, no
+/// two PFNs of a chain adjacent), the way the device does it: chains of [`CHAIN_PFNS`]
+/// PFNs, highest first (the balloon guest gives pages from the top of its free RAM), each
+/// between `chain_start` and `chain_end`. Returns instructions per inflated page.
+fn balloon(clock: &Clock, stride: u64) -> Result<u64, String> {
+    let vm = BenchVm::new(PAGES * stride)?;
     vm.fill(text)?;
     let mut hooks = VmBalloon::new(vm.memory.clone());
     let free_before = vm.memory.host().lock().pool().free_count();
-    let cost = clock.per_event(PAGES, |p| {
-        hooks
-            .inflate(Gfn::new(p))
-            .map_err(|e| format!("inflate page {p}: {e:?}"))
+    let chains = PAGES / CHAIN_PFNS;
+    let per_chain = clock.per_event(chains, |chain| {
+        hooks.chain_start(QueueRole::Inflate);
+        let top = (chains - chain) * CHAIN_PFNS;
+        for i in 1..=CHAIN_PFNS {
+            let gfn = Gfn::new((top - i) * stride);
+            hooks
+                .inflate(gfn)
+                .map_err(|e| format!("inflate GFN {gfn}: {e:?}"))?;
+        }
+        hooks.chain_end(QueueRole::Inflate);
+        Ok::<(), String>(())
     })?;
     let returned = vm.memory.host().lock().pool().free_count() - free_before;
     if returned as u64 != PAGES || hooks.counters().frames_returned != PAGES {
@@ -278,7 +300,7 @@ fn balloon(clock: &Clock) -> Result<u64, String> {
             "{returned} frames back to the pool after inflating {PAGES} pages"
         ));
     }
-    Ok(cost)
+    Ok(per_chain / CHAIN_PFNS)
 }
 
 /// Swaps every page out into the compressed store, then reads each back.
@@ -370,12 +392,12 @@ pub fn svc_bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
     let avg = format!("avg over {PAGES} events");
     let mut figures = Vec::new();
 
-    let (sum, path) = checksum(&clock)?;
+    let (sum, visit) = checksum(&clock)?;
     print(
         "dedup_checksum_insns_per_page",
         sum,
         "insns",
-        &format!("{avg}; the page lookup adds {path}"),
+        &format!("{avg}; {visit} for the whole visit with the page lookup"),
     );
     figures.push(("dedup_checksum_insns_per_page", sum));
 
@@ -384,8 +406,21 @@ pub fn svc_bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
     print("cow_break_insns", cow, "insns", &avg);
     figures.extend([("dedup_merge_insns", merge), ("cow_break_insns", cow)]);
 
-    let inflate = balloon(&clock)?;
-    print("balloon_inflate_insns_per_page", inflate, "insns", &avg);
+    let inflate = balloon(&clock, 1)?;
+    let chains = format!("{PAGES} pages in chains of {CHAIN_PFNS}");
+    print(
+        "balloon_inflate_insns_per_page",
+        inflate,
+        "insns",
+        &format!("{chains}, consecutive PFNs"),
+    );
+    let scattered = balloon(&clock, 2)?;
+    print(
+        "balloon_inflate_scattered_insns_per_page",
+        scattered,
+        "insns",
+        &format!("{chains}, every other PFN"),
+    );
     figures.push(("balloon_inflate_insns_per_page", inflate));
 
     let (out, back) = swap(&clock)?;

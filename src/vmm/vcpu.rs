@@ -13,7 +13,7 @@
 use super::asid::{self, AsidPair};
 use super::flush::{self, PendingFlush};
 use super::vm::{Vm, VmOutcome, VmStats};
-use crate::arch::guest::{self, GuestContext, EXIT_REFILL};
+use crate::arch::guest::{self, GuestContext, EXIT_DEBUG, EXIT_REFILL};
 use crate::arch::timer;
 use alloc::format;
 use alloc::string::String;
@@ -240,6 +240,11 @@ impl Vcpu {
             busy |= self.ctx.exit_cause & 0x7c != 0 || core::mem::take(&mut self.fast_served);
             if let Flow::End(end) = self.dispatch() {
                 self.quiet_slices = 0;
+                if end == SliceEnd::Yielded {
+                    // A yield loop (a parked secondary vCPU) gives its CPU away each time:
+                    // the same exit over and over, but no storm.
+                    self.repeats = 0;
+                }
                 return end;
             }
             if timer::ticks(cpu) != start_ticks {
@@ -298,6 +303,11 @@ impl Vcpu {
 
     /// The exit dispatcher: one handler per host ExcCode.
     fn dispatch(&mut self) -> Flow {
+        if self.ctx.exit_kind == EXIT_DEBUG {
+            if let Err(why) = self.debug_exit_as_reserved_instruction() {
+                return self.stop(why);
+            }
+        }
         let cause = Cause::from_bits_retain(self.ctx.exit_cause as u32);
         let key = (self.ctx.pc, self.ctx.exit_cause as u32 & 0x7c);
         if key == self.last_exit && cause.exc_code() != Some(ExcCode::Int) {
@@ -331,6 +341,22 @@ impl Vcpu {
             ExcCode::Ov | ExcCode::Tr => self.handle_trap_or_overflow(code, cause),
             _ => self.handle_fatal(cause),
         }
+    }
+
+    /// A guest SDBBP came back through the EJTAG stub (debug_vector.rs) with a stale Cause:
+    /// rewrite the exit as the Reserved Instruction trap a CPU without EJTAG would take
+    /// (BD from decoding the restart address), so the usual path emulates and reflects it.
+    fn debug_exit_as_reserved_instruction(&mut self) -> Result<(), String> {
+        let epc = self.ctx.pc;
+        let at_epc = self.fetch(epc)?;
+        let found =
+            hv_emul::exit::locate_debug_breakpoint(at_epc, || self.fetch(epc.wrapping_add(4)).ok())
+                .map_err(|e| format!("{e}"))?;
+        let mut cause = Cause::empty().with_exception(ExcCode::Ri, 0);
+        cause.set(Cause::BD, found.in_delay_slot);
+        self.ctx.exit_cause = u64::from(cause.bits());
+        self.ctx.exit_kind = guest::EXIT_GENERAL;
+        Ok(())
     }
 
     /// Host interrupt while the guest ran: the host handler ran as soon as `run_guest`
@@ -693,6 +719,15 @@ impl Vcpu {
         VmStats::bump(&self.vm.stats.hypercalls);
         let result = match call {
             Hypercall::ConsoleWrite { buf, len } => self.console_write(buf, len),
+            Hypercall::Exit { status } if self.index != 0 => {
+                // The VM ends with vCPU 0; another vCPU that exits just stops running.
+                crate::log!(
+                    "VM {}: vcpu{} exited with {status}",
+                    self.vm.name,
+                    self.index
+                );
+                return Flow::End(SliceEnd::Finished);
+            }
             Hypercall::Exit { status } => {
                 self.vm.console_flush();
                 self.vm.finish(VmOutcome::Exited(status));
@@ -720,6 +755,8 @@ impl Vcpu {
             VmInfoKey::VcpuCount => self.vm.vcpus as u64,
             VmInfoKey::RamBytes => self.vm.ram_bytes,
             VmInfoKey::VmId => self.vm.id as u64,
+            VmInfoKey::ReadOnlyBase => self.vm.rom.ok_or(unset)?.0.raw(),
+            VmInfoKey::ReadOnlyBytes => self.vm.rom.ok_or(unset)?.1,
             VmInfoKey::Workload => self.vm.workload.ok_or(unset)?.kind.code(),
             VmInfoKey::WorkloadArg => self.vm.workload.and_then(|w| w.arg).ok_or(unset)?,
             // Kept by the services task; 0 while the service is not running.

@@ -16,6 +16,7 @@ use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::memslot::{BackingId, SlotFlags};
 use hv_devices::bus::{BusError, MmioBus};
+use hv_devices::console_log::Transcript;
 use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
@@ -24,14 +25,14 @@ use spin::Mutex;
 /// The memory core's VM type as the firmware instantiates it.
 pub type GuestMemory = MemVm<FwTableFrames, FwFrameMemory, FwRemoteFlush>;
 
-/// Longest console line kept before it is printed anyway.
+/// Longest piece of a console line printed at once (longer lines are shown in pieces).
 const CONSOLE_LINE_MAX: usize = 200;
 /// Open-bus accesses logged per VM.
 const LOGGED_UNBACKED: u64 = 8;
 /// Console lines kept for inspection (lines starting with one of [`RECORDED_WORDS`]).
 const RECORDED_LINES_MAX: usize = 128;
 /// First words of console lines a scenario may want to inspect afterwards.
-const RECORDED_WORDS: [&str; 6] = [
+const RECORDED_WORDS: &[&str] = &[
     "ATTEMPT",
     "OUTCOME",
     "HOSTILE",
@@ -55,6 +56,9 @@ pub struct VmSpec<'a> {
     pub devices: Vec<DeviceSpec>,
     /// Host CPUs (bit mask) the VM's vCPUs may run on; `None` for any.
     pub affinity: Option<u64>,
+    /// Number of vCPUs (at least 1): each has its own guest CP0 and TLB, all share the VM's
+    /// memory; the VM ends when vCPU 0 ends.
+    pub vcpus: usize,
     /// The guest image.
     pub image: ImageSource<'a>,
     /// Test knob: the first time the guest yields, swap these guest pages out (GPA, count),
@@ -211,8 +215,7 @@ pub struct Vm {
     pub balloon_gpa: Option<Gpa>,
     /// Counters.
     pub stats: VmStats,
-    console_line: Mutex<String>,
-    recorded: Mutex<Vec<String>>,
+    console: Mutex<Transcript>,
     marks: Mutex<Vec<Mark>>,
     outcome: Mutex<Option<VmOutcome>>,
     swap_on_yield: Mutex<Option<(Gpa, u64)>>,
@@ -315,13 +318,16 @@ impl Vm {
             balloons: devices.balloons,
             entry,
             image_end,
-            vcpus: 1,
+            vcpus: spec.vcpus.max(1),
             affinity: spec.affinity,
             workload: spec.workload,
             balloon_gpa: vmconfig::first_balloon_gpa(&spec.devices),
             stats: VmStats::default(),
-            console_line: Mutex::new(String::new()),
-            recorded: Mutex::new(Vec::new()),
+            console: Mutex::new(Transcript::new(
+                RECORDED_WORDS,
+                CONSOLE_LINE_MAX,
+                RECORDED_LINES_MAX,
+            )),
             marks: Mutex::new(Vec::new()),
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
@@ -462,36 +468,19 @@ impl Vm {
         Ok(swapped)
     }
 
-    /// Appends guest console output; whole lines go to the host console with the VM's name.
+    /// Appends guest console output: lines go to the host console with the VM's name (a
+    /// long line in pieces, each continuation marked `[name]+`), and lines starting with one
+    /// of [`RECORDED_WORDS`] are kept (see hv_devices::console_log for the rules).
     pub fn console_write(&self, bytes: &[u8]) {
-        let mut line = self.console_line.lock();
-        for &byte in bytes {
-            match byte {
-                b'\n' => {
-                    crate::println!("[{}] {}", self.name, line);
-                    self.record(&line);
-                    line.clear();
-                }
-                b'\r' => {}
-                0x20..=0x7e | b'\t' => line.push(byte as char),
-                _ => line.push_str(&format!("\\x{byte:02x}")),
-            }
-            if line.len() >= CONSOLE_LINE_MAX {
-                crate::println!("[{}] {}", self.name, line);
-                line.clear();
-            }
-        }
+        let mut console = self.console.lock();
+        console.push(bytes, |piece, continued| {
+            self.show_console(piece, continued)
+        });
     }
 
-    /// Keeps `line` if a scenario may want it (see [`RECORDED_WORDS`]).
-    fn record(&self, line: &str) {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if RECORDED_WORDS.contains(&first) {
-            let mut recorded = self.recorded.lock();
-            if recorded.len() < RECORDED_LINES_MAX {
-                recorded.push(String::from(line));
-            }
-        }
+    fn show_console(&self, piece: &str, continued: bool) {
+        let mark = if continued { "+" } else { "" };
+        crate::println!("[{}]{mark} {piece}", self.name);
     }
 
     /// The yield marks, oldest first.
@@ -501,16 +490,18 @@ impl Vm {
 
     /// The recorded console lines, oldest first.
     pub fn recorded_lines(&self) -> Vec<String> {
-        self.recorded.lock().clone()
+        self.console.lock().recorded().to_vec()
+    }
+
+    /// Console lines that should have been recorded but found the record full.
+    pub fn recorded_dropped(&self) -> u64 {
+        self.console.lock().dropped()
     }
 
     /// Prints whatever partial console line is left.
     pub fn console_flush(&self) {
-        let mut line = self.console_line.lock();
-        if !line.is_empty() {
-            crate::println!("[{}] {}", self.name, line);
-            line.clear();
-        }
+        let mut console = self.console.lock();
+        console.flush(|piece, continued| self.show_console(piece, continued));
     }
 
     /// Records how the VM ended (first outcome wins). Returns whether this call set it.

@@ -28,7 +28,7 @@ use core::fmt;
 use crate::addr::{Gfn, GfnRange, Hfn, RangeError, PAGE_OFFSET_MASK, PAGE_SHIFT};
 use crate::flush::FlushToken;
 use crate::pte::{GpaPte, HwBits, PteError};
-use crate::table_frames::{OutOfMemory, TableFrames, TABLE_ENTRIES};
+use crate::table_frames::{OutOfMemory, TableFrames, TablePage, TABLE_ENTRIES};
 
 /// Guest frame bits consumed by one table level.
 pub const INDEX_BITS: u32 = PAGE_SHIFT - 3;
@@ -189,6 +189,18 @@ fn dir_child(entry: u64) -> Hfn {
 }
 
 /// `range` clipped to the table's reach as raw `start..end`, or `None` if nothing is left.
+/// Whether every entry of `table` is zero, after a walk changed entries `first..=last`.
+/// Looks next to that range and at both ends first: a table emptied page by page, in either
+/// direction, still has a neighbour in use until its last page goes, so the full scan (512
+/// loads) runs only when the table is (nearly) empty or sparse.
+fn table_is_empty(table: &TablePage, first: usize, last: usize) -> bool {
+    let near = [first.wrapping_sub(1), last + 1, 0, TABLE_ENTRIES - 1];
+    if near.iter().any(|&i| table.get(i).is_some_and(|&e| e != 0)) {
+        return false;
+    }
+    table.iter().all(|&e| e == 0)
+}
+
 fn clip(range: GfnRange) -> Option<(u64, u64)> {
     let start = range.start().raw();
     let end = range.end().raw().min(GFN_LIMIT.raw());
@@ -566,7 +578,7 @@ impl GpaTable {
                 }
             }
         }
-        prune && frames.table(table).iter().all(|&e| e == 0)
+        prune && table_is_empty(frames.table(table), first, last)
     }
 
     fn visit(
@@ -779,6 +791,35 @@ mod tests {
         // Range ops clip instead.
         assert!(t.unmap_range(r(0, u64::MAX), &mut f).is_empty());
         teardown(t, f);
+    }
+
+    #[test]
+    fn unmapping_page_by_page_frees_a_table_only_with_its_last_entry() {
+        // Ascending, descending and scattered orders over two leaf tables; the emptiness
+        // check looks at neighbours first, so each order exercises a different early exit.
+        let orders: [Vec<u64>; 3] = [
+            (0..2 * E).collect(),
+            (0..2 * E).rev().collect(),
+            (0..2 * E).map(|i| (i * 389) % (2 * E)).collect(),
+        ];
+        for order in orders {
+            let (mut t, mut f) = setup();
+            for g in 0..2 * E {
+                t.set(Gfn::new(g), pte(100 + g), &mut f).unwrap().defer();
+            }
+            let full = f.live_tables();
+            let mut left = [E, E];
+            for &g in &order {
+                let _ = t.unmap_range(r(g, g + 1), &mut f).defer();
+                left[(g / E) as usize] -= 1;
+                let leaves = left.iter().filter(|&&n| n > 0).count();
+                // Root, middle and top tables stay while any leaf does.
+                let expected = if leaves == 0 { 1 } else { full - 2 + leaves };
+                assert_eq!(f.live_tables(), expected, "after unmapping {g}");
+                t.check_invariants(&f).unwrap();
+            }
+            teardown(t, f);
+        }
     }
 
     #[test]

@@ -256,7 +256,14 @@ impl<M: FrameMemory> HostState<M> {
     }
 
     fn set_page(&mut self, backing: BackingId, page: u64, state: PageState) {
-        if let Some(slot) = self.clean_copies.remove(&(backing.0, page)) {
+        // Most layers keep no clean copies: skip the map search (every page state change
+        // comes through here, a balloon run once per page).
+        let copy = if self.clean_copies.is_empty() {
+            None
+        } else {
+            self.clean_copies.remove(&(backing.0, page))
+        };
+        if let Some(slot) = copy {
             // The copy survives only as the page's own swapped-out state.
             if state != PageState::SwappedOut(slot) {
                 self.swap.free(slot);
@@ -578,19 +585,25 @@ impl<M: FrameMemory> HostMem<M> {
         let Some(hfn) = st.page(backing, page)?.frame() else {
             return Ok(false);
         };
-        // Reserve the swap copy first: nothing may fail once the notifier has run.
-        let slot = st.save_to_swap(backing, page, hfn)?;
+        // Unmap (and wait for every CPU to drop its translations) before copying: a guest
+        // store through a still-valid writable translation after the copy would be lost
+        // with the frame. A fault meanwhile waits for this lock, then reads the page back.
         let pages = page..page + 1;
         notifier.invalidate_range_start(backing, pages.clone());
-        st.drop_page(backing, page, PageState::SwappedOut(slot));
+        let saved = st.save_to_swap(backing, page, hfn);
+        if let Ok(slot) = saved {
+            st.drop_page(backing, page, PageState::SwappedOut(slot));
+        }
+        // On failure the page stays resident; its next access maps it again.
         notifier.invalidate_range_end(backing, pages);
-        Ok(true)
+        saved.map(|_| true)
     }
 
     /// Swaps out every resident page of `pages` with one invalidation over the range (one
-    /// flush of derived translations instead of one per page). Copies are saved first; if
-    /// the store fills, the range is cut before the page that did not fit. Returns how many
-    /// pages went out; `OutOfMemory` only when none could.
+    /// flush of derived translations instead of one per page). The range is unmapped before
+    /// any page is copied (see [`HostMem::swap_out`]); if the store fills, the pages from
+    /// the one that did not fit on stay resident (they fault back in without a copy).
+    /// Returns how many pages went out; `OutOfMemory` only when none could.
     pub fn swap_out_range(
         &self,
         notifier: &(impl MmuNotifier + ?Sized),
@@ -599,35 +612,35 @@ impl<M: FrameMemory> HostMem<M> {
     ) -> Result<u64, HostMemError> {
         let mut st = self.state.lock();
         st.check_range(backing, &pages)?;
-        let mut saved = Vec::new();
-        saved
-            .try_reserve(usize::try_from(pages.end - pages.start).unwrap_or(usize::MAX))
-            .map_err(|_| HostMemError::OutOfMemory)?;
-        let mut end = pages.end;
+        if !st.pages(backing)?[pages.start as usize..pages.end as usize]
+            .iter()
+            .any(|p| p.frame().is_some())
+        {
+            return Ok(0);
+        }
+        notifier.invalidate_range_start(backing, pages.clone());
+        let mut out = 0;
+        let mut full = None;
         for page in pages.clone() {
             let Some(hfn) = st.page(backing, page)?.frame() else {
                 continue;
             };
             match st.save_to_swap(backing, page, hfn) {
-                Ok(slot) => saved.push((page, slot)),
-                Err(e) if saved.is_empty() => return Err(e),
-                Err(_) => {
-                    end = page;
+                Ok(slot) => {
+                    st.drop_page(backing, page, PageState::SwappedOut(slot));
+                    out += 1;
+                }
+                Err(e) => {
+                    full = Some(e);
                     break;
                 }
             }
         }
-        let Some(&(first, _)) = saved.first() else {
-            return Ok(0);
-        };
-        // Nothing may fail from here on: every copy is in the store.
-        let span = first..end;
-        notifier.invalidate_range_start(backing, span.clone());
-        for &(page, slot) in &saved {
-            st.drop_page(backing, page, PageState::SwappedOut(slot));
+        notifier.invalidate_range_end(backing, pages);
+        match full {
+            Some(e) if out == 0 => Err(e),
+            _ => Ok(out),
         }
-        notifier.invalidate_range_end(backing, span);
-        Ok(saved.len() as u64)
     }
 
     /// Gives `pages` back to the host (balloon inflation): every frame and swap copy is

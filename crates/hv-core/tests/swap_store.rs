@@ -167,29 +167,38 @@ fn a_range_swaps_out_with_one_flush_and_stops_where_the_store_fills() {
         vm.host_write(b, page, 0, &[page as u8 + 1; 16]).unwrap();
     }
     vm.remote_flush().take();
-    // Room for 4: pages 0..4 go out, one flush over them; 4 and 5 stay resident and mapped.
+    // Room for 4: pages 0..4 go out; one flush over the range (unmapped before any copy is
+    // taken); 4 and 5 stay resident, unmapped until their next access.
     assert_eq!(vm.swap_out_range(b, 0..8), Ok(4));
     let flushes = vm.remote_flush().take();
     assert_eq!(flushes.len(), 1, "{flushes:?}");
-    for page in 0..4 {
+    for page in 0..6 {
         assert!(RecordingFlush::covered(&flushes, Gfn::new(0x100 + page)));
     }
-    assert!(!RecordingFlush::covered(&flushes, Gfn::new(0x104)));
-    assert!(vm.lookup(gpa(0x104)).is_some());
+    assert!(vm.lookup(gpa(0x104)).is_none());
     {
         let st = vm.host().lock();
         assert!((0..4).all(|p| matches!(st.page(b, p), Ok(PageState::SwappedOut(_)))));
         assert!((4..6).all(|p| matches!(st.page(b, p), Ok(PageState::Private(_)))));
         assert!((6..8).all(|p| st.page(b, p) == Ok(PageState::NotTouched)));
     }
-    // A full store: nothing goes out, nothing changes.
+    // A full store: nothing goes out, the pages stay resident.
+    vm.map_page(gpa(0x104), true).unwrap();
     assert_eq!(vm.swap_out_range(b, 4..8), Err(HostMemError::OutOfMemory));
+    assert!(matches!(
+        vm.host().lock().page(b, 4),
+        Ok(PageState::Private(_))
+    ));
+    vm.remote_flush().take();
     assert_eq!(vm.swap_out_range(b, 6..8), Ok(0), "nothing resident");
     assert_eq!(
         vm.swap_out_range(b, 6..9),
         Err(HostMemError::PageOutOfRange)
     );
-    assert!(vm.remote_flush().take().is_empty());
+    assert!(
+        vm.remote_flush().take().is_empty(),
+        "nothing resident, nothing flushed"
+    );
     for page in 0..6u64 {
         vm.map_page(gpa(0x100 + page), false).unwrap();
         assert_eq!(contents(&vm, b, page)[..16], [page as u8 + 1; 16]);

@@ -14,6 +14,8 @@
 //!   to the firmware ([`virtio_balloon::BalloonHooks`]).
 //!
 //! [`vmconfig`] parses and validates the VM layout from a flattened device tree.
+//! [`console_log`] keeps a VM's hypercall console transcript (display pieces, recorded
+//! lines, the isolation tally).
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@
 extern crate alloc;
 
 pub mod bus;
+pub mod console_log;
 pub mod irq;
 pub mod uart16550;
 pub mod virtio_balloon;

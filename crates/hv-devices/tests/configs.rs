@@ -17,6 +17,7 @@ const STRESS: &[u8] = include_bytes!("fixtures/stress.dtb");
 const DEMO: &[u8] = include_bytes!("fixtures/demo.dtb");
 const MEMGUEST: &[u8] = include_bytes!("fixtures/memguest.dtb");
 const MEMGUEST_SMOKE: &[u8] = include_bytes!("fixtures/memguest-smoke.dtb");
+const GUESTS_VCPUS: &[u8] = include_bytes!("fixtures/guests-vcpus.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -31,6 +32,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("demo", DEMO),
     ("memguest", MEMGUEST),
     ("memguest-smoke", MEMGUEST_SMOKE),
+    ("guests-vcpus", GUESTS_VCPUS),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
@@ -144,6 +146,13 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
             .iter()
             .any(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon)));
     }
+}
+
+#[test]
+fn guests_vcpus_layout_has_a_two_vcpu_vm() {
+    let layout = VmLayout::parse(GUESTS_VCPUS).unwrap();
+    let vcpus: Vec<u32> = layout.vms.iter().map(|vm| vm.vcpus).collect();
+    assert_eq!(vcpus, [2, 1, 1]);
 }
 
 /// Every configs/*.dts has a committed fixture listed in `ALL`.

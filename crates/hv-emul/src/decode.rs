@@ -23,6 +23,7 @@ mod op {
     pub const BLEZ: u32 = 0x06;
     pub const BGTZ: u32 = 0x07;
     pub const COP0: u32 = 0x10;
+    pub const SPECIAL2: u32 = 0x1c;
     pub const BEQL: u32 = 0x14;
     pub const BNEL: u32 = 0x15;
     pub const BLEZL: u32 = 0x16;
@@ -69,6 +70,9 @@ mod cop0_co {
     pub const WAIT: u32 = 0x20;
     pub const HYPCALL: u32 = 0x28;
 }
+
+/// SPECIAL2 function value of SDBBP (EJTAG software debug breakpoint).
+const SPECIAL2_SDBBP: u32 = 0x3f;
 
 /// SPECIAL3 function value of RDHWR.
 const SPECIAL3_RDHWR: u32 = 0x3b;
@@ -239,6 +243,13 @@ pub enum Insn {
         /// The 20-bit code field.
         code: u32,
     },
+    /// `SDBBP code`: EJTAG software debug breakpoint. It does not trap to the general
+    /// vector on the host: the host CPU enters debug mode, and the firmware's debug vector
+    /// turns it into a guest exit.
+    Sdbbp {
+        /// The 20-bit code field.
+        code: u32,
+    },
     /// LB/LBU/LH/LHU/LW/LWU/LD.
     Load(MemAccess),
     /// SB/SH/SW/SD.
@@ -323,6 +334,9 @@ pub fn decode(word: u32) -> Insn {
             (rt_field(word) == 0).then(|| cond_branch(word, cond, 0, opcode >= op::BLEZL, false))
         }
         op::COP0 => decode_cop0(word),
+        op::SPECIAL2 => (word & 0x3f == SPECIAL2_SDBBP).then_some(Insn::Sdbbp {
+            code: (word >> 6) & 0xf_ffff,
+        }),
         op::SPECIAL3 => decode_special3(word),
         op::CACHE => Some(Insn::Cache {
             op: rt_field(word) as u8,
@@ -582,6 +596,12 @@ mod tests {
         assert_eq!(decode(0x0004_8d0c), Insn::Syscall { code: 0x1234 });
         assert_eq!(decode(0x0000_000d), Insn::Break { code: 0 });
         assert_eq!(decode(0x0007_000d), Insn::Break { code: 7 << 10 });
+        assert_eq!(decode(0x7000_003f), Insn::Sdbbp { code: 0 });
+        assert_eq!(decode(0x7000_007f), Insn::Sdbbp { code: 1 });
+        assert_eq!(decode(0x73ff_ffff), Insn::Sdbbp { code: 0xf_ffff });
+        // Other SPECIAL2 functions (MUL, CLZ, ...) are not SDBBP.
+        assert_eq!(decode(0x7000_0002), Insn::Unknown(0x7000_0002));
+        assert_eq!(decode(0x7000_003e), Insn::Unknown(0x7000_003e));
     }
 
     #[test]

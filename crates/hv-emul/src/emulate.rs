@@ -367,6 +367,8 @@ fn execute(word: u32, insn: Insn, cpu: &mut GuestCpu, trap: &TrapInfo, site: Fau
         },
         Insn::Syscall { .. } => Step::Raise(GuestException::Syscall),
         Insn::Break { .. } => Step::Raise(GuestException::Break),
+        // The guest CPU has no EJTAG (Config1.EP = 0): SDBBP is a reserved instruction.
+        Insn::Sdbbp { .. } => Step::Raise(GuestException::ReservedInstruction),
         Insn::Load(access) => mmio(cpu, access, Access::Load),
         Insn::Store(access) => mmio(cpu, access, Access::Store),
         Insn::Branch(_) | Insn::Jump { .. } | Insn::JumpReg { .. } => {

@@ -30,6 +30,7 @@ const WAIT: u32 = 0x4200_0020;
 const HYPCALL: u32 = 0x4200_0028;
 const SYSCALL: u32 = 0x0000_000c;
 const BREAK: u32 = 0x0000_000d;
+const SDBBP: u32 = 0x7000_003f;
 
 fn t(r: u32) -> Gpr {
     Gpr::from_field(r)
@@ -420,6 +421,37 @@ fn syscall_break_and_unknown_are_reflected() {
         assert_eq!(cpu.cp0.cause().exc_code(), Some(code));
         assert_eq!(cpu.pc, VECTOR);
     }
+}
+
+#[test]
+fn sdbbp_is_a_reserved_instruction_in_both_modes() {
+    for mut cpu in [kernel_cpu(), user_cpu()] {
+        assert_eq!(
+            run(&mut cpu, SDBBP | (1 << 6)),
+            EmulOutcome::Injected(GuestException::ReservedInstruction)
+        );
+        assert_eq!(cpu.cp0.cause().exc_code(), Some(ExcCode::Ri));
+        assert!(!cpu.cp0.cause().contains(Cause::BD));
+        assert_eq!(cpu.cp0.get(Cp0Reg::EPC), PC);
+        assert_eq!(cpu.pc, VECTOR);
+    }
+}
+
+#[test]
+fn sdbbp_in_delay_slot_reports_the_branch() {
+    let mut cpu = kernel_cpu();
+    // beq zero, zero, +16 (taken); delay slot: sdbbp.
+    let trap = TrapInfo {
+        branch: Some(0x1000_0004),
+        guest_count: 0,
+    };
+    assert_eq!(
+        emulate(SDBBP, &mut cpu, &trap),
+        EmulOutcome::Injected(GuestException::ReservedInstruction)
+    );
+    assert_eq!(cpu.cp0.get(Cp0Reg::EPC), PC);
+    assert!(cpu.cp0.cause().contains(Cause::BD));
+    assert_eq!(cpu.pc, VECTOR);
 }
 
 #[test]

@@ -15,10 +15,16 @@
 //! - Interrupt: a host interrupt (timer, IPI, device); the guest is not involved.
 //! - Anything else (bus errors, watch, machine check, cache error, reserved codes) stops the
 //!   VM: none of them can be caused legitimately by a guest in this design.
+//!
+//! SDBBP is the one instruction that does not come through the exception vectors: the host
+//! CPU enters debug mode and the firmware's EJTAG stub returns it as a "debug" exit with only
+//! the restart address. [`locate_debug_breakpoint`] finds the SDBBP (and whether it sits in
+//! a delay slot) from the code, after which it is emulated like a trapping instruction.
 
 use hv_core::addr::Gva;
 
 use crate::cp0::{Cause, ExcCode};
+use crate::decode::{decode, Insn};
 use crate::exception::GuestException;
 use crate::guest_tlb::Access;
 
@@ -104,6 +110,57 @@ pub fn classify_exit(trap: &HostTrap) -> ExitAction {
         ExcCode::Mod => fault(Access::Store, true),
         other => ExitAction::Fatal(FatalExit::Unexpected(other)),
     }
+}
+
+/// Where the SDBBP behind a debug-mode exit sits (the host's debug vector reports only the
+/// restart address, the branch when SDBBP is in a delay slot; the host Cause is stale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DebugBreakpoint {
+    /// SDBBP is in the delay slot of the branch at the restart address.
+    pub in_delay_slot: bool,
+}
+
+/// Why a debug-mode exit does not point at an SDBBP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DebugExitError {
+    /// Neither the word at the restart address nor a branch's delay slot is an SDBBP.
+    NoSdbbp {
+        /// The word at the restart address.
+        at_epc: u32,
+    },
+}
+
+impl core::fmt::Display for DebugExitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DebugExitError::NoSdbbp { at_epc } => write!(
+                f,
+                "debug exception with no SDBBP at the restart address (word {at_epc:#010x})"
+            ),
+        }
+    }
+}
+
+/// Locates the SDBBP of a debug-mode exit from the word at the restart address and, when that
+/// is a branch or jump, the word in its delay slot (`fetch_next` is called only then). An
+/// SDBBP is not a branch, so the two cases cannot be confused. The caller then emulates the
+/// SDBBP like any trapping instruction (the guest gets a Reserved Instruction exception).
+pub fn locate_debug_breakpoint(
+    at_epc: u32,
+    fetch_next: impl FnOnce() -> Option<u32>,
+) -> Result<DebugBreakpoint, DebugExitError> {
+    let first = decode(at_epc);
+    if matches!(first, Insn::Sdbbp { .. }) {
+        return Ok(DebugBreakpoint {
+            in_delay_slot: false,
+        });
+    }
+    if first.has_delay_slot() && matches!(fetch_next().map(decode), Some(Insn::Sdbbp { .. })) {
+        return Ok(DebugBreakpoint {
+            in_delay_slot: true,
+        });
+    }
+    Err(DebugExitError::NoSdbbp { at_epc })
 }
 
 #[cfg(test)]
@@ -203,6 +260,56 @@ mod tests {
         assert_eq!(
             classify_exit(&reserved),
             ExitAction::Fatal(FatalExit::UnknownCode(14))
+        );
+    }
+
+    const SDBBP: u32 = 0x7000_003f;
+    const BEQ_TAKEN: u32 = 0x1000_0004;
+    const JR_RA: u32 = 0x03e0_0008;
+    const NOP: u32 = 0;
+
+    #[test]
+    fn debug_breakpoint_at_the_restart_address() {
+        let mut fetched = false;
+        let found = locate_debug_breakpoint(SDBBP | (1 << 6), || {
+            fetched = true;
+            None
+        });
+        assert_eq!(
+            found,
+            Ok(DebugBreakpoint {
+                in_delay_slot: false
+            })
+        );
+        assert!(!fetched, "no need to read the next word");
+    }
+
+    #[test]
+    fn debug_breakpoint_in_a_delay_slot() {
+        for branch in [BEQ_TAKEN, JR_RA] {
+            assert_eq!(
+                locate_debug_breakpoint(branch, || Some(SDBBP)),
+                Ok(DebugBreakpoint {
+                    in_delay_slot: true
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn debug_exit_without_sdbbp_is_an_error() {
+        // A branch whose slot is something else, a plain word, an unreadable slot.
+        assert_eq!(
+            locate_debug_breakpoint(BEQ_TAKEN, || Some(NOP)),
+            Err(DebugExitError::NoSdbbp { at_epc: BEQ_TAKEN })
+        );
+        assert_eq!(
+            locate_debug_breakpoint(NOP, || Some(SDBBP)),
+            Err(DebugExitError::NoSdbbp { at_epc: NOP })
+        );
+        assert_eq!(
+            locate_debug_breakpoint(JR_RA, || None),
+            Err(DebugExitError::NoSdbbp { at_epc: JR_RA })
         );
     }
 }

@@ -76,6 +76,10 @@ pub enum VmInfoKey {
     RamBytes = 3,
     /// The VM's number.
     VmId = 4,
+    /// Guest physical address of the VM's read-only memory slot; -2 when it has none.
+    ReadOnlyBase = 7,
+    /// Size in bytes of that read-only slot; -2 when the VM has none.
+    ReadOnlyBytes = 8,
     /// The VM's configured workload, as a [`Workload::code`] (error when none is set).
     Workload = 9,
     /// The workload's argument (error when none is set).
@@ -97,6 +101,8 @@ impl VmInfoKey {
             2 => VmInfoKey::VcpuCount,
             3 => VmInfoKey::RamBytes,
             4 => VmInfoKey::VmId,
+            7 => VmInfoKey::ReadOnlyBase,
+            8 => VmInfoKey::ReadOnlyBytes,
             9 => VmInfoKey::Workload,
             10 => VmInfoKey::WorkloadArg,
             11 => VmInfoKey::DedupFullScans,
@@ -339,10 +345,27 @@ mod tests {
             parse(0, &regs(nr::CONSOLE_WRITE, u64::MAX - 2, 8)),
             Err(HypercallError::BadAddress)
         );
+        for unknown_key in [5, 6, 14, 9999, u64::MAX] {
+            assert_eq!(
+                parse(0, &regs(nr::VM_INFO, unknown_key, 0)),
+                Err(HypercallError::BadArgument),
+                "key {unknown_key}"
+            );
+        }
+    }
+
+    #[test]
+    fn read_only_slot_keys() {
         assert_eq!(
-            parse(0, &regs(nr::VM_INFO, 5, 0)),
-            Err(HypercallError::BadArgument)
+            parse(0, &regs(nr::VM_INFO, 7, 0)),
+            Ok(Hypercall::VmInfo(VmInfoKey::ReadOnlyBase))
         );
+        assert_eq!(
+            parse(0, &regs(nr::VM_INFO, 8, 0)),
+            Ok(Hypercall::VmInfo(VmInfoKey::ReadOnlyBytes))
+        );
+        assert_eq!(VmInfoKey::ReadOnlyBase as u64, 7);
+        assert_eq!(VmInfoKey::ReadOnlyBytes as u64, 8);
     }
 
     #[test]

@@ -17,9 +17,10 @@
 //! chains are counted by the device and reach the log through
 //! [`BalloonHooks::chain_rejected`].
 
-use alloc::collections::{BTreeSet, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 
 use hv_core::addr::{Gfn, GfnRange, Gpa};
@@ -185,10 +186,73 @@ impl Run {
     }
 }
 
+/// The inflated guest frames: one bit per GFN from 0 up to the highest one inflated so far.
+///
+/// Only frames of writable RAM are ever added (the hooks check the memslot first), so the
+/// bitmap is at most the VM's top RAM address / 32 Ki bytes (32 KiB for RAM up to 1 GiB); an
+/// ordered set cost a node allocation every few pages, the larger part of an inflate.
+#[derive(Debug, Default)]
+struct InflatedPages {
+    words: Vec<u64>,
+}
+
+impl InflatedPages {
+    fn contains(&self, gfn: u64) -> bool {
+        usize::try_from(gfn / 64)
+            .ok()
+            .and_then(|i| self.words.get(i))
+            .is_some_and(|w| w & (1 << (gfn % 64)) != 0)
+    }
+
+    /// Adds `gfn` (a frame of writable RAM, see above).
+    fn insert(&mut self, gfn: u64) {
+        let Ok(i) = usize::try_from(gfn / 64) else {
+            panic!("GFN {gfn:#x} of guest RAM beyond the address space");
+        };
+        if i >= self.words.len() {
+            self.words.resize(i + 1, 0);
+        }
+        self.words[i] |= 1 << (gfn % 64);
+    }
+
+    /// Removes `gfn`; returns whether it was there.
+    fn remove(&mut self, gfn: u64) -> bool {
+        let was = self.contains(gfn);
+        if was {
+            self.words[(gfn / 64) as usize] &= !(1 << (gfn % 64));
+        }
+        was
+    }
+}
+
+/// The writable memslot [`VmBalloon`] found last, and the VM's notifier sequence number read
+/// before it looked. Every change to an existing memslot (removal, move, flags) bumps that
+/// number under the MMU lock, so while it reads the same the memo translates exactly as the
+/// slot would; the PFNs of a chain then skip the lock and the slot search.
+#[derive(Debug, Clone, Copy)]
+struct SlotMemo {
+    seq: u64,
+    gfns: GfnRange,
+    backing: BackingId,
+    backing_start: u64,
+}
+
+impl SlotMemo {
+    /// `gfn`'s backing page, if the memo is still valid at sequence `seq` and covers `gfn`.
+    fn backing_page(&self, seq: u64, gfn: Gfn) -> Option<(BackingId, u64)> {
+        if seq != self.seq || !self.gfns.contains(gfn) {
+            return None;
+        }
+        let offset = gfn.checked_distance_from(self.gfns.start())?;
+        Some((self.backing, self.backing_start + offset))
+    }
+}
+
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
-    inflated: BTreeSet<u64>,
+    inflated: InflatedPages,
+    slot_memo: Cell<Option<SlotMemo>>,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
     run: Option<Run>,
@@ -210,7 +274,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
         Self {
             vm,
-            inflated: BTreeSet::new(),
+            inflated: InflatedPages::default(),
+            slot_memo: Cell::new(None),
             batching: false,
             run: None,
             counters: BalloonCounters::default(),
@@ -231,7 +296,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// Whether guest frame `gfn` is inflated.
     pub fn is_inflated(&self, gfn: Gfn) -> bool {
-        self.inflated.contains(&gfn.raw())
+        self.inflated.contains(gfn.raw())
     }
 
     /// The latest statistics the guest sent (tag, value).
@@ -297,12 +362,22 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     /// The backing page of writable RAM at `gfn`.
     fn backing_page(&self, gfn: Gfn) -> Result<(BackingId, u64), PageRefused> {
+        let seq = self.vm.notifier_seq().current();
+        if let Some(page) = self.slot_memo.get().and_then(|m| m.backing_page(seq, gfn)) {
+            return Ok(page);
+        }
         self.vm.with_mmu(|st| {
             let slot = st.slots.find(gfn).ok_or(PageRefused::OutOfRange)?;
             if slot.is_read_only() {
                 return Err(PageRefused::NotAllowed);
             }
             let page = slot.backing_page_of(gfn).ok_or(PageRefused::OutOfRange)?;
+            self.slot_memo.set(Some(SlotMemo {
+                seq,
+                gfns: slot.gfns(),
+                backing: slot.backing(),
+                backing_start: slot.backing_pages().start,
+            }));
             Ok((slot.backing(), page))
         })
     }
@@ -330,7 +405,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
 
     fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         let (backing, page) = self.backing_page(gfn)?;
-        if self.inflated.contains(&gfn.raw()) {
+        if self.inflated.contains(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         if self.batching {
@@ -367,7 +442,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
             return;
         }
         for gfn in run.first_gfn..run.first_gfn + len {
-            self.inflated.remove(&gfn);
+            self.inflated.remove(gfn);
         }
         self.counters.inflated_now -= len;
         self.log(
@@ -379,7 +454,7 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     fn deflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
         self.flush_run();
         self.backing_page(gfn)?;
-        if !self.inflated.remove(&gfn.raw()) {
+        if !self.inflated.remove(gfn.raw()) {
             return Err(PageRefused::Duplicate);
         }
         // Nothing to map: the next touch zero-fills through the fault slow path.
@@ -504,6 +579,59 @@ mod tests {
         testvm::NoRemote,
     >;
     type Dev = VirtioMmio<VirtioBalloon<Hooks>, VecMemory, LatchedLine>;
+
+    #[test]
+    fn a_moved_memslot_is_not_translated_from_the_slot_memo() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..4 {
+            guest_fill(&vm, b, i, 0x11);
+        }
+        let mut h = VmBalloon::new(vm.clone());
+        // Page 0 through the slot search; page 1 through the memo it left.
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN)), Ok(()));
+        assert_eq!(h.inflate(Gfn::new(RAM_GFN + 1)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 1),
+            Ok(PageState::Ballooned)
+        ));
+        // Move the slot: its old frames are no RAM any more, and the new ones translate to
+        // the same backing pages.
+        let id = vm.with_mmu(|st| st.slots.iter().next().unwrap().id());
+        let moved = RAM_GFN + 0x1000;
+        vm.move_memslot(id, Gfn::new(moved)).unwrap();
+        assert_eq!(
+            h.inflate(Gfn::new(RAM_GFN + 2)),
+            Err(PageRefused::OutOfRange)
+        );
+        assert_eq!(h.inflate(Gfn::new(moved + 3)), Ok(()));
+        assert!(matches!(
+            vm.host().lock().page(b, 3),
+            Ok(PageState::Ballooned)
+        ));
+        assert!(matches!(
+            vm.host().lock().page(b, 2),
+            Ok(PageState::Private(_))
+        ));
+    }
+
+    #[test]
+    fn inflated_pages_bitmap_tracks_each_gfn_alone() {
+        let mut set = InflatedPages::default();
+        assert!(!set.contains(0) && !set.contains(u64::MAX));
+        for g in [0, 63, 64, 130, 4095] {
+            set.insert(g);
+        }
+        for g in [0, 63, 64, 130, 4095] {
+            assert!(set.contains(g), "{g}");
+        }
+        for g in [1, 62, 65, 129, 131, 4094, 4096, 1 << 40] {
+            assert!(!set.contains(g), "{g}");
+        }
+        assert!(set.remove(64));
+        assert!(!set.remove(64), "removed once only");
+        assert!(!set.remove(1 << 40), "beyond the bitmap: not there");
+        assert!(!set.contains(64) && set.contains(63) && set.contains(130));
+    }
 
     const RAM: u64 = 64;
     const FRAMES: usize = 256;
@@ -952,7 +1080,7 @@ mod tests {
             const PAGES: u64 = 16;
             let (vm, b) = testvm::vm(64, PAGES);
             let mut h = VmBalloon::new(vm.clone());
-            let mut model = BTreeSet::new();
+            let mut model = alloc::collections::BTreeSet::new();
             let in_ram = |g: u64| (RAM_GFN..RAM_GFN + PAGES).contains(&g);
             for op in ops {
                 match op {

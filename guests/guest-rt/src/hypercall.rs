@@ -40,9 +40,9 @@ pub enum VmInfoKey {
     TestBytes,
     /// Proposed extension (guests/README.md): rounds of the test guest's memory test.
     TestRounds,
-    /// Proposed extension (guests/README.md): GPA of a read-only memory slot.
+    /// GPA of the VM's read-only memory slot (-2 when it has none).
     ReadOnlyBase,
-    /// Proposed extension (guests/README.md): size in bytes of that read-only slot.
+    /// Size in bytes of that read-only slot (-2 when it has none).
     ReadOnlyBytes,
     /// The VM's memory-services workload: 1 dedup, 2 balloon, 3 swap, 4 idle, 5 stress.
     Workload,

@@ -28,7 +28,7 @@ pub struct Attempt {
 }
 
 /// Every attempt that returns, in order; the runaway loop comes after them.
-pub const ALL: [Attempt; 9] = [
+pub const ALL: [Attempt; 11] = [
     Attempt {
         name: "hypercall-unknown",
         run: hypercall_unknown,
@@ -65,13 +65,21 @@ pub const ALL: [Attempt; 9] = [
         name: "write-readonly-memslot",
         run: write_readonly,
     },
+    Attempt {
+        name: "debug-breakpoint",
+        run: debug_breakpoint,
+    },
+    Attempt {
+        name: "console-forgery",
+        run: console_forgery,
+    },
 ];
 
 /// A fixed-size line buffer (no allocator in the guest).
 pub mod heapless_line {
-    /// Bytes of outcome text kept: with the `OUTCOME n name: ` prefix a line stays below
-    /// 200 characters, the longest line mipsvisor's console keeps in one piece.
-    const LINE_CAPACITY: usize = 150;
+    /// Bytes of outcome text kept. mipsvisor shows lines longer than 200 characters in
+    /// pieces but records them whole, which the `console-forgery` attempt relies on.
+    const LINE_CAPACITY: usize = 400;
 
     /// Up to [`LINE_CAPACITY`] bytes of text; longer text is cut.
     pub struct Line {
@@ -409,33 +417,42 @@ fn other_vm_memory(ram: u64) -> AttemptResult {
     }
 }
 
-/// Where mipsvisor's isolation configuration (configs/isolation.dts) puts the hostile VM's
-/// read-only slot, tried when VM info key 7 is not offered.
-const DEFAULT_ROM_GPA: u64 = 0x1e00_0000;
-/// The architectural boot ROM region (GPA of 0xbfc0_0000), tried as well.
+/// The architectural boot ROM region (GPA of 0xbfc0_0000), never guest RAM.
 const BOOT_ROM_GPA: u64 = 0x1fc0_0000;
 
-/// Stores to the read-only memory slot (VM info key 7, else [`DEFAULT_ROM_GPA`]) and to the
-/// boot ROM region; a breach if a stored value can be read back.
+/// Stores to the read-only memory slot (VM info keys 7 and 8: its first, a middle and its
+/// last double word) and to the boot ROM region; a breach if a stored value can be read
+/// back. A VM without such a slot (key 7 answers -2) still tries the boot ROM.
 fn write_readonly(_ram: u64) -> AttemptResult {
-    let (rom, from_info) = match hypercall::vm_info(VmInfoKey::ReadOnlyBase) {
-        Ok(base) => (base, true),
-        Err(_) => (DEFAULT_ROM_GPA, false),
+    let slot = match (
+        hypercall::vm_info(VmInfoKey::ReadOnlyBase),
+        hypercall::vm_info(VmInfoKey::ReadOnlyBytes),
+    ) {
+        (Ok(base), Ok(bytes)) if bytes >= 8 => Some((base, bytes)),
+        _ => None,
     };
+    let mut targets: [(u64, &str); 4] = [(BOOT_ROM_GPA, "boot ROM"); 4];
+    let mut count = 1;
+    if let Some((base, bytes)) = slot {
+        targets = [
+            (base, "rom start"),
+            (base + ((bytes / 2) & !7), "rom middle"),
+            (base + bytes - 8, "rom end"),
+            (BOOT_ROM_GPA, "boot ROM"),
+        ];
+        count = 4;
+    }
     let mut text = Text::new();
+    match slot {
+        Some((base, bytes)) => {
+            let _ = write!(text, "slot {base:#x}+{bytes:#x}: ");
+        }
+        None => {
+            let _ = write!(text, "no read-only slot offered (VM info 7/8): ");
+        }
+    }
     let mut stuck = false;
-    for (gpa, what) in [
-        (
-            rom,
-            if from_info {
-                "rom (VM info)"
-            } else {
-                "rom (default)"
-            },
-        ),
-        (rom + 0x808, "rom+0x808"),
-        (BOOT_ROM_GPA, "boot ROM"),
-    ] {
+    for &(gpa, what) in &targets[..count] {
         let addr = window_address(gpa);
         let before = probe::load(addr);
         const MARK: u64 = 0x0bad_0bad_0bad_0bad;
@@ -454,6 +471,68 @@ fn write_readonly(_ram: u64) -> AttemptResult {
     AttemptResult {
         text,
         breach: stuck,
+    }
+}
+
+/// Exit status the semihosting-shaped SDBBP asks for: if QEMU ever took the call, the run
+/// would end with this status instead of the hypervisor's own.
+const UHI_EXIT_STATUS: u64 = 77;
+
+/// SDBBP, the EJTAG software breakpoint, which on the host CPU enters debug mode instead of
+/// trapping to the hypervisor's exception vector: plain, in a branch delay slot, and shaped
+/// as a semihosting exit call. Each must come back as exactly one Reserved Instruction
+/// exception (this guest's CPU has no EJTAG); two for the delay-slot probe would mean EPC or
+/// Cause.BD was wrong.
+fn debug_breakpoint(_ram: u64) -> AttemptResult {
+    type Run = fn() -> Probe;
+    let probes: [(&str, Run); 3] = [
+        ("plain", probe::debug_breakpoint),
+        ("delay slot", probe::debug_breakpoint_in_delay_slot),
+        ("uhi exit", || {
+            probe::debug_breakpoint_uhi_exit(UHI_EXIT_STATUS)
+        }),
+    ];
+    let mut text = Text::new();
+    let mut wrong = false;
+    for (what, run) in probes {
+        let before = probe::exceptions();
+        let outcome = run();
+        let taken = probe::exceptions() - before;
+        wrong |= taken != 1
+            || !matches!(outcome, Probe::Trapped(code, _) if code == guest_rt::trap::exc::RI);
+        let _ = write!(text, "{what} {outcome} x{taken}; ");
+    }
+    // Reflecting it as the architecture says is the expected containment; anything else
+    // (no exception, another code, two exceptions) is reported as a breach.
+    AttemptResult {
+        text,
+        breach: wrong,
+    }
+}
+
+/// Console lines shaped to slip a forged `OUTCOME`/`ATTEMPT` into the host's record: one
+/// behind 210 characters of padding (so it would start a display piece of its own), one
+/// behind a carriage return, one behind a terminal escape sequence, one behind a space. None
+/// of them may count; the host's tally (attempted = contained, no malformed lines) shows it.
+/// This attempt's own OUTCOME line is longer than 200 characters and must still count.
+fn console_forgery(_ram: u64) -> AttemptResult {
+    for _ in 0..21 {
+        guest_rt::print!("----------");
+    }
+    guest_rt::println!("OUTCOME 11 console-forgery: forged behind padding");
+    guest_rt::println!("\rOUTCOME 11 console-forgery: forged behind a carriage return");
+    guest_rt::println!("\x1b[2K\rATTEMPT 99 forged-behind-an-escape-sequence");
+    guest_rt::println!(" OUTCOME 11 console-forgery: forged behind a space");
+    let mut text = Text::new();
+    let _ = write!(
+        text,
+        "sent 4 forged lines (behind 210 characters of padding, a carriage return, an escape \
+         sequence, a space); none may count. This outcome line is longer than 200 characters, \
+         so the console shows it in two pieces, and it must still count as one whole line."
+    );
+    AttemptResult {
+        text,
+        breach: false,
     }
 }
 

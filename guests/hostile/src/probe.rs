@@ -142,3 +142,57 @@ pub fn syscall() -> Probe {
     }
     outcome(before, 0)
 }
+
+/// SDBBP with code 0: `SPECIAL2` opcode, function 0x3f, code in bits 25:6.
+const SDBBP: u32 = 0x7000_003f;
+/// SDBBP with code 1, the form QEMU's semihosting (UHI) takes for a host call.
+const SDBBP_UHI: u32 = 0x7000_007f;
+/// UHI operation number of `exit` (in `$25`).
+const UHI_EXIT: u64 = 1;
+
+/// SDBBP (EJTAG software debug breakpoint). The guest CPU has no EJTAG, so the hypervisor
+/// must reflect it as a Reserved Instruction exception.
+pub fn debug_breakpoint() -> Probe {
+    let before = exceptions();
+    // SAFETY: SDBBP only raises an exception, which the handler steps over.
+    unsafe {
+        asm!(
+            ".set push\n.set noreorder\n.word {w}\nnop\n.set pop",
+            w = const SDBBP,
+            options(nostack)
+        );
+    }
+    outcome(before, 0)
+}
+
+/// SDBBP code 1 with the UHI exit request (`$25` = 1, `$4` = `status`) loaded: if the host
+/// CPU's semihosting took it, the whole machine would stop with `status`.
+pub fn debug_breakpoint_uhi_exit(status: u64) -> Probe {
+    let before = exceptions();
+    // SAFETY: as for `debug_breakpoint`; $25 and $4 are inputs only.
+    unsafe {
+        asm!(
+            ".set push\n.set noreorder\n.word {w}\nnop\n.set pop",
+            w = const SDBBP_UHI,
+            in("$25") UHI_EXIT,
+            in("$4") status,
+            options(nostack)
+        );
+    }
+    outcome(before, 0)
+}
+
+/// SDBBP in the delay slot of a taken branch: the exception must come back with Cause.BD
+/// and EPC at the branch, so stepping over both (EPC + 8) lands after the slot.
+pub fn debug_breakpoint_in_delay_slot() -> Probe {
+    let before = exceptions();
+    // SAFETY: as for `debug_breakpoint`; the branch only skips to the label.
+    unsafe {
+        asm!(
+            ".set push\n.set noreorder\nb 1f\n.word {w}\n1: nop\n.set pop",
+            w = const SDBBP,
+            options(nostack)
+        );
+    }
+    outcome(before, 0)
+}

@@ -34,7 +34,8 @@ pub struct GuestContext {
     pub exit_cause: u64,
     /// BadVAddr at the exit.
     pub exit_bad_vaddr: u64,
-    /// Which vector the exit came through ([`EXIT_GENERAL`] or [`EXIT_REFILL`]).
+    /// Which vector the exit came through ([`EXIT_GENERAL`], [`EXIT_REFILL`] or
+    /// [`EXIT_DEBUG`]).
     pub exit_kind: u64,
     /// Host s0..s7, s8, gp, sp, ra and Status, saved by `run_guest`.
     host: [u64; 13],
@@ -76,6 +77,8 @@ unsafe extern "C" fn fast_trampoline<V: FastLane>(ctx: *mut GuestContext, kind: 
 pub const EXIT_GENERAL: u64 = 0;
 /// Exit through the (X)TLB refill vector.
 pub const EXIT_REFILL: u64 = 1;
+/// Exit through the debug-exit vector: the guest executed SDBBP (the exit Cause is stale).
+pub const EXIT_DEBUG: u64 = 2;
 
 impl GuestContext {
     /// A context with every register zero, starting at `pc`.
@@ -122,6 +125,7 @@ global_asm!(
     off_host = const offset_of!(GuestContext, host),
     kind_general = const EXIT_GENERAL,
     kind_refill = const EXIT_REFILL,
+    kind_debug = const EXIT_DEBUG,
 );
 
 const _: () = assert!(offset_of!(GuestContext, hi) == 256);

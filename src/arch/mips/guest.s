@@ -4,7 +4,8 @@
 # publishes the context in this CPU's per-CPU area (percpu.rs), loads the guest's registers and
 # ERETs into the guest, which runs in host user mode (KSU = user, UX = 1) with the ASID in
 # ctx.entry_hi. When the guest takes any exception, the vectors (vectors.s) see KSU = user
-# and come to `guest_exit_refill` / `guest_exit_general` with the guest's k0 parked in
+# (and the debug-exit vector, after a guest SDBBP) come to `guest_exit_refill` /
+# `guest_exit_general` / `guest_exit_debug` with the guest's k0 parked in
 # ErrorEPC. The exit path parks the guest's k1 in DESAVE, saves every guest register and the
 # exception registers into the context, restores the host registers and Status (EXL clear,
 # kernel mode) and returns from `run_guest` to its Rust caller.
@@ -135,6 +136,10 @@ guest_exit_general:
     .globl guest_exit_refill
 guest_exit_refill:
     GUEST_EXIT {kind_refill}
+
+    .globl guest_exit_debug
+guest_exit_debug:
+    GUEST_EXIT {kind_debug}
 
 guest_return_to_host:
     .set noat

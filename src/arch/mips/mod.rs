@@ -9,6 +9,7 @@ pub mod bench_guest;
 pub mod boot;
 pub mod cache;
 pub mod cp0;
+pub mod debug_vector;
 pub mod guest;
 pub mod guest_mem;
 pub mod irq;

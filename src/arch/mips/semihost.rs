@@ -16,8 +16,8 @@ pub fn exit(code: u32) -> ! {
         core::arch::asm!("sdbbp 1", in("$25") UHI_EXIT, in("$4") u64::from(code),
                          options(nomem, nostack));
     }
-    // Without semihosting SDBBP raises a debug exception QEMU cannot deliver usefully;
-    // should it come back, stop here with interrupts off.
+    // Without semihosting SDBBP raises a debug exception, which the firmware's debug vector
+    // (debug_vector.rs) skips in host code: stop here with interrupts off.
     let _irq = super::irq::IrqGuard::new();
     loop {
         core::hint::spin_loop();

@@ -81,6 +81,7 @@ global_asm!(
     kind_general = const KIND_GENERAL,
     kind_refill = const KIND_REFILL,
     kind_cache_error = const KIND_CACHE_ERROR,
+    debug_exit_offset = const super::debug_vector::DEBUG_EXIT_OFFSET,
     kstack_top = sym KSTACK_TOP,
     trap_entry = sym trap_entry,
     slot_offset_mask = const super::percpu::SLOT_OFFSET_MASK,

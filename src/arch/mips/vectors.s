@@ -2,7 +2,8 @@
 #
 # EBase points at `exception_vectors` (4 KiB aligned, first thing in the image):
 #   +0x000 TLB refill (32-bit segments), +0x080 XTLB refill, +0x100 cache error,
-#   +0x180 general exception, +0x200 interrupt (only used if Cause.IV were set).
+#   +0x180 general exception, +0x200 interrupt (only used if Cause.IV were set), +0x280
+#   debug exit (entered from the EJTAG stub, not by the CPU itself).
 # Every entry saves the full register state into a TrapFrame (layout in trap.rs, offsets
 # passed in as constants), calls `trap_entry(frame)` in Rust and restores everything the
 # handler may have changed (GPRs, HI/LO, EPC, Status) before ERET.
@@ -126,7 +127,28 @@ exception_vectors:
     .org 0x200
     j       exc_general_entry
     nop
-    .org 0x280
+    .org {debug_exit_offset}
+# Debug exit: the EJTAG stub in the boot ROM (debug_vector.s) comes here after a debug
+# exception (SDBBP) with EXL set, EPC = DEPC and every GPR as it was. From user mode it is a
+# guest exit like the others. In host code the only SDBBP is a semihosting call that QEMU
+# did not take (no -semihosting): it is skipped, as if no debugger were attached, so the
+# caller's fallback (semihost::exit halts) runs instead of a loop of debug exceptions.
+exc_debug_entry:
+    .set noat
+    dmtc0   $k0, $30
+    mfc0    $k0, $12
+    andi    $k0, $k0, 0x18
+    beqz    $k0, 3f
+    nop
+    j       guest_exit_debug        # j: guest.s may be linked anywhere in the image
+    nop
+3:  dmfc0   $k0, $14
+    daddiu  $k0, $k0, 4
+    dmtc0   $k0, $14
+    dmfc0   $k0, $30
+    ehb
+    eret
+    .set at
 
 # An exception from user mode comes from a guest (the firmware runs nothing else in user
 # mode): it leaves through guest.s, which needs the guest's k0 parked in ErrorEPC first.
