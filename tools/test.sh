@@ -115,6 +115,39 @@ plot_checks() {
     grep -q "no 'STAT sample" <<<"$refused"
 }
 
+# qemu_capture LOG COMMAND...: runs COMMAND (stdin as the caller gives it) under the QEMU
+# timeout with all its output in LOG, turns the UART's CR LF into LF, and returns COMMAND's
+# exit status (124 on a timeout).
+qemu_capture() {
+    local log=$1 rc
+    shift
+    timeout "$QEMU_TIMEOUT" "$@" >"$log" 2>&1
+    rc=$?
+    sed -i 's/\r$//' "$log" # the UART sends CR LF
+    return $rc
+}
+
+# qemu_verdict NAME LOG START WHY [NOTE]: passes "qemu NAME [NOTE] [seconds since START]" if
+# WHY is empty, else fails NAME with WHY and shows the end of LOG.
+qemu_verdict() {
+    local name=$1 log=$2 start=$3 why=$4 note=${5:-}
+    if [ -z "$why" ]; then
+        pass "qemu $name${note:+ $note} [$((SECONDS - start))s]"
+    else
+        fail "qemu $name" "$why; see $log"
+        tail -n 15 "$log" | sed 's/^/      /'
+    fi
+}
+
+# plot_run LOG SERIES_SPEC...: tools/plot on a scenario's real output (LOG, written by an
+# earlier case) draws each given service's line (check-png.py specs).
+plot_run() {
+    local log=$1
+    shift
+    [ -f "$log" ] || { echo "no $log (its QEMU case did not run)"; return 1; }
+    tools/plot "$log" -o "$log.png" && tools/lib/check-png.py "$log.png" 800 480 "$@"
+}
+
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
 # the CPUs and RAM that were asked for.
 boot_case() {
@@ -129,20 +162,14 @@ boot_case() {
     done
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build "$@" </dev/null >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log" # the UART sends CR LF
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q '^RESULT boot PASS' "$log" || why="${why:+$why, }no RESULT boot PASS"
     grep -q "^STAT cpus=$smp\$" "$log" || why="${why:+$why, }STAT cpus is not $smp"
     grep -q "^STAT ram_mib=$mem\$" "$log" || why="${why:+$why, }STAT ram_mib is not $mem"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # scenario_case NAME SCENARIO qemu-run.sh arguments...: must exit 0 with RESULT SCENARIO PASS.
@@ -151,19 +178,12 @@ scenario_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
-        >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
@@ -173,16 +193,13 @@ run_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null \
-        >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
-    if [ $rc -ne 124 ] && grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "exit status $rc, no RESULT $scenario line; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
+    local why=""
+    if [ $rc -eq 124 ] || ! grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
+        why="exit status $rc, no RESULT $scenario line"
     fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # log_case NAME LOG PATTERN...: a scenario's log (out/test-logs/qemu-LOG.log) has a line
@@ -221,21 +238,19 @@ console_case() {
     local start=$SECONDS
     printf '%s\n' help vms stats ksm "balloon $vm 8" swap "idle $vm" "frobnicate now" \
         "balloon $vm lots" "idle" "idle nosuchvm" "vms" |
-        timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" "$@" \
-            >"$log" 2>&1
+        qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@"
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why="" answer
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     grep -q '^STAT sample ' "$log" || why="${why:+$why, }no STAT sample line"
-    # expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
-    expect() {
+    # console_expect COMMAND REGEX: the answer to COMMAND has a line matching REGEX (grep -E).
+    console_expect() {
         answer=$(console_answer "$log" "$1")
         grep -Eq -- "$2" <<<"$answer" || why="${why:+$why, }'$1' answer lacks /$2/"
     }
-    # expect_no_error COMMAND: COMMAND was answered, and not with an error.
-    expect_no_error() {
+    # console_expect_no_error COMMAND: COMMAND was answered, and not with an error.
+    console_expect_no_error() {
         answer=$(console_answer "$log" "$1")
         if [ -z "$answer" ]; then
             why="${why:+$why, }no answer to '$1'"
@@ -243,34 +258,29 @@ console_case() {
             why="${why:+$why, }'$1' answered with an error"
         fi
     }
-    expect help '^console:   balloon <vm> <MiB> '
-    expect help '^console:   idle <vm> '
+    console_expect help '^console:   balloon <vm> <MiB> '
+    console_expect help '^console:   idle <vm> '
     local command
     for command in vms stats ksm "balloon $vm 8" swap "idle $vm"; do
-        expect_no_error "$command"
+        console_expect_no_error "$command"
     done
-    expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
-    expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
-    expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
-    expect ksm "$ksm_re"
-    expect "balloon $vm 8" "$balloon_re"
-    expect swap "$swap_re"
-    expect "idle $vm" "$idle_re"
-    expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
-    expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
-    expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
-    expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
+    console_expect vms '^console: vm +id +ram_mib +private +shared +swapped +ballooned +state$'
+    console_expect vms "^console: $vm +[0-9]+ +[1-9][0-9]* +[0-9]+ +[0-9]+ +[0-9]+ +[0-9]+  (running|exited)"
+    console_expect stats '^console: round [1-9][0-9]*  pool [1-9][0-9]* frames, [0-9]+ free$'
+    console_expect ksm "$ksm_re"
+    console_expect "balloon $vm 8" "$balloon_re"
+    console_expect swap "$swap_re"
+    console_expect "idle $vm" "$idle_re"
+    console_expect "idle nosuchvm" "^console: no VM named 'nosuchvm'$"
+    console_expect "frobnicate now" "^console: error: unknown command 'frobnicate'; type 'help'"
+    console_expect "balloon $vm lots" "^console: error: balloon: 'lots' is not a decimal number"
+    console_expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
     [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
         why="${why:+$why, }the bad command got more than one line"
     # Output printed while the prompt was open must start its own line.
     ! grep -Eq '^mipsvisor> .*(STAT|RESULT|BENCH) ' "$log" ||
         why="${why:+$why, }a STAT/RESULT/BENCH line was glued to the prompt"
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
@@ -280,10 +290,9 @@ bench_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
-        </dev/null >"$log" 2>&1
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
+        </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
@@ -291,12 +300,7 @@ bench_case() {
         grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
             why="${why:+$why, }no positive BENCH $figure"
     done
-    if [ -z "$why" ]; then
-        pass "qemu $name [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 # fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
@@ -305,18 +309,12 @@ fail_case() {
     shift 2
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
-    timeout "$QEMU_TIMEOUT" "$@" </dev/null >"$log" 2>&1
+    qemu_capture "$log" "$@" </dev/null
     rc=$?
-    sed -i 's/\r$//' "$log"
     local why=""
     [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
     grep -Eq -- "$pattern" "$log" || why="${why:+$why, }output lacks /$pattern/"
-    if [ -z "$why" ]; then
-        pass "qemu $name (fails as it must, status $rc) [$((SECONDS - start))s]"
-    else
-        fail "qemu $name" "$why; see $log"
-        tail -n 15 "$log" | sed 's/^/      /'
-    fi
+    qemu_verdict "$name" "$log" "$start" "$why" "(fails as it must, status $rc)"
 }
 
 run_qemu() {
@@ -347,6 +345,9 @@ run_qemu() {
     # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
     scenario_case "dedup-smp2" dedup --smp 2
     scenario_case "dedup-smp1" dedup --smp 1
+    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # reach every CPU holding either vCPU's derived translations.
+    scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     log_case "dedup merges what can be merged" dedup-smp2 \
         '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
         '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
@@ -407,11 +408,19 @@ run_qemu() {
         '^console: idle tracking is not running in this scenario$')
     console_case "console-balloon-smp2" balloon "${console_balloon[@]}" --smp 2
     console_case "console-balloon-smp1" balloon "${console_balloon[@]}" --smp 1
+    console_case "console-dedup-smp2" dedup dup0 '^console: pages_sharing [0-9]+$' \
+        '^console: the balloon service is not running in this scenario$' \
+        '^console: swap is not running in this scenario$' \
+        '^console: idle tracking is not running in this scenario$' --smp 2
     console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
         '^console: the balloon service is not running in this scenario$' \
         '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
+    step "tools/plot on the dedup run" \
+        plot_run "$LOGS/qemu-console-dedup-smp2.log" dedup=31,119,180:300:10
+    step "tools/plot on the swap run" \
+        plot_run "$LOGS/qemu-console-swap-smp2.log" swap=40,160,40:300:10
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page

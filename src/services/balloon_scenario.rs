@@ -17,6 +17,7 @@
 //! guest to have taken the device's configuration-change interrupt (Cause.IP3).
 
 use super::balloon::{self, Balloon};
+use super::verdict::verdict;
 use crate::scenario::BootInfo;
 use crate::smp;
 use crate::vmm::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
@@ -321,9 +322,5 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
         Ok(leaked) => failures.push(format!("{leaked} pool frames leaked")),
         Err(why) => failures.push(why),
     }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    verdict(failures)
 }

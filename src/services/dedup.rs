@@ -356,9 +356,10 @@ impl DedupService {
     }
 }
 
-/// Prints dedup counters as STAT lines, each name after `prefix`.
-pub fn print_counters(s: &DedupStats, prefix: &str) {
-    let lines = [
+/// The counters that have a KSM name (as in `/sys/kernel/mm/ksm`), under that name: for the
+/// STAT lines and the console's `ksm` answer alike.
+pub fn ksm_counters(s: &DedupStats) -> [(&'static str, u64); 7] {
+    [
         ("pages_shared", s.pages_shared),
         ("pages_sharing", s.pages_sharing),
         ("pages_unshared", s.pages_unshared),
@@ -366,6 +367,12 @@ pub fn print_counters(s: &DedupStats, prefix: &str) {
         ("full_scans", s.full_scans),
         ("zero_pages_merged", s.zero_pages_merged),
         ("cow_breaks", s.cow_breaks),
+    ]
+}
+
+/// Prints dedup counters as STAT lines, each name after `prefix`.
+pub fn print_counters(s: &DedupStats, prefix: &str) {
+    let ours = [
         ("dedup_saved_frames", s.saved_frames()),
         ("dedup_merges", s.merges),
         ("dedup_merge_failures", s.merge_failures),
@@ -373,7 +380,7 @@ pub fn print_counters(s: &DedupStats, prefix: &str) {
         ("dedup_metadata_bytes", s.metadata_bytes),
         ("dedup_metadata_bytes_per_page", s.metadata_bytes_per_page()),
     ];
-    for (name, value) in lines {
+    for (name, value) in ksm_counters(s).into_iter().chain(ours) {
         crate::println!("STAT {prefix}{name}={value}");
     }
 }

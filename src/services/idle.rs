@@ -148,12 +148,8 @@ fn round(context: &RoundContext<'_>) -> HookOutcome {
         return HookOutcome::default();
     }
     for entry in &mut state.vms {
-        // A VM that ended keeps the ages of its last interval.
-        let Some(vm) = context
-            .vms
-            .iter()
-            .find(|vm| vm.id == entry.vm_id && vm.outcome().is_none())
-        else {
+        // A VM that ended is aged on: until teardown its pages are the best swap victims.
+        let Some(vm) = context.vms.iter().find(|vm| vm.id == entry.vm_id) else {
             continue;
         };
         if SEEN[entry.vm_id].load(Ordering::Acquire) == entry.tracker.passes() {

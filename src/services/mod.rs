@@ -20,6 +20,7 @@ pub mod idle;
 pub mod pressure;
 pub mod scenario;
 pub mod swap;
+mod verdict;
 pub mod view;
 
 use crate::arch::cp0;

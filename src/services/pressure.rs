@@ -13,6 +13,7 @@
 
 use super::idle::{self, IdleConfig};
 use super::swap::{self, SwapSetup};
+use super::verdict::{check, verdict};
 use crate::scenario::BootInfo;
 use crate::smp;
 use crate::vmm::scenarios::{
@@ -38,21 +39,6 @@ const AGE_CHUNK_PAGES: u64 = 4096;
 const SWAP_RESERVE_PERMILLE: u32 = 50;
 /// Largest error of the working-set estimate, per mille.
 const IDLE_TOLERANCE_PERMILLE: u64 = 50;
-
-/// Appends `what` to `failures` unless `ok`.
-fn check(failures: &mut Vec<String>, ok: bool, what: String) {
-    if !ok {
-        failures.push(what);
-    }
-}
-
-fn verdict(failures: Vec<String>) -> Result<(), String> {
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
-}
 
 /// The `swap` scenario (see the module notes).
 pub fn swap_scenario(info: &BootInfo) -> Result<(), String> {

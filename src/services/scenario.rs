@@ -2,6 +2,7 @@
 //! outsider that must share nothing).
 
 use super::dedup::{self, Measurement};
+use super::verdict::{check, verdict};
 use crate::scenario::BootInfo;
 use crate::smp;
 use crate::vmm::scenarios::{
@@ -27,13 +28,6 @@ fn all_filled(vms: &[Arc<Vm>]) -> bool {
                 .iter()
                 .any(|line| line.starts_with("memguest: dedup filled"))
     })
-}
-
-/// Appends `what` to `failures` unless `ok`.
-fn check(failures: &mut Vec<String>, ok: bool, what: String) {
-    if !ok {
-        failures.push(what);
-    }
 }
 
 /// Prints the measurement taken after [`DEDUP_SCANS`] full scans.
@@ -133,9 +127,5 @@ pub fn dedup_scenario(info: &BootInfo) -> Result<(), String> {
         leaked == 0,
         format!("{leaked} guest-pool frames leaked"),
     );
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    verdict(failures)
 }

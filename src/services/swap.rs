@@ -26,6 +26,7 @@ use alloc::vec::Vec;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::PAGE_SIZE;
+use hv_core::host_mem::PageState;
 use hv_core::swap_store::PlainSwap;
 use hv_services::swap::store::{FrameBackend, SharedSwap};
 use hv_services::swap::{SwapConfig, SwapVm, Swapper};
@@ -304,6 +305,28 @@ pub fn write_report(out: &mut dyn Write) -> fmt::Result {
 
 /// Prints the STAT lines.
 pub fn print_stats() {
+    // Pages out per VM, from the page states (the counters are the shared layer's).
+    // Lock order: idle, then this service, then the host layer.
+    let per_vm: Vec<(String, usize)> = idle::with_trackers(|trackers| {
+        let host = super::host().lock();
+        trackers
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| {
+                let out = entry
+                    .tracker
+                    .backings()
+                    .filter_map(|b| host.pages_of(b).ok())
+                    .flatten()
+                    .filter(|p| matches!(p, PageState::SwappedOut(_)))
+                    .count();
+                (entry.name.clone(), out)
+            })
+            .collect()
+    });
+    for (name, out) in &per_vm {
+        crate::println!("STAT swap_{name}_pages_out={out}");
+    }
     let slot = SWAP.lock();
     let Some(service) = slot.as_ref() else {
         return;

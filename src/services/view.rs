@@ -165,19 +165,13 @@ impl OperatorView for ServicesView {
         let Some(s) = dedup::live_stats() else {
             return writeln!(out, "dedup is not running");
         };
-        for (name, value) in [
-            ("pages_shared", s.pages_shared),
-            ("pages_sharing", s.pages_sharing),
-            ("pages_unshared", s.pages_unshared),
-            ("pages_volatile", s.pages_volatile),
-            ("full_scans", s.full_scans),
-            ("zero_pages_merged", s.zero_pages_merged),
-            ("cow_breaks", s.cow_breaks),
+        let ours = [
             ("merges", s.merges),
             ("merge_failures", s.merge_failures),
             ("pages_skipped", s.pages_skipped),
             ("metadata_bytes", s.metadata_bytes),
-        ] {
+        ];
+        for (name, value) in dedup::ksm_counters(&s).into_iter().chain(ours) {
             writeln!(out, "{name} {value}")?;
         }
         Ok(())

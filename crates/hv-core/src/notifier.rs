@@ -67,6 +67,24 @@ pub trait MmuNotifier {
     fn test_young(&self, backing: BackingId, page: u64) -> bool;
 }
 
+/// The notifier of host memory that no guest maps: every change has nothing to invalidate and
+/// no page is young. For host-side users that run without a VM (tests of the host layer and
+/// of the services on it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoGuestMappings;
+
+impl MmuNotifier for NoGuestMappings {
+    fn invalidate_range_start(&self, _: BackingId, _: Range<u64>) {}
+    fn invalidate_range_end(&self, _: BackingId, _: Range<u64>) {}
+    fn set_entry(&self, _: BackingId, _: u64, _: HostEntry) {}
+    fn clear_young(&self, _: BackingId, _: Range<u64>) -> bool {
+        false
+    }
+    fn test_young(&self, _: BackingId, _: u64) -> bool {
+        false
+    }
+}
+
 /// The invalidation sequence number and in-progress count of one VM.
 #[derive(Debug)]
 pub struct NotifierSeq {

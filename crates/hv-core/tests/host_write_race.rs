@@ -8,7 +8,6 @@
 //! end every page must hold exactly the last value written to it.
 #![cfg(not(loom))]
 
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,7 +15,7 @@ use hv_core::addr::Hfn;
 use hv_core::frame_pool::{FramePool, VecFrameMemory};
 use hv_core::host_mem::HostMem;
 use hv_core::memslot::BackingId;
-use hv_core::notifier::{HostEntry, MmuNotifier};
+use hv_core::notifier::NoGuestMappings;
 
 const POOL_BASE: Hfn = Hfn::new(0x4000);
 const FRAMES: usize = 32;
@@ -27,21 +26,6 @@ const WRITES: u64 = 5_000;
 const MOVES: u64 = 20;
 /// Upper bound on writes, so a mover that never gets to run fails the test instead of hanging.
 const WRITES_MAX: u64 = 5_000_000;
-
-/// No guest maps these pages: the race is between host-side users only.
-struct NoGuest;
-
-impl MmuNotifier for NoGuest {
-    fn invalidate_range_start(&self, _: BackingId, _: Range<u64>) {}
-    fn invalidate_range_end(&self, _: BackingId, _: Range<u64>) {}
-    fn set_entry(&self, _: BackingId, _: u64, _: HostEntry) {}
-    fn clear_young(&self, _: BackingId, _: Range<u64>) -> bool {
-        false
-    }
-    fn test_young(&self, _: BackingId, _: u64) -> bool {
-        false
-    }
-}
 
 fn read_word(host: &HostMem<VecFrameMemory>, backing: BackingId, page: u64) -> u64 {
     let mut word = [0u8; 8];
@@ -74,10 +58,14 @@ fn host_writes_survive_concurrent_merges_and_swap_outs() {
             while !done.load(Ordering::Acquire) {
                 let a = next(&mut seed) % PAGES;
                 let b = next(&mut seed) % PAGES;
-                if host.merge(&NoGuest, (backing, a), (backing, b)).unwrap() {
+                if host
+                    .merge(&NoGuestMappings, (backing, a), (backing, b))
+                    .unwrap()
+                {
                     merges.fetch_add(1, Ordering::Relaxed);
                 }
-                if next(&mut seed).is_multiple_of(4) && host.swap_out(&NoGuest, backing, a).unwrap()
+                if next(&mut seed).is_multiple_of(4)
+                    && host.swap_out(&NoGuestMappings, backing, a).unwrap()
                 {
                     swap_outs.fetch_add(1, Ordering::Relaxed);
                 }
@@ -95,7 +83,7 @@ fn host_writes_survive_concurrent_merges_and_swap_outs() {
         let page = next(&mut seed) % PAGES;
         // Few distinct values: pages keep becoming identical, so merges keep happening.
         let value = next(&mut seed) % 3 + 1;
-        host.write(&NoGuest, backing, page, 0, &value.to_le_bytes())
+        host.write(&NoGuestMappings, backing, page, 0, &value.to_le_bytes())
             .unwrap();
         expected[page as usize] = value;
         assert_eq!(
@@ -122,7 +110,7 @@ fn host_writes_survive_concurrent_merges_and_swap_outs() {
         swap_outs.load(Ordering::Relaxed)
     );
 
-    host.remove_backing(&NoGuest, backing).unwrap();
+    host.remove_backing(&NoGuestMappings, backing).unwrap();
     let host = Arc::try_unwrap(host).unwrap_or_else(|_| panic!("host still shared"));
     assert_eq!(host.into_pool().allocated_count(), 0, "frames leaked");
 }

@@ -25,6 +25,8 @@ extern crate alloc;
 pub mod bus;
 pub mod console_log;
 pub mod irq;
+#[cfg(any(test, feature = "test-driver"))]
+pub mod test_driver;
 pub mod uart16550;
 pub mod virtio_balloon;
 pub mod virtio_mmio;

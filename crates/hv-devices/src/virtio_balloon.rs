@@ -412,7 +412,8 @@ mod tests {
     use super::*;
     use crate::bus::MmioDevice;
     use crate::irq::LatchedLine;
-    use crate::virtio_mmio::{regs, status, VirtioMmio, VIRTIO_F_VERSION_1};
+    use crate::test_driver::{bring_up, desc, kick, queue_base, write_reg as w};
+    use crate::virtio_mmio::{regs, status, VirtioMmio};
     use crate::virtqueue::{read_u16, VecMemory, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
     use crate::Width;
     use alloc::collections::BTreeSet;
@@ -485,15 +486,6 @@ mod tests {
     const RAM_PAGES: u64 = 64;
     const DATA: u64 = 0x2_0000;
 
-    /// Queue `q` lives at 0x4000 * (q + 1): descriptors, then avail at +0x1000, used at +0x2000.
-    fn queue_base(q: u16) -> u64 {
-        0x4000 * (u64::from(q) + 1)
-    }
-
-    fn w(d: &mut Dev, offset: u64, value: u32) {
-        d.write(offset, Width::Word, u64::from(value)).unwrap();
-    }
-
     fn r(d: &mut Dev, offset: u64) -> u32 {
         d.read(offset, Width::Word).unwrap() as u32
     }
@@ -506,52 +498,12 @@ mod tests {
         });
         let mem = VecMemory::new(Gpa::new(0), 0x4_0000);
         let mut d = VirtioMmio::new(balloon, mem, LatchedLine::default()).unwrap();
-        w(&mut d, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let all = features | VIRTIO_F_VERSION_1;
-        w(&mut d, regs::DRIVER_FEATURES_SEL, 0);
-        w(&mut d, regs::DRIVER_FEATURES, all as u32);
-        w(&mut d, regs::DRIVER_FEATURES_SEL, 1);
-        w(&mut d, regs::DRIVER_FEATURES, (all >> 32) as u32);
-        w(
-            &mut d,
-            regs::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        for q in 0..queues {
-            let base = queue_base(q);
-            w(&mut d, regs::QUEUE_SEL, u32::from(q));
-            w(&mut d, regs::QUEUE_NUM, 16);
-            w(&mut d, regs::QUEUE_DESC_LOW, base as u32);
-            w(&mut d, regs::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
-            w(&mut d, regs::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
-            w(&mut d, regs::QUEUE_READY, 1);
-        }
-        let s = r(&mut d, regs::STATUS);
-        w(&mut d, regs::STATUS, s | status::DRIVER_OK);
-        assert!(d.is_active(), "{:?}", d.last_error());
+        bring_up(&mut d, features, queues);
         d
     }
 
     fn put(d: &mut Dev, gpa: u64, data: &[u8]) {
         d.memory_mut().write(Gpa::new(gpa), data).unwrap();
-    }
-
-    fn desc(d: &mut Dev, q: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        put(d, queue_base(q) + 16 * u64::from(i), &b);
-    }
-
-    /// Makes chain `head` available on queue `q` and notifies.
-    fn kick(d: &mut Dev, q: u16, head: u16) {
-        let avail = queue_base(q) + 0x1000;
-        let idx = read_u16(d.memory(), Gpa::new(avail + 2)).unwrap();
-        put(d, avail + 4 + 2 * u64::from(idx % 16), &head.to_le_bytes());
-        put(d, avail + 2, &idx.wrapping_add(1).to_le_bytes());
-        w(d, regs::QUEUE_NOTIFY, u32::from(q));
     }
 
     fn used_idx(d: &Dev, q: u16) -> u16 {

@@ -18,6 +18,7 @@ const DEMO: &[u8] = include_bytes!("fixtures/demo.dtb");
 const MEMGUEST: &[u8] = include_bytes!("fixtures/memguest.dtb");
 const MEMGUEST_SMOKE: &[u8] = include_bytes!("fixtures/memguest-smoke.dtb");
 const GUESTS_VCPUS: &[u8] = include_bytes!("fixtures/guests-vcpus.dtb");
+const DEDUP_VCPUS: &[u8] = include_bytes!("fixtures/dedup-vcpus.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -33,6 +34,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("memguest", MEMGUEST),
     ("memguest-smoke", MEMGUEST_SMOKE),
     ("guests-vcpus", GUESTS_VCPUS),
+    ("dedup-vcpus", DEDUP_VCPUS),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
@@ -153,6 +155,13 @@ fn guests_vcpus_layout_has_a_two_vcpu_vm() {
     let layout = VmLayout::parse(GUESTS_VCPUS).unwrap();
     let vcpus: Vec<u32> = layout.vms.iter().map(|vm| vm.vcpus).collect();
     assert_eq!(vcpus, [2, 1, 1]);
+    let dedup: Vec<u32> = VmLayout::parse(DEDUP_VCPUS)
+        .unwrap()
+        .vms
+        .iter()
+        .map(|vm| vm.vcpus)
+        .collect();
+    assert_eq!(dedup, [2, 1, 1, 1, 1]);
 }
 
 /// Every configs/*.dts has a committed fixture listed in `ALL`.

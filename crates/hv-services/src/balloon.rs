@@ -566,9 +566,10 @@ mod tests {
     use hv_core::memslot::SlotFlags;
     use hv_devices::bus::MmioDevice;
     use hv_devices::irq::LatchedLine;
+    use hv_devices::test_driver::{bring_up, desc, kick};
     use hv_devices::virtio_balloon::{config, F_DEFLATE_ON_OOM, F_REPORTING, MAX_PFNS_PER_CHAIN};
-    use hv_devices::virtio_mmio::{regs, status, VIRTIO_F_VERSION_1};
-    use hv_devices::virtqueue::{read_u16, VecMemory, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
+    use hv_devices::virtio_mmio::regs;
+    use hv_devices::virtqueue::{VecMemory, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE};
     use hv_devices::Width;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::thread;
@@ -638,64 +639,14 @@ mod tests {
     /// Where the test driver puts PFN arrays in its ring memory.
     const DATA: u64 = 0x2_0000;
 
-    fn queue_base(q: u16) -> u64 {
-        0x4000 * (u64::from(q) + 1)
-    }
-
-    fn w(d: &mut Dev, offset: u64, value: u32) {
-        d.write(offset, Width::Word, u64::from(value)).unwrap();
-    }
-
     /// A balloon for `vm` whose driver negotiated `features` and set up `queues` queues.
     fn device(vm: &Arc<TestVm>, features: u64, queues: u16) -> Dev {
         let balloon = VirtioBalloon::new(VmBalloon::new(vm.clone()));
         // Ring memory covers the RAM slot too, as guest RAM would.
         let rings = VecMemory::new(Gpa::new(0), 0x20_0000);
         let mut d = VirtioMmio::new(balloon, rings, LatchedLine::default()).unwrap();
-        w(&mut d, regs::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        let all = features | VIRTIO_F_VERSION_1;
-        w(&mut d, regs::DRIVER_FEATURES_SEL, 0);
-        w(&mut d, regs::DRIVER_FEATURES, all as u32);
-        w(&mut d, regs::DRIVER_FEATURES_SEL, 1);
-        w(&mut d, regs::DRIVER_FEATURES, (all >> 32) as u32);
-        w(
-            &mut d,
-            regs::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        for q in 0..queues {
-            let base = queue_base(q);
-            w(&mut d, regs::QUEUE_SEL, u32::from(q));
-            w(&mut d, regs::QUEUE_NUM, 16);
-            w(&mut d, regs::QUEUE_DESC_LOW, base as u32);
-            w(&mut d, regs::QUEUE_DRIVER_LOW, (base + 0x1000) as u32);
-            w(&mut d, regs::QUEUE_DEVICE_LOW, (base + 0x2000) as u32);
-            w(&mut d, regs::QUEUE_READY, 1);
-        }
-        let s = d.read(regs::STATUS, Width::Word).unwrap() as u32;
-        w(&mut d, regs::STATUS, s | status::DRIVER_OK);
-        assert!(d.is_active(), "{:?}", d.last_error());
+        bring_up(&mut d, features, queues);
         d
-    }
-
-    fn desc(d: &mut Dev, q: u16, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&addr.to_le_bytes());
-        b[8..12].copy_from_slice(&len.to_le_bytes());
-        b[12..14].copy_from_slice(&flags.to_le_bytes());
-        b[14..].copy_from_slice(&next.to_le_bytes());
-        let at = Gpa::new(queue_base(q) + 16 * u64::from(i));
-        d.memory_mut().write(at, &b).unwrap();
-    }
-
-    fn kick(d: &mut Dev, q: u16, head: u16) {
-        let avail = queue_base(q) + 0x1000;
-        let idx = read_u16(d.memory(), Gpa::new(avail + 2)).unwrap();
-        let slot = Gpa::new(avail + 4 + 2 * u64::from(idx % 16));
-        d.memory_mut().write(slot, &head.to_le_bytes()).unwrap();
-        let next = idx.wrapping_add(1).to_le_bytes();
-        d.memory_mut().write(Gpa::new(avail + 2), &next).unwrap();
-        w(d, regs::QUEUE_NOTIFY, u32::from(q));
     }
 
     /// Sends guest frames `gfns` as one PFN array on queue `q` (0 inflate, 1 deflate).

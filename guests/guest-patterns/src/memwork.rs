@@ -275,6 +275,45 @@ impl<'a> VersionBook<'a> {
     }
 }
 
+/// The bound of a wait for a service counter: guest Count ticks (32 bits, wrapping) and
+/// yields, whichever runs out first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitBudget {
+    max_ticks: u64,
+    max_yields: u64,
+    last_count: u32,
+    /// Count ticks spent so far.
+    pub ticks: u64,
+    /// Yields taken so far.
+    pub yields: u64,
+}
+
+impl WaitBudget {
+    /// A wait starting at Count value `count`.
+    pub fn new(max_ticks: u64, max_yields: u64, count: u32) -> Self {
+        WaitBudget {
+            max_ticks,
+            max_yields,
+            last_count: count,
+            ticks: 0,
+            yields: 0,
+        }
+    }
+
+    /// Adds the time up to Count value `count` (read less than one wrap after the last
+    /// one); true while budget is left, i.e. the caller may yield once more.
+    pub fn tick(&mut self, count: u32) -> bool {
+        self.ticks += u64::from(count.wrapping_sub(self.last_count));
+        self.last_count = count;
+        self.ticks < self.max_ticks && self.yields < self.max_yields
+    }
+
+    /// Records one yield.
+    pub fn yielded(&mut self) {
+        self.yields += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,5 +478,25 @@ mod tests {
         assert_eq!((book.expected(2), book.expected(1)), (2, 0));
         book.versions[3] = u32::MAX;
         assert_eq!(book.bump(3), 1, "wraps past 0");
+    }
+
+    #[test]
+    fn wait_budget_adds_up_wrapping_count() {
+        let mut w = WaitBudget::new(1_000, 100, u32::MAX - 9);
+        assert!(w.tick(u32::MAX));
+        assert_eq!(w.ticks, 9);
+        assert!(w.tick(490), "wrapped: 491 more ticks");
+        assert_eq!(w.ticks, 500);
+        assert!(w.tick(980));
+        assert!(!w.tick(1_500), "1510 ticks is past the budget");
+        assert_eq!(w.ticks, 1_510);
+        // Yields run out on their own even if Count stands still.
+        let mut w = WaitBudget::new(1_000, 3, 7);
+        for _ in 0..3 {
+            assert!(w.tick(7));
+            w.yielded();
+        }
+        assert!(!w.tick(7));
+        assert_eq!((w.ticks, w.yields), (0, 3));
     }
 }

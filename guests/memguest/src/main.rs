@@ -21,8 +21,8 @@
 #![no_main]
 
 use guest_patterns::memwork::{
-    self, PageFill, PageSpan, StressLayout, StressOp, StressRng, VersionBook, PAGE_BYTES,
-    PAGE_WORDS,
+    self, PageFill, PageSpan, StressLayout, StressOp, StressRng, VersionBook, WaitBudget,
+    PAGE_BYTES, PAGE_WORDS,
 };
 use guest_rt::hypercall::{self, HypercallError, VmInfoKey};
 use guest_rt::{cp0, println};
@@ -207,41 +207,26 @@ fn counter(key: VmInfoKey) -> u64 {
     hypercall::vm_info(key).unwrap_or(0)
 }
 
-/// How a wait for a service counter went.
-#[derive(Debug, Clone, Copy)]
-struct Waited {
-    /// The counter's last value.
-    value: u64,
-    /// Yields taken.
-    yields: u64,
-    /// Count ticks spent.
-    ticks: u64,
-}
-
 /// Yields until counter `key` reached `target`, doing `between` before each yield.
-/// `Err` if [`WAIT_MAX_TICKS`] of Count or [`WAIT_MAX_YIELDS`] yields went by first.
-fn wait_for(key: VmInfoKey, target: u64, mut between: impl FnMut()) -> Result<Waited, Waited> {
-    let mut waited = Waited {
-        value: 0,
-        yields: 0,
-        ticks: 0,
-    };
-    let mut last = cp0::count();
+/// Returns the counter's last value and the budget spent; `Err` if [`WAIT_MAX_TICKS`] of
+/// Count or [`WAIT_MAX_YIELDS`] yields went by first.
+fn wait_for(
+    key: VmInfoKey,
+    target: u64,
+    mut between: impl FnMut(),
+) -> Result<(u64, WaitBudget), (u64, WaitBudget)> {
+    let mut budget = WaitBudget::new(WAIT_MAX_TICKS, WAIT_MAX_YIELDS, cp0::count());
     loop {
-        waited.value = counter(key);
-        if waited.value >= target {
-            return Ok(waited);
+        let value = counter(key);
+        if value >= target {
+            return Ok((value, budget));
         }
-        // Count is 32 bits: add up the (wrapping) steps.
-        let now = cp0::count();
-        waited.ticks += u64::from(now.wrapping_sub(last));
-        last = now;
-        if waited.ticks >= WAIT_MAX_TICKS || waited.yields >= WAIT_MAX_YIELDS {
-            return Err(waited);
+        if !budget.tick(cp0::count()) {
+            return Err((value, budget));
         }
         between();
         let _ = hypercall::yield_now();
-        waited.yields += 1;
+        budget.yielded();
     }
 }
 
@@ -276,13 +261,13 @@ fn dedup(env: &Env, seed: u64) -> u64 {
     let start = counter(VmInfoKey::DedupFullScans);
     let waited = wait_for(VmInfoKey::DedupFullScans, start + DEDUP_SCANS_WANTED, || {});
     match waited {
-        Ok(w) => println!(
-            "memguest: dedup full scans {start} -> {} after {} yields",
-            w.value, w.yields
+        Ok((now, w)) => println!(
+            "memguest: dedup full scans {start} -> {now} after {} yields",
+            w.yields
         ),
-        Err(w) => println!(
-            "memguest: FAIL gave up waiting for dedup full scans: {start} -> {} after {} yields, {} Mticks (want +{DEDUP_SCANS_WANTED}); is dedup running?",
-            w.value, w.yields, w.ticks / 1_000_000
+        Err((now, w)) => println!(
+            "memguest: FAIL gave up waiting for dedup full scans: {start} -> {now} after {} yields, {} Mticks (want +{DEDUP_SCANS_WANTED}); is dedup running?",
+            w.yields, w.ticks / 1_000_000
         ),
     }
     let mut written = 0u64;
@@ -375,13 +360,10 @@ fn idle(env: &Env, pages: u64) -> u64 {
         loops += 1;
     });
     match waited {
-        Ok(w) => println!(
-            "memguest: idle passes {start} -> {} after {loops} loops",
-            w.value
-        ),
-        Err(w) => println!(
-            "memguest: FAIL gave up waiting for idle passes: {start} -> {} after {} yields, {} Mticks (want +{IDLE_PASSES_WANTED}); is idle tracking running?",
-            w.value, w.yields, w.ticks / 1_000_000
+        Ok((now, _)) => println!("memguest: idle passes {start} -> {now} after {loops} loops"),
+        Err((now, w)) => println!(
+            "memguest: FAIL gave up waiting for idle passes: {start} -> {now} after {} yields, {} Mticks (want +{IDLE_PASSES_WANTED}); is idle tracking running?",
+            w.yields, w.ticks / 1_000_000
         ),
     }
     let bad = verify_all(env, "idle", |page| memwork::idle_fill(vm, page));

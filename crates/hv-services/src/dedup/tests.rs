@@ -2,23 +2,8 @@
 //! notifier is silent; the scenario tests use real VMs).
 
 use super::*;
-use core::ops::Range;
 use hv_core::frame_pool::{FramePool, VecFrameMemory};
-use hv_core::notifier::HostEntry;
-
-struct Quiet;
-
-impl MmuNotifier for Quiet {
-    fn invalidate_range_start(&self, _: BackingId, _: Range<u64>) {}
-    fn invalidate_range_end(&self, _: BackingId, _: Range<u64>) {}
-    fn set_entry(&self, _: BackingId, _: u64, _: HostEntry) {}
-    fn clear_young(&self, _: BackingId, _: Range<u64>) -> bool {
-        false
-    }
-    fn test_young(&self, _: BackingId, _: u64) -> bool {
-        false
-    }
-}
+use hv_core::notifier::NoGuestMappings;
 
 fn host(frames: usize) -> HostMem<VecFrameMemory> {
     let base = Hfn::new(0x1000);
@@ -31,7 +16,7 @@ fn host(frames: usize) -> HostMem<VecFrameMemory> {
 
 /// Fills a page with `byte` (0 makes it resident and zero).
 fn fill(host: &HostMem<VecFrameMemory>, b: BackingId, page: u64, byte: u8) {
-    host.write(&Quiet, b, page, 0, &[byte; FRAME_BYTES])
+    host.write(&NoGuestMappings, b, page, 0, &[byte; FRAME_BYTES])
         .unwrap();
 }
 
@@ -60,19 +45,19 @@ fn checksum_gate_waits_one_full_scan_and_stops_volatile_pages() {
     }
     let mut dedup = Dedup::new(config(3)).unwrap();
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
-    dedup.full_scans(&host, &Quiet, 1).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 1).unwrap();
     let s = dedup.stats(&host);
     assert_eq!((s.merges, s.pages_sharing, s.full_scans), (0, 0, 1));
     assert!(matches!(frame(&host, b, 0), PageState::Private(_)));
     // Page 3 changes between the scans: volatile, not a candidate.
     fill(&host, b, 3, 8);
-    dedup.full_scans(&host, &Quiet, 1).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 1).unwrap();
     let s = dedup.stats(&host);
     assert_eq!(s.pages_volatile, 1);
     assert_eq!((s.pages_shared, s.pages_sharing), (1, 2));
     assert!(matches!(frame(&host, b, 3), PageState::Private(_)));
     // Stable again at the next scan: it is a candidate, but has no partner.
-    dedup.full_scans(&host, &Quiet, 1).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 1).unwrap();
     let s = dedup.stats(&host);
     assert_eq!((s.pages_volatile, s.pages_unshared), (0, 1));
     assert!(matches!(frame(&host, b, 3), PageState::Private(_)));
@@ -88,7 +73,7 @@ fn unstable_match_makes_a_stable_frame_that_later_pages_join() {
     fill(&host, b, 3, 2);
     let mut dedup = Dedup::new(config(64)).unwrap();
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     let PageState::Shared(h) = frame(&host, b, 0) else {
         panic!("page 0 not merged")
     };
@@ -103,7 +88,7 @@ fn unstable_match_makes_a_stable_frame_that_later_pages_join() {
     );
     // A page filled later with the same bytes joins the stable frame (no partner needed).
     fill(&host, b, 5, 1);
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     assert_eq!(frame(&host, b, 5), PageState::Shared(h));
     let mut buf = [0u8; 4];
     host.read(b, 5, 100, &mut buf).unwrap();
@@ -123,7 +108,7 @@ fn sharing_limit_caps_each_frame() {
     })
     .unwrap();
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
-    dedup.full_scans(&host, &Quiet, 3).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 3).unwrap();
     let st = host.lock();
     let mut frames: Vec<Hfn> = (0..5)
         .filter_map(|p| match st.page(b, p).unwrap() {
@@ -152,7 +137,7 @@ fn zero_pages_go_to_one_zero_frame_and_are_counted_apart() {
     fill(&host, b, 4, 3);
     let mut dedup = Dedup::new(config(64)).unwrap();
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     let PageState::Shared(z) = frame(&host, b, 0) else {
         panic!("zero page not merged")
     };
@@ -177,7 +162,7 @@ fn zero_pages_go_to_one_zero_frame_and_are_counted_apart() {
     })
     .unwrap();
     plain.add_vm(&host2, VmId(0), None, &[b2]).unwrap();
-    plain.full_scans(&host2, &Quiet, 2).unwrap();
+    plain.full_scans(&host2, &NoGuestMappings, 2).unwrap();
     let s = plain.stats(&host2);
     assert_eq!((s.zero_pages_merged, s.pages_sharing), (0, 2));
     assert_eq!((s.zero_frames, s.saved_frames()), (0, 2));
@@ -228,7 +213,7 @@ fn trust_groups_share_and_outsiders_never_do() {
     dedup
         .add_vm(&host, VmId(3), Some(TrustGroup(2)), &[backings[3]])
         .unwrap();
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     let frames_of = |b: BackingId| -> Vec<Hfn> {
         let st = host.lock();
         (0..3)
@@ -293,17 +278,20 @@ fn registration_errors_and_clean_release() {
         fill(&host, b, 0, 5);
         fill(&host, b, 1, 5);
     }
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     assert_eq!(dedup.stats(&host).pages_sharing, 2);
     assert!(dedup.stats(&host).metadata_bytes_per_page() > 0);
     dedup.remove_vm(VmId(0)).unwrap();
     dedup.release_all(&host).unwrap();
-    host.remove_backing(&Quiet, b0).unwrap();
-    host.remove_backing(&Quiet, b1).unwrap();
+    host.remove_backing(&NoGuestMappings, b0).unwrap();
+    host.remove_backing(&NoGuestMappings, b1).unwrap();
     assert_eq!(host.lock().pool().allocated_count(), 0, "no frame leaked");
     // Nothing tracked any more after removing VM 1 too: passes do nothing.
     dedup.remove_vm(VmId(1)).unwrap();
-    assert_eq!(dedup.scan_pass(&host, &Quiet), Ok(PassReport::default()));
+    assert_eq!(
+        dedup.scan_pass(&host, &NoGuestMappings),
+        Ok(PassReport::default())
+    );
 }
 
 #[test]
@@ -314,14 +302,14 @@ fn unused_stable_frames_are_let_go_at_the_end_of_a_full_scan() {
     fill(&host, b, 1, 4);
     let mut dedup = Dedup::new(config(64)).unwrap();
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
-    dedup.full_scans(&host, &Quiet, 2).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     assert_eq!(host.lock().pool().allocated_count(), 1);
     // Both pages written: both copy away (the service's reference keeps the frame shared).
     fill(&host, b, 0, 6);
     fill(&host, b, 1, 7);
     assert_eq!(host.lock().pool().allocated_count(), 3);
     assert_eq!(dedup.stats(&host).cow_breaks, 2);
-    dedup.full_scans(&host, &Quiet, 1).unwrap();
+    dedup.full_scans(&host, &NoGuestMappings, 1).unwrap();
     assert_eq!(
         host.lock().pool().allocated_count(),
         2,
