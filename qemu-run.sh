@@ -4,7 +4,8 @@
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
 #                 [--config NAME] [--initrd FILE] [--no-build] [-- extra QEMU arguments]
 #
-# Defaults: scenario boot, CPU MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
+# Defaults: scenario demo (every memory service, ending in a table of memory saved), CPU
+# MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
 # expected CPU count and RAM size reach the firmware on the boot command line (-append),
 # so no rebuild is needed to switch. Missing packages are installed on Debian 12.
 set -euo pipefail
@@ -13,13 +14,13 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tools/deps.sh
 . "$ROOT/tools/deps.sh"
 
-SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench svc-bench balloon dedup swap idle)
+SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench svc-bench balloon dedup swap idle stress demo)
 CPUS=(MIPS64R2-generic 5KEc Loongson-3A4000 Octeon68XX)
 
 usage() {
     cat <<USAGE
 usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
-  --scenario NAME   one of: ${SCENARIOS[*]} (default boot)
+  --scenario NAME   one of: ${SCENARIOS[*]} (default demo)
   --cpu MODEL       one of: ${CPUS[*]} (default MIPS64R2-generic)
   --smp N           CPUs, 1..8 (default 2)
   --mem MiB         RAM in MiB, 64..2048 (default 512)
@@ -45,7 +46,7 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO=boot CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
+SCENARIO=demo CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -129,6 +129,17 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::services::pressure::idle_scenario,
     },
     Scenario {
+        name: "stress",
+        about:
+            "every memory service at aggressive rates under 10^6 verified guest memory operations",
+        run: crate::services::allin::stress,
+    },
+    Scenario {
+        name: "demo",
+        about: "a short run of every memory service, ending in a table of memory saved",
+        run: crate::services::allin::demo,
+    },
+    Scenario {
         name: "fault-selftest",
         about: "touches unmapped memory: the run must fail with an exception report",
         run: fault_selftest,

@@ -13,6 +13,7 @@
 //! scheduler runs on it only vCPUs that may run nowhere else); with one CPU, the scheduler
 //! runs a due round between two slices (see `vmm::sched`).
 
+pub mod allin;
 pub mod balloon;
 pub mod balloon_scenario;
 pub mod dedup;
@@ -44,6 +45,8 @@ pub type SharedHost = HostMem<FwFrameMemory>;
 pub const COUNT_TICKS_PER_US: u64 = 100;
 /// Frames the default pool leaves to the frame allocator (GPA tables, other uses).
 const POOL_RESERVE_FRAMES: usize = 2048;
+/// Count ticks `finish` waits for other CPUs to let go of a VM (1 s).
+const TEARDOWN_WAIT_TICKS: u32 = 100_000_000;
 /// Fewest rounds between two `STAT sample` lines (keeps a busy run readable).
 const SAMPLE_EVERY_ROUNDS: u64 = 10;
 /// Largest default pool (its bookkeeping lives on the 8 MiB kernel heap: ~28 bytes a frame).
@@ -378,10 +381,23 @@ pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<u64, String> {
     for hook in &hooks {
         (hook.stop)(host);
     }
-    for vm in vms {
+    for mut vm in vms {
         let name = vm.name.clone();
-        let vm =
-            Arc::try_unwrap(vm).map_err(|_| format!("VM {name}: still referenced at teardown"))?;
+        // After a timeout another CPU may still be dropping the VM's last vCPU.
+        let start = cp0::count();
+        let vm = loop {
+            match Arc::try_unwrap(vm) {
+                Ok(vm) => break vm,
+                Err(shared) if cp0::count().wrapping_sub(start) < TEARDOWN_WAIT_TICKS => {
+                    vm = shared;
+                    // A vCPU whose slice ended after the timeout's drain went back to the
+                    // queue: nobody runs it any more.
+                    crate::vmm::sched::drain();
+                    core::hint::spin_loop();
+                }
+                Err(_) => return Err(format!("VM {name}: still referenced at teardown")),
+            }
+        };
         vm.teardown()
             .map_err(|why| format!("VM {name}: teardown: {why}"))?;
     }

@@ -77,12 +77,23 @@ fn memory_service_layouts_have_what_their_scenarios_need() {
     assert!(ram(SWAP).iter().sum::<u64>() > u64::from(pool_mib) << 20);
     // idle: one VM.
     assert_eq!(ram(IDLE).len(), 1);
-    // stress: at least 4 VMs that may all share pages.
+    // stress: at least 4 memguest VMs that may all share pages and a balloon guest.
     let stress = VmLayout::parse(STRESS).unwrap();
-    assert!(stress.vms.len() >= 4);
-    assert!(
-        (0..stress.vms.len()).all(|a| (0..stress.vms.len()).all(|b| stress.may_share_pages(a, b)))
-    );
+    let memguests: Vec<usize> = (0..stress.vms.len())
+        .filter(|&i| stress.vms[i].image == "memguest")
+        .collect();
+    assert!(memguests.len() >= 4);
+    assert!(memguests
+        .iter()
+        .all(|&a| memguests.iter().all(|&b| stress.may_share_pages(a, b))));
+    assert!(stress.vms.iter().any(|vm| vm.image == "balloonguest"));
+    assert!(stress.services.dedup);
+    // A pool no larger than the guests' RAM, so swap has to work.
+    let stress_pool = stress
+        .services
+        .guest_pool_mib
+        .expect("stress sizes its pool");
+    assert!(ram(STRESS).iter().sum::<u64>() >= u64::from(stress_pool) << 20);
     // balloon: a VM with a balloon device to inflate.
     let balloon = VmLayout::parse(BALLOON).unwrap();
     assert!(balloon.vms.iter().all(|vm| vm
@@ -93,7 +104,8 @@ fn memory_service_layouts_have_what_their_scenarios_need() {
     assert!(balloon.vms.iter().any(|vm| vm.balloon_target_mib.is_some()));
     // demo: a trust group and a VM outside it.
     let demo = VmLayout::parse(DEMO).unwrap();
-    let solo = demo.find("solo").unwrap();
+    let solo = demo.find("batch").unwrap();
+    assert!(demo.services.dedup);
     assert!(demo.may_share_pages(0, 1));
     assert!(!demo.may_share_pages(0, solo));
 }

@@ -826,6 +826,36 @@ mod tests {
         testvm::teardown_clean(vm);
     }
 
+    /// One chain over two memslots: each slot's pages are found and given back in their
+    /// own runs, and deflating outside a chain finds every page again.
+    #[test]
+    fn a_chain_across_two_memslots() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        let second = GfnRange::from_start_len(Gfn::new(0x800), 4).unwrap();
+        let b2 = vm.host().create_backing(4).unwrap();
+        vm.add_memslot(second, b2, 0, SlotFlags::empty()).unwrap();
+        let mut h = VmBalloon::new(vm.clone());
+        h.chain_start(QueueRole::Inflate);
+        for g in [RAM_GFN + 1, RAM_GFN + 2, 0x800, 0x801, RAM_GFN + 3] {
+            assert_eq!(h.inflate(Gfn::new(g)), Ok(()), "gfn {g:#x}");
+        }
+        assert_eq!(h.inflate(Gfn::new(0x801)), Err(PageRefused::Duplicate));
+        h.chain_end(QueueRole::Inflate);
+        assert_eq!(h.counters().runs_given_back, 3);
+        assert_eq!(h.counters().inflated_now, 5);
+        assert_eq!(vm.host().lock().page(b2, 1), Ok(PageState::Ballooned));
+        assert_eq!(vm.host().lock().page(b, 3), Ok(PageState::Ballooned));
+        assert!(!h.is_inflated(Gfn::new(0x802)) && !h.is_inflated(Gfn::new(RAM_GFN)));
+        for g in [RAM_GFN + 1, RAM_GFN + 2, RAM_GFN + 3, 0x800, 0x801] {
+            h.deflate(Gfn::new(g)).unwrap();
+        }
+        assert_eq!(h.deflate(Gfn::new(0x800)), Err(PageRefused::Duplicate));
+        assert_eq!(h.counters().inflated_now, 0);
+        vm.check_invariants().unwrap();
+        drop(h);
+        testvm::teardown_clean(vm);
+    }
+
     #[test]
     fn a_run_the_core_refuses_is_not_inflated_and_is_logged() {
         let (vm, b) = testvm::vm(FRAMES, RAM);
