@@ -11,6 +11,7 @@
 use super::balloon;
 use super::idle::{self, IdleConfig};
 use super::swap::{self, SwapSetup};
+use super::verdict::{check, verdict};
 use super::{HookOutcome, RoundContext};
 use crate::scenario::BootInfo;
 use crate::smp;
@@ -274,13 +275,6 @@ fn run_all_services(
     Ok(outcome)
 }
 
-/// Appends `what` to `failures` unless `ok`.
-fn check(failures: &mut Vec<String>, ok: bool, what: String) {
-    if !ok {
-        failures.push(what);
-    }
-}
-
 /// The checks both scenarios make.
 fn common_checks(o: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
@@ -340,11 +334,7 @@ pub fn stress(info: &BootInfo) -> Result<(), String> {
             o.swapped_out, o.swapped_in
         ),
     );
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    verdict(failures)
 }
 
 /// The `demo` scenario: every service on a small layout, then the table of memory saved.
@@ -385,9 +375,5 @@ pub fn demo(info: &BootInfo) -> Result<(), String> {
         o.dedup_merges > 0,
         String::from("dedup merged nothing"),
     );
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures.join("; "))
-    }
+    verdict(failures)
 }
