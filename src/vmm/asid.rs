@@ -13,6 +13,7 @@
 //! precisely) simply takes a fresh pair: entries under the old pair are dead from then on.
 
 use crate::arch::{tlb, MAX_CPUS};
+use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Mutex;
 
 /// Smallest ASID used for guests (0 is left to the host).
@@ -32,6 +33,10 @@ static CPU_ASIDS: [Mutex<CpuAsids>; MAX_CPUS] = [const {
         next: FIRST_GUEST_ASID,
     })
 }; MAX_CPUS];
+
+/// Each CPU's current generation, readable without the lock (only that CPU changes it, under
+/// the lock): the validity check runs before every guest entry.
+static CPU_GENERATION: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(1) }; MAX_CPUS];
 
 /// Generation rollovers (whole-TLB flushes) on every CPU together, for statistics.
 static ROLLOVERS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -60,7 +65,7 @@ impl AsidPair {
         self.cpu == cpu
             && self.vm_generation == vm_generation
             && self.local_generation == local_generation
-            && CPU_ASIDS[cpu].lock().generation == self.cpu_generation
+            && CPU_GENERATION[cpu].load(Ordering::Relaxed) == self.cpu_generation
     }
 }
 
@@ -78,8 +83,9 @@ pub fn ensure(
     let mut state = CPU_ASIDS[cpu].lock();
     if state.next + 2 > ASID_LIMIT {
         state.generation += 1;
+        CPU_GENERATION[cpu].store(state.generation, Ordering::Relaxed);
         state.next = FIRST_GUEST_ASID;
-        tlb::flush_all();
+        tlb::flush_unwired();
         crate::arch::guest::refill_cache_clear();
         ROLLOVERS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
     }

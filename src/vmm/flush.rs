@@ -54,6 +54,8 @@ struct FlushLog {
 struct FlushState {
     generation: AtomicU64,
     log: Mutex<FlushLog>,
+    /// `log.next`, readable without the lock (stored under it, before the tracker request).
+    log_next: AtomicU64,
     flushes: AtomicU64,
 }
 
@@ -97,6 +99,11 @@ impl FwRemoteFlush {
 
     /// Ranges logged since `*seen` (which is moved to the end of the log).
     pub fn pending_since(&self, seen: &mut u64) -> PendingFlush {
+        // The common case without the lock: nothing logged since. The append stored
+        // log_next before its tracker request, and the caller read this after enter_guest.
+        if self.state.log_next.load(Ordering::Acquire) == *seen {
+            return PendingFlush::Nothing;
+        }
         let log = self.state.log.lock();
         if *seen == log.next {
             return PendingFlush::Nothing;
@@ -126,6 +133,7 @@ impl RemoteFlush for FwRemoteFlush {
                 let mut log = self.state.log.lock();
                 let seq = log.next;
                 log.next += 1;
+                self.state.log_next.store(log.next, Ordering::Release);
                 log.ranges.push_back((seq, range));
                 if log.ranges.len() > LOG_CAPACITY {
                     log.ranges.pop_front();

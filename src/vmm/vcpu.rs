@@ -27,7 +27,6 @@ use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInf
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
-use hv_emul::regs::Gprs;
 use hv_emul::timer::GuestTimer;
 
 /// EntryLo.V.
@@ -97,6 +96,8 @@ pub struct Vcpu {
     last_exit: (u64, u32),
     repeats: u32,
     quiet_slices: u32,
+    /// The fast lane served a fault since the last look (counts as activity).
+    fast_served: bool,
 }
 
 impl core::fmt::Debug for Vcpu {
@@ -135,6 +136,7 @@ impl Vcpu {
             last_exit: (0, 0),
             repeats: 0,
             quiet_slices: 0,
+            fast_served: false,
         })
     }
 
@@ -194,7 +196,7 @@ impl Vcpu {
             {
                 self.cpu.pc = handler;
             }
-            self.ctx.gpr = *self.cpu.gprs.as_array();
+            guest::copy_gprs(&mut self.ctx.gpr, self.cpu.gprs.as_array());
             self.ctx.pc = self.cpu.pc;
             self.ctx.entry_status = guest::guest_entry_status();
             let tracker = flush::tracker();
@@ -223,17 +225,19 @@ impl Vcpu {
             }
             self.asids = Some(pair);
             self.ctx.entry_hi = u64::from(self.host_asid(pair));
-            guest::enter(&mut self.ctx);
+            guest::enter_with_fast_lane(self);
             tracker
                 .exit_guest(cpu)
                 .expect("CPU numbers are below MAX_CPUS");
-            self.cpu.gprs = Gprs::from_array(self.ctx.gpr);
+            self.cpu
+                .gprs
+                .copy_from_with(&self.ctx.gpr, guest::copy_gprs);
             self.cpu.pc = self.ctx.pc;
             VmStats::bump(&self.vm.stats.exits);
             if self.ctx.exit_kind == EXIT_REFILL {
                 VmStats::bump(&self.vm.stats.refill_exits);
             }
-            busy |= self.ctx.exit_cause & 0x7c != 0;
+            busy |= self.ctx.exit_cause & 0x7c != 0 || core::mem::take(&mut self.fast_served);
             if let Flow::End(end) = self.dispatch() {
                 self.quiet_slices = 0;
                 if end == SliceEnd::Yielded {
@@ -465,40 +469,32 @@ impl Vcpu {
         abi::translate_access(Gva::new(gva), cp0.mode(), cp0.asid(), &self.cpu.tlb, access)
     }
 
+    /// [`Self::translate`], plus the other page of the pair (`gva ^ 0x1000`) for a load if
+    /// valid, in one guest TLB lookup.
+    fn translate_with_buddy(
+        &self,
+        gva: u64,
+        access: Access,
+    ) -> Result<(GuestTranslation, Option<GuestTranslation>), GuestException> {
+        let cp0 = &self.cpu.cp0;
+        abi::translate_with_buddy(Gva::new(gva), cp0.mode(), cp0.asid(), &self.cpu.tlb, access)
+    }
+
     /// A guest memory access missed in the root TLB (or hit a clean/invalid half).
     fn memory_fault(&mut self, access: Access) -> Flow {
         let gva = self.ctx.exit_bad_vaddr;
-        let translation = match self.translate(gva, access) {
+        let (translation, buddy) = match self.translate_with_buddy(gva, access) {
             Ok(t) => t,
             Err(exception) => return self.reflect(exception),
         };
         match self.vm.map_page(translation.gpa, access == Access::Store) {
-            Ok((even, odd)) => {
-                let gfn = translation.gpa.frame();
-                let (pte, buddy_pte) = if gfn.is_odd() {
-                    (odd, even)
-                } else {
-                    (even, odd)
-                };
-                let lo = derived_entry_lo(pte.entrylo(), translation.writable);
-                if lo & ENTRY_LO_V == 0 {
+            Ok(pair) => {
+                if !self.install_derived(gva, &translation, buddy, pair, false) {
                     return self.stop(format!(
                         "memory core returned an invalid entry for GPA {:#x}",
                         translation.gpa.raw()
                     ));
                 }
-                // The other page of the root pair, when the guest maps it onto the other
-                // page of the GPA pair (the window, guest pages of 8 KiB and more) and the
-                // memory core has it young: one refill then serves both.
-                let buddy_lo = match self.translate(gva ^ 0x1000, Access::Load) {
-                    Ok(t) if t.gpa.frame() == gfn.buddy() => {
-                        Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
-                            .filter(|lo| lo & ENTRY_LO_V != 0)
-                    }
-                    _ => None,
-                };
-                let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
-                guest::install_guest_page(gva, asid, lo, buddy_lo);
                 Flow::Resume
             }
             Err(FaultError::NoMemslot | FaultError::ReadOnlyWrite) => {
@@ -521,6 +517,84 @@ impl Vcpu {
                 translation.gpa.raw()
             )),
         }
+    }
+
+    /// Writes the root-TLB entry for guest page `gva` from `translation` and the GPA entry
+    /// pair `map_page` returned. False (and nothing written) if the entry is not valid.
+    /// `buddy` is the guest's translation of the other page of the pair, if valid;
+    /// `known_absent` says the root TLB has no entry for the pair (a refill is being taken).
+    fn install_derived(
+        &self,
+        gva: u64,
+        translation: &GuestTranslation,
+        buddy: Option<GuestTranslation>,
+        (even, odd): hv_core::fault::PtePair,
+        known_absent: bool,
+    ) -> bool {
+        let gfn = translation.gpa.frame();
+        let (pte, buddy_pte) = if gfn.is_odd() {
+            (odd, even)
+        } else {
+            (even, odd)
+        };
+        let lo = derived_entry_lo(pte.entrylo(), translation.writable);
+        if lo & ENTRY_LO_V == 0 {
+            return false;
+        }
+        // The other page of the root pair, when the guest maps it onto the other page of
+        // the GPA pair (the window, guest pages of 8 KiB and more) and the memory core has
+        // it young: one refill then serves both.
+        let buddy_lo = match buddy {
+            Some(t) if t.gpa.frame() == gfn.buddy() => {
+                Some(derived_entry_lo(buddy_pte.entrylo(), t.writable))
+                    .filter(|lo| lo & ENTRY_LO_V != 0)
+            }
+            _ => None,
+        };
+        let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
+        guest::install_guest_page(gva, asid, lo, buddy_lo, known_absent);
+        true
+    }
+
+    /// The fast lane (arch::guest): serves a guest TLB exception on the exception path when
+    /// the guest's own translation allows the access and the GPA entry is present, with the
+    /// same root entry `memory_fault` would write. Anything else (a fault to reflect, a page
+    /// to fetch, MMIO) returns false and takes the general exit, which redoes it all.
+    ///
+    /// The CPU still counts as in the guest for the quiescence tracker meanwhile, exactly as
+    /// if the guest had run on: a flush that removes the GPA entry after it was read here
+    /// waits for this CPU's next real exit, and the entry written here is dropped from the
+    /// flush log before the guest is entered again. The MMU lock is the only lock taken, and
+    /// nobody waits for a flush while holding it.
+    fn fast_tlb(&mut self, refill: bool) -> bool {
+        let access = match (guest::exit_cause_now() >> 2) & 0x1f {
+            2 => Access::Load,
+            3 => Access::Store,
+            1 if !refill => Access::Store,
+            _ => return false,
+        };
+        let gva = guest::exit_bad_vaddr_now();
+        let Ok((translation, buddy)) = self.translate_with_buddy(gva, access) else {
+            return false;
+        };
+        let Some(pair) = self
+            .vm
+            .memory
+            .map_page_resident(translation.gpa, access == Access::Store)
+        else {
+            return false;
+        };
+        if !self.install_derived(gva, &translation, buddy, pair, refill) {
+            return false;
+        }
+        let stats = &self.vm.stats;
+        VmStats::bump(&stats.gpa_faults);
+        VmStats::bump(&stats.exits);
+        if refill {
+            VmStats::bump(&stats.refill_exits);
+        }
+        self.fast_served = true;
+        true
     }
 
     /// Address of the instruction that caused the exit (EPC, or EPC + 4 in a delay slot).
@@ -716,5 +790,15 @@ impl Vcpu {
         }
         self.vm.console_write(&bytes);
         Ok(len)
+    }
+}
+
+impl guest::FastLane for Vcpu {
+    fn context(&mut self) -> &mut GuestContext {
+        &mut self.ctx
+    }
+
+    fn serve_tlb_exception(&mut self, refill: bool) -> bool {
+        self.fast_tlb(refill)
     }
 }

@@ -300,31 +300,29 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> Vm<T, M, R> {
         self.map_page_slow(gfn, write)
     }
 
+    /// The fault handler's fast path alone: a present entry is made young (and dirty, on a
+    /// write it permits) and its pair returned; `None` when only the slow path can help. It
+    /// never calls into the host layer and never waits for a remote flush, so it may run
+    /// where waiting could deadlock (on a CPU's exception path while its guest still counts
+    /// as running for the quiescence tracker).
+    pub fn map_page_resident(&self, gpa: Gpa, write: bool) -> Option<PtePair> {
+        let gfn = gpa.frame();
+        if gfn >= GFN_LIMIT {
+            return None;
+        }
+        self.map_page_fast(gfn, write)
+    }
+
     /// The fast path: only a present entry, only under the MMU lock.
     fn map_page_fast(&self, gfn: Gfn, write: bool) -> Option<PtePair> {
-        let (pair, flush) = {
-            let mut mmu = self.mmu.lock();
-            let st = &mut *mmu;
-            let pte = st.table.lookup(gfn, &st.frames)?;
-            if write && !pte.is_writable() {
-                // Shared page to copy, or read-only slot: the slow path decides.
-                return None;
-            }
-            let update = st.table.update(gfn, &mut st.frames, |p| {
-                let p = p.mkyoung();
-                if write {
-                    p.mkdirty()
-                } else {
-                    p
-                }
-            })?;
-            if write {
-                st.slots.mark_dirty(gfn);
-            }
-            (st.table.pair(gfn, &st.frames), update.flush)
-        };
-        // Only bits were gained, so this is empty; applying keeps the obligation honest.
-        self.apply(flush);
+        let mut mmu = self.mmu.lock();
+        let st = &mut *mmu;
+        // Absent, or a write the entry does not permit (a shared page to copy, a read-only
+        // slot): the slow path decides. Only bits are gained here, so nothing needs a flush.
+        let pair = st.table.touch(gfn, &mut st.frames, write)?;
+        if write {
+            st.slots.mark_dirty(gfn);
+        }
         Some(pair)
     }
 

@@ -363,6 +363,37 @@ impl GpaTable {
         Some(PteUpdate { old, new, flush })
     }
 
+    /// The fault fast path's table work in one walk: makes the present entry for `gfn` young
+    /// (and dirty if `write`) and returns the even/odd pair holding it, updated. `None`, with
+    /// nothing changed, if the entry is absent or `write` is asked of an entry that does not
+    /// permit it. Only bits are gained, so no derived translation needs a flush.
+    pub fn touch(
+        &mut self,
+        gfn: Gfn,
+        frames: &mut impl TableFrames,
+        write: bool,
+    ) -> Option<(GpaPte, GpaPte)> {
+        let (leaf, index) = self.find_leaf(gfn, frames)?;
+        let table = frames.table_mut(leaf);
+        let old = GpaPte::from_table_word(table[index]);
+        if !old.is_present() || (write && !old.is_writable()) {
+            return None;
+        }
+        let new = if write {
+            old.mkyoung().mkdirty()
+        } else {
+            old.mkyoung()
+        };
+        debug_assert!(!old.flush_needed_for(new));
+        table[index] = new.raw();
+        // Both halves share a leaf table: TABLE_ENTRIES is even and the pair is aligned.
+        let even = index & !1;
+        Some((
+            GpaPte::from_table_word(table[even]),
+            GpaPte::from_table_word(table[even + 1]),
+        ))
+    }
+
     /// Removes every entry in `range`, freeing tables that become empty.
     pub fn unmap_range(&mut self, range: GfnRange, frames: &mut impl TableFrames) -> FlushToken {
         let stats = self.walk_range(range, frames, true, |_| GpaPte::NONE);
@@ -695,6 +726,31 @@ mod tests {
         let tok = t.set(Gfn::new(5), pte(102), &mut f).unwrap();
         assert_eq!(tok.defer(), FlushScope::Gfns(r(5, 6)));
         assert_eq!(t.present_count(), 1);
+        teardown(t, f);
+    }
+
+    #[test]
+    fn touch_makes_young_and_dirty_in_one_walk() {
+        let (mut t, mut f) = setup();
+        assert_eq!(t.touch(Gfn::new(7), &mut f, false), None);
+        t.set(Gfn::new(7), pte(200).mkwrite(), &mut f)
+            .unwrap()
+            .defer();
+        t.set(Gfn::new(6), pte(300), &mut f).unwrap().defer();
+        // A read: young only; the pair comes back with the even half first.
+        let (even, odd) = t.touch(Gfn::new(7), &mut f, false).unwrap();
+        assert_eq!(even, pte(300));
+        assert!(odd.is_young() && !odd.is_dirty());
+        assert_eq!(t.lookup(Gfn::new(7), &f), Some(odd));
+        // A write to a write-permitted page: dirty too, with D set.
+        let (_, odd) = t.touch(Gfn::new(7), &mut f, true).unwrap();
+        assert!(odd.is_young() && odd.is_dirty());
+        assert_eq!(odd, pte(200).mkwrite().mkyoung().mkdirty());
+        // A write the entry does not permit changes nothing.
+        assert_eq!(t.touch(Gfn::new(6), &mut f, true), None);
+        assert_eq!(t.lookup(Gfn::new(6), &f), Some(pte(300)));
+        // An absent neighbour in a present leaf.
+        assert_eq!(t.touch(Gfn::new(8), &mut f, false), None);
         teardown(t, f);
     }
 

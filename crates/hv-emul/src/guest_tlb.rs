@@ -60,6 +60,22 @@ impl TlbEntry {
         self.entry_hi as u8
     }
 
+    /// The guest physical address of `va` through this entry (which must match it) and
+    /// whether its half allows stores; `None` if that half is not valid.
+    pub fn translate_half(&self, va: u64) -> Option<(Gpa, bool)> {
+        let page_size = self.page_size();
+        let lo = self.entry_lo[usize::from(va & page_size != 0)];
+        if lo & ENTRY_LO_V == 0 {
+            return None;
+        }
+        let frame_base = ((lo >> 6) & PFN_MASK) << 12;
+        let offset_mask = page_size - 1;
+        Some((
+            Gpa::new((frame_base & !offset_mask) | (va & offset_mask)),
+            lo & ENTRY_LO_D != 0,
+        ))
+    }
+
     /// Whether this entry translates `va` for `asid`.
     pub fn matches(&self, va: u64, asid: u8) -> bool {
         let compare = VPN2_R_MASK & !self.page_mask;

@@ -68,6 +68,17 @@ impl Gprs {
         &self.0
     }
 
+    /// Replaces every register with `values` through `copy` (a block copy the caller
+    /// supplies, e.g. one tuned for the host); `$zero` is forced to 0 afterwards.
+    pub fn copy_from_with(
+        &mut self,
+        values: &[u64; 32],
+        copy: impl FnOnce(&mut [u64; 32], &[u64; 32]),
+    ) {
+        copy(&mut self.0, values);
+        self.0[0] = 0;
+    }
+
     /// Reads `reg`.
     pub fn get(&self, reg: Gpr) -> u64 {
         self.0[reg.index()]
@@ -97,6 +108,15 @@ pub const fn sign_extend32(value: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copy_from_with_keeps_zero_hardwired() {
+        let mut regs = Gprs::new();
+        let values: [u64; 32] = core::array::from_fn(|i| 100 + i as u64);
+        regs.copy_from_with(&values, |dst, src| *dst = *src);
+        assert_eq!(regs.as_array()[0], 0);
+        assert_eq!(regs.as_array()[1..], values[1..]);
+    }
 
     #[test]
     fn zero_register_ignores_writes() {

@@ -69,9 +69,11 @@ extern "C" fn rust_entry(
     }
 }
 
-/// Per-CPU hardware set-up that boot.s leaves to Rust: a clean TLB.
+/// Per-CPU hardware set-up that boot.s leaves to Rust: a clean TLB, then the wired mapping
+/// of this CPU's fast-lane area (the refill vector needs it from the first refill on).
 fn init_this_cpu() {
     tlb::flush_all();
+    super::percpu::install();
 }
 
 /// Lets the secondary CPUs leave boot.s. Called once by CPU 0 when console, vectors and

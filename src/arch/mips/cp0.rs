@@ -280,6 +280,16 @@ pub fn kseg0_cca() -> u8 {
     (config0() & 0x7) as u8
 }
 
+/// BadVAddr (CP0 8,0): the address of the last TLB or address-error exception.
+pub fn bad_vaddr() -> u64 {
+    read64::<8, 0>()
+}
+
+/// Cause (CP0 13,0) as a raw word.
+pub fn cause_raw() -> u32 {
+    read32::<13, 0>()
+}
+
 /// EntryHi (CP0 10,0): VPN2 and ASID of the entry being written or probed.
 pub fn entry_hi() -> u64 {
     read64::<10, 0>()
@@ -348,6 +358,17 @@ pub unsafe fn set_page_mask(value: u64) {
 pub unsafe fn set_index(value: u32) {
     // SAFETY: forwarded caller contract.
     unsafe { write32::<0, 0>(value) };
+    ehb();
+}
+
+/// Writes Context (CP0 4,0); only PTEBase (bits 63:23) is writable, BadVPN2 is the
+/// hardware's.
+///
+/// # Safety
+/// The XTLB refill vector relies on PTEBase being 0 (percpu.rs); nothing else reads it.
+pub unsafe fn set_context(value: u64) {
+    // SAFETY: forwarded caller contract.
+    unsafe { write64::<4, 0>(value) };
     ehb();
 }
 

@@ -7,11 +7,10 @@
 //! the context; the caller (the vCPU loop) decides what to do and calls it again.
 
 use super::cp0::{self, EntryLo, Status};
+use super::percpu;
 use super::tlb::TlbWindow;
-use super::{cpu_id, MAX_CPUS};
 use core::arch::global_asm;
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Guest registers and exit state, shared with guest.s (layout fixed by the offsets below).
 #[repr(C)]
@@ -40,7 +39,38 @@ pub struct GuestContext {
     pub exit_kind: u64,
     /// Host s0..s7, s8, gp, sp, ra and Status, saved by `run_guest`.
     host: [u64; 13],
+    /// The fast lane's handler (`fast_trampoline`), called by guest.s with the context and
+    /// the exit kind; 0 back means served.
+    fast_handler: u64,
+    /// The [`FastLane`] that owns this context, while it runs.
+    fast_arg: u64,
     _pad: u64,
+}
+
+/// Something that runs a guest and serves its TLB exceptions in the fast lane (guest.s): on
+/// the exception path itself, with EXL set, interrupts off, the guest's caller-saved
+/// registers parked in the per-CPU area and its ASID still in EntryHi.
+pub trait FastLane {
+    /// The register context to run.
+    fn context(&mut self) -> &mut GuestContext;
+
+    /// Serves the guest TLB exception being taken (`refill`: it came through the refill
+    /// vector), reading Cause and BadVAddr with [`exit_cause_now`] / [`exit_bad_vaddr_now`].
+    /// True: served, the guest resumes at once. False: the exit goes the general way. It
+    /// must not fault, must not touch the context, and must not wait for anything another
+    /// CPU may hold while it waits for this CPU's guest to exit.
+    fn serve_tlb_exception(&mut self, refill: bool) -> bool;
+}
+
+/// guest.s calls this with the context [`enter_with_fast_lane`] ran.
+///
+/// # Safety
+/// `ctx.fast_arg` must point at the `V` suspended inside `enter_with_fast_lane`.
+unsafe extern "C" fn fast_trampoline<V: FastLane>(ctx: *mut GuestContext, kind: u64) -> u64 {
+    // SAFETY: per the contract the lane is alive and its owner is suspended in run_guest
+    // until this returns; serve_tlb_exception does not touch the context.
+    let lane = unsafe { &mut *((*ctx).fast_arg as *mut V) };
+    u64::from(!lane.serve_tlb_exception(kind == EXIT_REFILL))
 }
 
 /// Exit through the general exception vector.
@@ -65,13 +95,12 @@ impl GuestContext {
             exit_bad_vaddr: 0,
             exit_kind: 0,
             host: [0; 13],
+            fast_handler: 0,
+            fast_arg: 0,
             _pad: 0,
         }
     }
 }
-
-/// The context each CPU is running (or last ran), read by the exit path in guest.s.
-static GUEST_CTX: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 extern "C" {
     fn run_guest(ctx: *mut GuestContext);
@@ -79,7 +108,11 @@ extern "C" {
 
 global_asm!(
     include_str!("guest.s"),
-    guest_ctx = sym GUEST_CTX,
+    ctx_word = const percpu::word_va_offset(percpu::WORD_GUEST_CTX),
+    fast_save = const percpu::word_va_offset(percpu::WORD_FAST_SAVE),
+    fast_kind = const percpu::word_va_offset(percpu::WORD_FAST_KIND),
+    fast_stack = const percpu::word_va_offset(percpu::WORD_FAST_STACK),
+    off_fast_handler = const offset_of!(GuestContext, fast_handler),
     off_hi = const offset_of!(GuestContext, hi),
     off_lo = const offset_of!(GuestContext, lo),
     off_pc = const offset_of!(GuestContext, pc),
@@ -120,108 +153,65 @@ pub fn guest_entry_status() -> u64 {
     u64::from(status)
 }
 
-/// Runs the guest described by `ctx` on this CPU until its next exception.
+/// Runs the guest of `lane`'s context on this CPU until its next exception that the fast
+/// lane does not serve.
 ///
-/// `ctx.entry_status` must come from [`guest_entry_status`] and `ctx.entry_hi` must carry an
-/// ASID in 1..=255 whose root-TLB entries were all built from this guest's translations.
-pub fn enter(ctx: &mut GuestContext) {
-    debug_assert!(ctx.entry_status & u64::from(Status::KSU_USER.bits()) != 0);
-    debug_assert!(ctx.entry_hi & 0xff != 0);
-    // SAFETY: run_guest saves and restores every callee-saved register, sp, gp, ra and
-    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode
-    // with the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which
-    // the caller built from copies of this VM's GPA entries, and every exception returns
-    // here through guest.s.
-    unsafe { run_guest(ctx) }
+/// `entry_status` must come from [`guest_entry_status`] and `entry_hi` must carry an ASID in
+/// 1..=255 whose root-TLB entries were all built from this guest's translations.
+pub fn enter_with_fast_lane<V: FastLane>(lane: &mut V) {
+    let this: *mut V = lane;
+    // SAFETY: `this` comes from the exclusive borrow, which is not used again until
+    // run_guest returns; the context pointer and the trampoline's lane pointer both derive
+    // from it. run_guest saves and restores every callee-saved register, sp, gp, ra and
+    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode with
+    // the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which the
+    // caller built from copies of this VM's GPA entries, and every exception either comes
+    // back through guest.s or is served by the lane in between.
+    unsafe {
+        let ctx: *mut GuestContext = (*this).context();
+        debug_assert!((*ctx).entry_status & u64::from(Status::KSU_USER.bits()) != 0);
+        debug_assert!((*ctx).entry_hi & 0xff != 0);
+        let trampoline: unsafe extern "C" fn(*mut GuestContext, u64) -> u64 = fast_trampoline::<V>;
+        (*ctx).fast_handler = trampoline as usize as u64;
+        (*ctx).fast_arg = this as u64;
+        run_guest(ctx);
+    }
 }
 
 /// The CPU this code runs on (for the guest ASID bookkeeping).
 pub fn this_cpu() -> usize {
-    cpu_id()
+    super::cpu_id()
 }
 
 /// Even/odd page pair base of a guest virtual address (EntryHi.VPN2).
 const PAIR_MASK: u64 = !0x1fff;
 
-/// Slots of each CPU's refill cache.
-const REFILL_SLOTS: usize = 256;
-/// log2 of the size of one CPU's refill cache block (its stride in [`REFILL_CACHE`]).
-pub const REFILL_CACHE_SHIFT: u32 = 14;
-/// Mask giving `slot * 32` from `EntryHi >> 8` (slot = VPN2 modulo the slot count).
-pub const REFILL_SLOT_MASK: u64 = ((REFILL_SLOTS as u64) - 1) << 5;
-
-/// One CPU's refill cache, read by the XTLB refill vector (vectors.s) with fixed offsets:
-/// attempts at +0, slot `i` at +32 + 32 * i holding tag (EntryHi: VPN2 and host ASID),
-/// EntryLo0, EntryLo1. A copy of root entries the vCPU loop installed on this CPU, kept
-/// exactly as coherent as the TLB: every removal from the TLB of guest entries removes the
-/// matching slots too (and an ASID rollover clears it), so a hit gives the same entry the
-/// TLB held or would hold. Only this CPU touches its block.
-#[repr(C)]
-pub struct RefillCache {
-    attempts: AtomicU64,
-    _header: [u64; 3],
-    slots: [[AtomicU64; 4]; REFILL_SLOTS],
-    _stride: [u8; (1 << REFILL_CACHE_SHIFT) - 32 - REFILL_SLOTS * 32],
-}
-
-/// The refill caches, one block per CPU.
-pub static REFILL_CACHE: [RefillCache; MAX_CPUS] = [const {
-    RefillCache {
-        attempts: AtomicU64::new(0),
-        _header: [0; 3],
-        slots: [const { [const { AtomicU64::new(0) }; 4] }; REFILL_SLOTS],
-        _stride: [0; (1 << REFILL_CACHE_SHIFT) - 32 - REFILL_SLOTS * 32],
-    }
-}; MAX_CPUS];
-
-const _: () = assert!(core::mem::size_of::<RefillCache>() == 1 << REFILL_CACHE_SHIFT);
-const _: () = assert!(MAX_CPUS.is_power_of_two());
-
-fn refill_slot(entry_hi: u64) -> &'static [AtomicU64; 4] {
-    &REFILL_CACHE[cpu_id()].slots[((entry_hi >> 13) as usize) % REFILL_SLOTS]
-}
-
-/// Remembers root entry `entry_hi` -> (`lo0`, `lo1`) in this CPU's refill cache.
-fn refill_cache_insert(entry_hi: u64, lo0: EntryLo, lo1: EntryLo) {
-    let slot = refill_slot(entry_hi);
-    // Tag last and cleared first: the vector only runs between guest entries on this
-    // CPU, never during this update, but keep the slot consistent at every step anyway.
-    slot[0].store(0, Ordering::Relaxed);
-    slot[1].store(lo0.bits(), Ordering::Relaxed);
-    slot[2].store(lo1.bits(), Ordering::Relaxed);
-    slot[0].store(entry_hi, Ordering::Relaxed);
-}
-
-/// Forgets the refill-cache slot of `entry_hi`, if it holds that entry.
-fn refill_cache_remove(entry_hi: u64) {
-    let slot = refill_slot(entry_hi);
-    if slot[0].load(Ordering::Relaxed) == entry_hi {
-        slot[0].store(0, Ordering::Relaxed);
-    }
-}
-
 /// Empties this CPU's refill cache (with a whole-TLB flush).
 pub fn refill_cache_clear() {
-    for slot in &REFILL_CACHE[cpu_id()].slots {
-        slot[0].store(0, Ordering::Relaxed);
-    }
+    percpu::refill_cache_clear();
 }
 
 /// Refills the vector tried from `cpu`'s cache (hits and misses).
 pub fn refill_cache_attempts(cpu: usize) -> u64 {
-    REFILL_CACHE[cpu].attempts.load(Ordering::Relaxed)
+    percpu::refill_cache_attempts(cpu)
 }
 
 /// Writes the root-TLB half for guest page `gva` under `asid` with EntryLo value `lo`, and
 /// the other half with `buddy` if given, else keeping the other half of an existing entry
 /// for the same pair (G forced off in both).
-pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>) {
+/// `known_absent`: the root TLB holds no entry for the pair (a refill for it is being
+/// taken right now), so the probe is skipped.
+pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>, known_absent: bool) {
     let lo = EntryLo::from_bits_retain(lo).difference(EntryLo::G);
     let buddy = buddy.map(|b| EntryLo::from_bits_retain(b).difference(EntryLo::G));
     let entry_hi = (gva & PAIR_MASK) | u64::from(asid);
     let odd = gva & 0x1000 != 0;
     let mut window = TlbWindow::open();
-    let existing = window.probe(entry_hi);
+    let existing = if known_absent {
+        None
+    } else {
+        window.probe(entry_hi)
+    };
     let other = match (buddy, existing) {
         (Some(buddy), _) => buddy,
         (None, Some(index)) => {
@@ -239,7 +229,7 @@ pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>) {
         Some(index) => window.write_indexed(index, entry_hi, lo0, lo1),
         None => window.write_random(entry_hi, lo0, lo1),
     }
-    refill_cache_insert(entry_hi, lo0, lo1);
+    percpu::refill_cache_insert(entry_hi, lo0.bits(), lo1.bits());
 }
 
 /// Removes root-TLB entries of `asid` covering `[start, end)` (guest virtual, any size).
@@ -251,7 +241,7 @@ pub fn invalidate_guest_range(asid: u8, start: u64, end: u64) {
         if let Some(index) = window.probe(entry_hi) {
             window.invalidate_indexed(index);
         }
-        refill_cache_remove(entry_hi);
+        percpu::refill_cache_remove(entry_hi);
         pair += 0x2000;
     }
 }
@@ -290,17 +280,13 @@ pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bo
     }
     drop(window);
     // The refill cache may still hold entries the TLB has since evicted: same treatment.
-    for slot in &REFILL_CACHE[cpu_id()].slots {
-        let entry_hi = slot[0].load(Ordering::Relaxed);
+    percpu::refill_cache_edit(|entry_hi, lo0, lo1| {
         let asid = entry_hi as u8;
-        if entry_hi == 0 || !asids.contains(&asid) {
-            continue;
+        if !asids.contains(&asid) {
+            return None;
         }
         let pair = entry_hi & VPN2;
-        let mut halves = [
-            slot[1].load(Ordering::Relaxed),
-            slot[2].load(Ordering::Relaxed),
-        ];
+        let mut halves = [lo0, lo1];
         let mut changed = false;
         for (half, lo) in halves.iter_mut().enumerate() {
             if *lo & EntryLo::V.bits() != 0 && drop_page(asid, pair + 0x1000 * half as u64) {
@@ -309,16 +295,45 @@ pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bo
                 removed += 1;
             }
         }
-        if changed {
-            slot[0].store(0, Ordering::Relaxed);
-            if halves.iter().any(|lo| lo & EntryLo::V.bits() != 0) {
-                slot[1].store(halves[0], Ordering::Relaxed);
-                slot[2].store(halves[1], Ordering::Relaxed);
-                slot[0].store(entry_hi, Ordering::Relaxed);
-            }
-        }
-    }
+        changed.then_some((halves[0], halves[1]))
+    });
     removed
+}
+
+/// Copies a guest register file (32 doublewords) with straight-line loads and stores; the
+/// generic memcpy the compiler calls for it costs about 160 instructions, this 64, and the
+/// general exit path copies twice per exit.
+pub fn copy_gprs(dst: &mut [u64; 32], src: &[u64; 32]) {
+    // SAFETY: reads exactly the 256 bytes of `src` and writes exactly those of `dst`, two
+    // distinct arrays (one shared and one exclusive borrow); no stack use.
+    unsafe {
+        core::arch::asm!(
+            ".set push",
+            ".set noat",
+            ".irp n, 0,16,32,48,64,80,96,112,128,144,160,176,192,208,224,240",
+            "ld {a}, \\n({src})",
+            "ld {b}, \\n+8({src})",
+            "sd {a}, \\n({dst})",
+            "sd {b}, \\n+8({dst})",
+            ".endr",
+            ".set pop",
+            src = in(reg) src.as_ptr(),
+            dst = in(reg) dst.as_mut_ptr(),
+            a = out(reg) _,
+            b = out(reg) _,
+            options(nostack, preserves_flags),
+        );
+    }
+}
+
+/// Cause of the exception being handled (for a fast handler).
+pub fn exit_cause_now() -> u64 {
+    u64::from(cp0::cause_raw())
+}
+
+/// BadVAddr of the exception being handled (for a fast handler).
+pub fn exit_bad_vaddr_now() -> u64 {
+    cp0::bad_vaddr()
 }
 
 /// Reads Count (the host timer) for guest Count emulation.

@@ -1,7 +1,7 @@
 # Guest entry and exit (assembled through global_asm! in guest.rs).
 #
 # `run_guest(ctx)` saves the host's callee-saved registers and Status in the GuestContext,
-# publishes the context for this CPU in the guest_ctx table, loads the guest's registers and
+# publishes the context in this CPU's per-CPU area (percpu.rs), loads the guest's registers and
 # ERETs into the guest, which runs in host user mode (KSU = user, UX = 1) with the ASID in
 # ctx.entry_hi. When the guest takes any exception, the vectors (vectors.s) see KSU = user
 # (and the debug-exit vector, after a guest SDBBP) come to `guest_exit_refill` /
@@ -18,12 +18,7 @@
     .set noreorder
     .set noat
     dmtc0   $k1, $31                # DESAVE: guest k1 (k0 is in ErrorEPC already)
-    mfc0    $k0, $15, 1             # EBase.CPUNum
-    andi    $k0, $k0, 0x3ff
-    dsll    $k0, $k0, 3
-    dla     $k1, {guest_ctx}
-    daddu   $k1, $k1, $k0
-    ld      $k1, 0($k1)             # this CPU's GuestContext
+    ld      $k1, {ctx_word}($zero)  # this CPU's GuestContext (percpu.rs)
     sd      $1, 8($k1)
     sd      $2, 16($k1)
     sd      $3, 24($k1)
@@ -77,6 +72,62 @@
 
     .section .text.guest_switch, "ax"
     .set noreorder
+
+# The fast lane for guest TLB exceptions (refill-cache misses, TLB invalid, TLB modified).
+# Entered with the guest's k0 parked in ErrorEPC and its k1 still live. Saves only what an
+# extern "C" call may clobber (at, v0-v1, a0-a7, t0-t3, t8-t9, gp, sp, ra, HI, LO) in this
+# CPU's area (percpu.rs), calls the vCPU's fast handler (ctx.fast_handler) on the area's
+# stack, still with EXL set, and restores. Handler result 0: the fault is served, return to
+# the guest. Anything else: leave through the matching general exit below, as if the fast
+# lane had not been there.
+    .macro FAST_SAVE_REGS
+    .irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,24,25,28,29,31
+    sd      $\n, {fast_save}+8*\n($zero)
+    .endr
+    mfhi    $k1
+    sd      $k1, {fast_save}+8*32($zero)
+    mflo    $k1
+    sd      $k1, {fast_save}+8*33($zero)
+    .endm
+    .macro FAST_RESTORE_REGS
+    ld      $k1, {fast_save}+8*32($zero)
+    mthi    $k1
+    ld      $k1, {fast_save}+8*33($zero)
+    mtlo    $k1
+    .irp n, 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,24,25,28,29,31
+    ld      $\n, {fast_save}+8*\n($zero)
+    .endr
+    .endm
+
+    .globl guest_fast_refill
+guest_fast_refill:
+    .set noat
+    dmtc0   $k1, $31                # park guest k1 in DESAVE
+    b       1f
+    li      $k1, {kind_refill}
+    .globl guest_fast_general
+guest_fast_general:
+    dmtc0   $k1, $31
+    li      $k1, {kind_general}
+1:  sd      $k1, {fast_kind}($zero)
+    FAST_SAVE_REGS
+    ld      $sp, {fast_stack}($zero)
+    ld      $a0, {ctx_word}($zero)
+    ld      $a1, {fast_kind}($zero)
+    ld      $t9, {off_fast_handler}($a0)
+    jalr    $t9
+    nop
+    move    $k0, $v0
+    FAST_RESTORE_REGS
+    bnez    $k0, 2f
+    dmfc0   $k1, $31                # guest k1 (delay slot; the exits below want it live)
+    dmfc0   $k0, $30
+    eret
+2:  ld      $k0, {fast_kind}($zero)
+    bnez    $k0, guest_exit_refill
+    nop
+    # fall through into the general exit
+    .set at
 
     .globl guest_exit_general
 guest_exit_general:
@@ -135,12 +186,7 @@ run_guest:
     ld      $t0, {off_entry_status}($a0)
     mtc0    $t0, $12
     ehb
-    mfc0    $t0, $15, 1
-    andi    $t0, $t0, 0x3ff
-    dsll    $t0, $t0, 3
-    dla     $t1, {guest_ctx}
-    daddu   $t1, $t1, $t0
-    sd      $a0, 0($t1)
+    sd      $a0, {ctx_word}($zero)  # for the exit path (percpu.rs)
     ld      $t0, {off_entry_hi}($a0)
     dmtc0   $t0, $10
     ld      $t0, {off_pc}($a0)

@@ -13,6 +13,7 @@ pub mod debug_vector;
 pub mod guest;
 pub mod guest_mem;
 pub mod irq;
+pub mod percpu;
 pub mod probe;
 pub mod semihost;
 pub mod timer;

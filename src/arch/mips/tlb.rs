@@ -137,12 +137,23 @@ impl Drop for TlbWindow {
     }
 }
 
-/// Invalidates every TLB entry of this CPU and clears Wired.
+/// Entries below this index are wired (see [`set_wired_entry`]); flushes keep them.
+static WIRED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Invalidates every TLB entry of this CPU and clears Wired (boot only: it also removes
+/// the wired per-CPU mapping, which [`super::percpu::install`] puts back).
 pub fn flush_all() {
-    let mut window = TlbWindow::open();
-    // SAFETY: no wired entries are in use at this point of boot (or ever, so far).
+    // SAFETY: at boot, before anything uses a wired entry.
     unsafe { cp0::set_wired(0) };
-    for index in 0..entries() {
+    WIRED[cpu_id()].store(0, Ordering::Relaxed);
+    flush_unwired();
+}
+
+/// Invalidates every TLB entry of this CPU except the wired ones.
+pub fn flush_unwired() {
+    let mut window = TlbWindow::open();
+    let first = WIRED[cpu_id()].load(Ordering::Relaxed) as usize;
+    for index in first..entries() {
         window.write_indexed(
             index,
             unique_entry_hi(index),
@@ -150,6 +161,29 @@ pub fn flush_all() {
             EntryLo::empty(),
         );
     }
+}
+
+/// Writes global entry `index` (`entry_hi` -> `lo0`, `lo1`, pages of `page_mask`) and makes
+/// it and every entry below it wired: TLBWR and the flushes leave them alone from then on.
+pub fn set_wired_entry(index: usize, entry_hi: u64, lo0: EntryLo, lo1: EntryLo, page_mask: u64) {
+    let _window = TlbWindow::open();
+    // SAFETY: interrupts are off while the window lives and its Drop restores EntryHi and
+    // PageMask; the entry maps only the caller's per-CPU memory, in kseg3.
+    unsafe {
+        cp0::set_tlb_staging(
+            entry_hi,
+            (lo0 | EntryLo::G).bits(),
+            (lo1 | EntryLo::G).bits(),
+            page_mask,
+        );
+        cp0::set_index(index as u32);
+        // nostack: no stack use; no `nomem`: later accesses depend on the new entry.
+        asm!("tlbwi", options(nostack));
+    }
+    cp0::ehb();
+    // SAFETY: the entries below `index + 1` are the wired ones this module set up.
+    unsafe { cp0::set_wired(index as u32 + 1) };
+    WIRED[cpu_id()].store(index as u64 + 1, Ordering::Relaxed);
 }
 
 /// Invalidates the entry mapping virtual page `va` (any ASID, global entries), if present.

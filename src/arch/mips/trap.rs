@@ -84,10 +84,11 @@ global_asm!(
     debug_exit_offset = const super::debug_vector::DEBUG_EXIT_OFFSET,
     kstack_top = sym KSTACK_TOP,
     trap_entry = sym trap_entry,
-    refill_cache = sym super::guest::REFILL_CACHE,
-    cache_cpu_mask = const MAX_CPUS - 1,
-    cache_shift = const super::guest::REFILL_CACHE_SHIFT,
-    cache_slot_mask = const super::guest::REFILL_SLOT_MASK,
+    slot_offset_mask = const super::percpu::SLOT_OFFSET_MASK,
+    attempts = const super::percpu::word_va_offset(super::percpu::WORD_ATTEMPTS),
+    slot_tag = const super::percpu::slot_field_va_offset(0),
+    slot_lo0 = const super::percpu::slot_field_va_offset(8),
+    slot_lo1 = const super::percpu::slot_field_va_offset(12),
 );
 
 const _: () = assert!(size_of::<TrapFrame>().is_multiple_of(16));

@@ -91,39 +91,30 @@ exception_vectors:
     j       exc_refill_entry
     nop
     .org 0x080
-# XTLB refill. From a guest, first try this CPU's refill cache (guest.rs): a slot whose
-# tag equals EntryHi (VPN2 + the guest's host ASID) holds both EntryLo values of a root
-# entry the vCPU loop installed before; write it with TLBWR and return straight to the
-# guest. A miss, or a refill from the host, takes the general path.
+# XTLB refill. First try this CPU's refill cache (percpu.rs: wired TLB entry 0 maps the
+# CPU's own area at the top of kseg3, so its addresses are small offsets from zero). The
+# slot is VPN2 % 256, straight from Context (PTEBase is 0, BadVPN2 = VA[31:13] << 4); it
+# holds the tag (EntryHi: VPN2 + host ASID) and both EntryLo of a root entry the vCPU loop
+# installed before. On a hit, write it with TLBWR and return straight to the guest. A miss
+# (always, for the host: no slot carries a kernel-segment tag) goes on below.
     .set noat
     dmtc0   $k0, $30                # park k0 (guest or host)
-    mfc0    $k0, $12
-    andi    $k0, $k0, 0x18
-    beqz    $k0, exc_refill_entry_parked
-    dmtc0   $k1, $31                # park k1 (delay slot; DESAVE is free on the host path)
-    mfc0    $k0, $15, 1
-    andi    $k0, $k0, {cache_cpu_mask}
-    dsll    $k0, $k0, {cache_shift}
-    lui     $k1, %hi({refill_cache})
-    daddiu  $k1, $k1, %lo({refill_cache})
-    daddu   $k1, $k1, $k0           # this CPU's cache block
-    ld      $k0, 0($k1)             # count the attempt
+    dmfc0   $k0, $4                 # Context
+    dmtc0   $k1, $31                # park k1
+    andi    $k1, $k0, {slot_offset_mask}
+    ld      $k0, {attempts}($zero)  # count the attempt
     daddiu  $k0, $k0, 1
-    sd      $k0, 0($k1)
-    dmfc0   $k0, $10
-    dsrl    $k0, $k0, 8
-    andi    $k0, $k0, {cache_slot_mask}
-    daddu   $k1, $k1, $k0           # slot - header; fields at +32 tag, +40 lo0, +48 lo1
-    ld      $k0, 40($k1)
+    sd      $k0, {attempts}($zero)
+    lw      $k0, {slot_lo0}($k1)
     dmtc0   $k0, $2
-    ld      $k0, 48($k1)
+    lw      $k0, {slot_lo1}($k1)
     dmtc0   $k0, $3
-    ld      $k1, 32($k1)
+    ld      $k1, {slot_tag}($k1)
     dmfc0   $k0, $10
-    bne     $k0, $k1, guest_refill_miss
-    nop
+    bne     $k0, $k1, refill_cache_miss
+    dmfc0   $k0, $30                # k0 back (still parked for the miss path)
+    ehb                             # EntryLo writes settle before TLBWR
     tlbwr
-    dmfc0   $k0, $30
     dmfc0   $k1, $31
     eret
     .set at
@@ -167,20 +158,33 @@ exc_general_entry:
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
     beqz    $k0, 3f
+    mfc0    $k0, $13                # (delay slot) guest: TLB Mod/TLBL/TLBS take the fast lane
+    andi    $k0, $k0, 0x7c
+    addiu   $k0, $k0, -4            # ExcCode 1, 2, 3 -> 0, 4, 8
+    sltiu   $k0, $k0, 9
+    bnez    $k0, 4f
     nop
     j       guest_exit_general       # j: guest.s may be linked anywhere in the image
     nop
+4:  j       guest_fast_general
+    nop
 3:  .set at
     SAVE_FRAME {kind_general}
-guest_refill_miss:
+# Refill cache miss: k0 holds its own value again and is parked in ErrorEPC, k1 is parked
+# in DESAVE. The host goes to the general save path; a guest exits through guest.s.
+refill_cache_miss:
     .set noat
-    dmfc0   $k1, $31                # guest k1 back: GUEST_EXIT parks it itself
-    j       guest_exit_refill
+    mfc0    $k0, $12
+    andi    $k0, $k0, 0x18
+    beqz    $k0, 3f
+    dmfc0   $k1, $31                # k1 back: the guest paths park it themselves
+    j       guest_fast_refill       # j: guest.s may be linked anywhere in the image
     nop
+3:  .set at
+    SAVE_FRAME {kind_refill}
 exc_refill_entry:
     .set noat
     dmtc0   $k0, $30
-exc_refill_entry_parked:
     mfc0    $k0, $12
     andi    $k0, $k0, 0x18
     beqz    $k0, 3f
