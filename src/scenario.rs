@@ -8,6 +8,7 @@ use crate::arch::{self, cache, cp0, semihost, timer, tlb};
 use crate::board::RamLayout;
 use crate::cmdline::BootOptions;
 use crate::mem::frame::FRAMES;
+use crate::vmm::scenarios::CPU_TIMEOUT_TICKS;
 use crate::{percpu, selftest, smp};
 use alloc::format;
 use alloc::string::String;
@@ -187,11 +188,6 @@ pub fn run(scenario: &Scenario, info: &BootInfo) -> ! {
     }
 }
 
-/// Count ticks CPU 0 waits for the other CPUs at most.
-const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
-/// Count ticks to wait when the command line does not say how many CPUs to expect.
-const CPU_SETTLE_TICKS: u32 = 20_000_000;
-
 /// The `boot` scenario.
 fn boot(info: &BootInfo) -> Result<(), String> {
     let mut failures = String::new();
@@ -204,11 +200,7 @@ fn boot(info: &BootInfo) -> Result<(), String> {
         }
     };
 
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     crate::println!("STAT cpus={cpus}");
     if let Some(expected) = info.options.expect_cpus {
         check(

@@ -14,10 +14,7 @@ use super::swap::{self, SwapSetup};
 use super::verdict::{check, verdict};
 use super::{HookOutcome, RoundContext};
 use crate::scenario::BootInfo;
-use crate::smp;
-use crate::vmm::scenarios::{
-    layout, print_stats, specs, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS, SCENARIO_TIMEOUT_TICKS,
-};
+use crate::vmm::scenarios::{layout, print_stats, specs, SCENARIO_TIMEOUT_TICKS};
 use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
@@ -178,11 +175,7 @@ fn run_all_services(
     rates: Rates,
     timeout_ticks: u64,
 ) -> Result<Outcome, String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     let (layout, source) = layout(info, name)?;
     if !layout.services.dedup {
         return Err(format!(

@@ -19,8 +19,7 @@
 use super::balloon::{self, Balloon};
 use super::verdict::verdict;
 use crate::scenario::BootInfo;
-use crate::smp;
-use crate::vmm::scenarios::{self, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS};
+use crate::vmm::scenarios;
 use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
@@ -218,11 +217,7 @@ fn judge_cycle(cycle: &Cycle) -> Result<(), String> {
 
 /// The `balloon` scenario (see the module notes).
 pub fn balloon(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     let (layout, source) = scenarios::layout(info, "balloon")?;
     crate::log!(
         "balloon: {} VMs from {source} on {cpus} CPUs",

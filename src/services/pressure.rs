@@ -15,10 +15,7 @@ use super::idle::{self, IdleConfig};
 use super::swap::{self, SwapSetup};
 use super::verdict::{check, verdict};
 use crate::scenario::BootInfo;
-use crate::smp;
-use crate::vmm::scenarios::{
-    layout, print_stats, specs, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS, SCENARIO_TIMEOUT_TICKS,
-};
+use crate::vmm::scenarios::{layout, print_stats, specs, SCENARIO_TIMEOUT_TICKS};
 use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
@@ -42,11 +39,7 @@ const IDLE_TOLERANCE_PERMILLE: u64 = 50;
 
 /// The `swap` scenario (see the module notes).
 pub fn swap_scenario(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     let (layout, source) = layout(info, "swap")?;
     let host = super::init_host(layout.services.guest_pool_mib)?;
     let pool_frames = host.lock().pool().free_count();
@@ -215,11 +208,7 @@ fn judge_idle(vm: &Vm, failures: &mut Vec<String>) {
 
 /// The `idle` scenario (see the module notes).
 pub fn idle_scenario(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     let (layout, source) = layout(info, "idle")?;
     super::init_host(layout.services.guest_pool_mib)?;
     crate::log!(

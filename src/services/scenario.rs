@@ -4,10 +4,7 @@
 use super::dedup::{self, Measurement};
 use super::verdict::{check, verdict};
 use crate::scenario::BootInfo;
-use crate::smp;
-use crate::vmm::scenarios::{
-    layout, print_stats, specs, CPU_SETTLE_TICKS, CPU_TIMEOUT_TICKS, SCENARIO_TIMEOUT_TICKS,
-};
+use crate::vmm::scenarios::{layout, print_stats, specs, SCENARIO_TIMEOUT_TICKS};
 use crate::vmm::vm::Vm;
 use alloc::format;
 use alloc::string::String;
@@ -46,11 +43,7 @@ fn print_measurement(m: &Measurement) {
 /// scans what was merged is compared with what guest memory allowed; then the guests write
 /// (copy-on-write) and verify all their memory. The outsider shares no frame with anyone.
 pub fn dedup_scenario(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = crate::vmm::scenarios::online_cpus(info);
     let (layout, source) = layout(info, "dedup")?;
     if !layout.services.dedup {
         return Err(format!(

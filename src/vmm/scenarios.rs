@@ -16,6 +16,16 @@ pub(crate) const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
 pub(crate) const CPU_TIMEOUT_TICKS: u32 = 400_000_000;
 /// Count ticks to wait when the command line does not say how many CPUs to expect.
 pub(crate) const CPU_SETTLE_TICKS: u32 = 20_000_000;
+
+/// Waits for the CPUs the command line expects (or, with no expectation, a settle time)
+/// and returns how many are online.
+pub(crate) fn online_cpus(info: &BootInfo) -> usize {
+    smp::wait_for_cpus(
+        info.options.expect_cpus,
+        CPU_TIMEOUT_TICKS,
+        CPU_SETTLE_TICKS,
+    )
+}
 /// Guest RAM of each self-test VM.
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
@@ -132,11 +142,7 @@ pub(crate) fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) 
 
 /// The `guests` scenario: every VM of the layout runs to completion with exit status 0.
 pub fn guests(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = online_cpus(info);
     let (layout, source) = layout(info, "guests")?;
     crate::log!(
         "guests: {} VMs from {source} on {cpus} CPUs",
@@ -158,11 +164,7 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
 /// paths (window, mapped kernel segment, guest refills, user mode, timer), twice over on
 /// two VMs so the scheduler and ASIDs see more than one guest.
 pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = online_cpus(info);
     let image = ImageSource::Flat {
         bytes: crate::arch::vcpu_test_guest::image(),
         gpa: crate::arch::vcpu_test_guest::LOAD_GPA,
@@ -198,11 +200,7 @@ const MIN_HOSTILE_ATTEMPTS: u64 = 12;
 /// The `isolation` scenario: the hostile guest's attempts are all contained while the other
 /// VMs run to completion (see `isolation.rs`).
 pub fn isolation(info: &BootInfo) -> Result<(), String> {
-    let cpus = smp::wait_for_cpus(
-        info.options.expect_cpus,
-        CPU_TIMEOUT_TICKS,
-        CPU_SETTLE_TICKS,
-    );
+    let cpus = online_cpus(info);
     if !crate::arch::debug_vector::owned() {
         return Err(String::from(
             "the EJTAG debug vector (0xbfc00480) does not hold the firmware's stub, so a guest \
