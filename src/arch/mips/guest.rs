@@ -160,13 +160,13 @@ pub fn guest_entry_status() -> u64 {
 /// 1..=255 whose root-TLB entries were all built from this guest's translations.
 pub fn enter_with_fast_lane<V: FastLane>(lane: &mut V) {
     let this: *mut V = lane;
-    // SAFETY: `this` comes from the exclusive borrow, which is not used again until
-    // run_guest returns; the context pointer and the trampoline's lane pointer both derive
-    // from it. run_guest saves and restores every callee-saved register, sp, gp, ra and
-    // Status, so to Rust it is an ordinary extern "C" call. The guest runs in user mode with
-    // the ASID in entry_hi: it can reach only root-TLB entries of that ASID, which the
-    // caller built from copies of this VM's GPA entries, and every exception either comes
-    // back through guest.s or is served by the lane in between.
+    // `this` comes from the exclusive borrow, not used again until run_guest returns; the
+    // context pointer and the trampoline's lane pointer both derive from it. The guest runs
+    // in user mode with the ASID in entry_hi: it reaches only root-TLB entries of that ASID,
+    // built from copies of this VM's GPA entries; every exception comes back through
+    // guest.s or is served by the lane in between.
+    // SAFETY: run_guest saves and restores every callee-saved register, sp, gp, ra and
+    // Status (an ordinary extern "C" call to Rust), and the pointers are valid (above).
     unsafe {
         let ctx: *mut GuestContext = (*this).context();
         debug_assert!((*ctx).entry_status & u64::from(Status::KSU_USER.bits()) != 0);

@@ -101,9 +101,10 @@ impl TableFrames for FwTableFrames {
 
     fn table(&self, hfn: Hfn) -> &TablePage {
         let va = self.table_va(hfn);
-        // SAFETY: the frame is RAM owned by this object (checked by table_va), 4 KiB aligned and
-        // reached through the cached unmapped segment; the shared borrow of `self` keeps
-        // every mutable view (`table_mut`) away while the reference lives.
+        // The shared borrow of `self` keeps every mutable view (`table_mut`) away while the
+        // reference lives.
+        // SAFETY: a 4 KiB-aligned RAM frame owned by this object (checked by table_va),
+        // reached through the unmapped segment, with no mutable view alive.
         unsafe { &*(va as *const TablePage) }
     }
 
@@ -218,10 +219,9 @@ unsafe fn zero_frame(va: u64) {
 impl FrameMemory for FwFrameMemory {
     fn zero(&mut self, hfn: Hfn) {
         let va = self.byte_va(hfn, 0, FRAME_BYTES);
+        // The guest reaches the frame only once the memory core mapped it, after zeroing.
         // SAFETY: a whole frame of guest RAM owned by this object (checked by byte_va); the
-        // exclusive borrow of `self` rules out other host views. The guest may access the
-        // frame concurrently through the TLB only once the memory core mapped it, which it
-        // does after zeroing.
+        // exclusive borrow of `self` rules out other host views.
         unsafe { zero_frame(va) };
     }
 
@@ -240,9 +240,9 @@ impl FrameMemory for FwFrameMemory {
     fn same_contents(&self, a: Hfn, b: Hfn) -> bool {
         let left = self.byte_va(a, 0, FRAME_BYTES);
         let right = self.byte_va(b, 0, FRAME_BYTES);
-        // SAFETY: whole frames of guest RAM owned by this object, 4 KiB aligned, read as
-        // 64-bit words (any value is a valid u64; a guest writing concurrently only changes
-        // the answer).
+        // A guest writing concurrently only changes the answer.
+        // SAFETY: whole 4 KiB-aligned frames of guest RAM owned by this object, read as u64
+        // words, for which every bit pattern is valid.
         let (left, right) = unsafe {
             (
                 core::slice::from_raw_parts(left as *const u64, FRAME_WORDS),
@@ -258,9 +258,9 @@ impl FrameMemory for FwFrameMemory {
 
     fn with_frame<X>(&self, hfn: Hfn, f: impl FnOnce(&[u8]) -> X) -> X {
         let va = self.byte_va(hfn, 0, FRAME_BYTES);
-        // SAFETY: a whole frame of guest RAM owned by this object, lent for the call without
-        // a copy (the dedup scanner checksums every page it visits); as in `same_contents`,
-        // a guest writing concurrently only changes what `f` computes.
+        // Lent without a copy (the dedup scanner checksums every page it visits); as in
+        // `same_contents`, a guest writing concurrently only changes what `f` computes.
+        // SAFETY: a whole frame of guest RAM owned by this object; every byte is valid u8.
         f(unsafe { core::slice::from_raw_parts(va as *const u8, FRAME_BYTES) })
     }
 

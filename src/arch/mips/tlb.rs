@@ -58,9 +58,10 @@ impl TlbWindow {
 
     /// Writes entry `index` with the given values (TLBWI).
     pub fn write_indexed(&mut self, index: usize, entry_hi: u64, lo0: EntryLo, lo1: EntryLo) {
+        // Callers write unique invalid entries or kernel windows: nothing the running code
+        // relies on changes unless the caller says so.
         // SAFETY: interrupts are off while the guard lives, and Drop restores EntryHi and
-        // PageMask. The entry written maps nothing the running code relies on unless the
-        // caller says so (callers write unique invalid entries or kernel windows).
+        // PageMask.
         unsafe {
             cp0::set_tlb_staging(entry_hi, lo0.bits(), lo1.bits(), 0);
             cp0::set_index(index as u32);
