@@ -9,118 +9,29 @@
 //! load against its own record, and at the end every page must hold exactly what the guest
 //! last stored: a store lost in a merged-away frame, or landing in a shared frame, fails.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+mod race_harness;
+
+use std::sync::atomic::Ordering;
 
 use hv_core::addr::{Gfn, GfnRange, Hfn};
 use hv_core::fault::Vm;
-use hv_core::frame_pool::{FrameMemory, FramePool, FRAME_BYTES};
+use hv_core::frame_pool::{FramePool, FRAME_BYTES};
 use hv_core::memslot::SlotFlags;
 use hv_core::pte::entrylo;
 use hv_core::shootdown::QuiescenceTracker;
 use hv_core::table_frames::ArenaTableFrames;
 use hv_services::dedup::{Dedup, DedupConfig, VmId};
+use race_harness::{
+    AtomicFrames, LeaveOnPanic, Progress, RaceVm, Rng, TlbEntry, YieldAt, BASE, QUIESCE_EVERY,
+    SLACK,
+};
 
-const WORDS: usize = FRAME_BYTES / 8;
-const BASE: Hfn = Hfn::new(0x4000);
 const FRAMES: usize = 48;
 const PAGES: u64 = 16;
 const RAM_GFN: u64 = 0x100;
 const GUEST_OPS: u64 = 20_000;
 /// Guest operations per scanner pass, so the two threads interleave on a loaded machine.
 const OPS_PER_PASS: u64 = 4;
-
-/// Frame memory of atomic words, shareable with the "guest".
-#[derive(Clone)]
-struct AtomicFrames(Arc<Vec<AtomicU64>>);
-
-impl AtomicFrames {
-    fn word(&self, hfn: Hfn, index: usize) -> &AtomicU64 {
-        let frame = hfn.checked_distance_from(BASE).unwrap() as usize;
-        &self.0[frame * WORDS + index]
-    }
-}
-
-impl FrameMemory for AtomicFrames {
-    fn zero(&mut self, hfn: Hfn) {
-        (0..WORDS).for_each(|i| self.word(hfn, i).store(0, Ordering::Relaxed));
-    }
-    fn copy(&mut self, dst: Hfn, src: Hfn) {
-        for i in 0..WORDS {
-            let w = self.word(src, i).load(Ordering::Relaxed);
-            self.word(dst, i).store(w, Ordering::Relaxed);
-        }
-    }
-    fn same_contents(&self, a: Hfn, b: Hfn) -> bool {
-        let same = (0..WORDS).all(|i| {
-            self.word(a, i).load(Ordering::Relaxed) == self.word(b, i).load(Ordering::Relaxed)
-        });
-        // Let the guest run right after a comparison, where a merge that compared before
-        // write-protecting would lose its stores.
-        std::thread::yield_now();
-        same
-    }
-    fn read(&self, hfn: Hfn, offset: usize, buf: &mut [u8]) {
-        for (k, byte) in buf.iter_mut().enumerate() {
-            let at = offset + k;
-            *byte = self.word(hfn, at / 8).load(Ordering::Relaxed).to_le_bytes()[at % 8];
-        }
-    }
-    fn write(&mut self, hfn: Hfn, offset: usize, data: &[u8]) {
-        for (k, &byte) in data.iter().enumerate() {
-            let at = offset + k;
-            let w = self.word(hfn, at / 8);
-            let mut bytes = w.load(Ordering::Relaxed).to_le_bytes();
-            bytes[at % 8] = byte;
-            w.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
-        }
-    }
-}
-
-type RaceVm = Vm<ArenaTableFrames, AtomicFrames, QuiescenceTracker>;
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-/// How far each thread got; each waits for the other so that they really interleave.
-#[derive(Default)]
-struct Progress {
-    ops: AtomicU64,
-    passes: AtomicU64,
-    done: AtomicBool,
-}
-
-/// Guest operations between two quiescent points (flush acknowledgements).
-const QUIESCE_EVERY: u64 = 16;
-
-/// How far one thread may run ahead of the other (in guest operations).
-const SLACK: u64 = 64;
-
-#[derive(Clone, Copy)]
-struct TlbEntry {
-    hfn: Hfn,
-    writable: bool,
-}
-
-/// A guest that fails leaves the guest, so a scanner waiting for its flush acknowledgement
-/// does not hang and the failure is reported.
-struct LeaveOnPanic<'a>(&'a QuiescenceTracker);
-
-impl Drop for LeaveOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = self.0.exit_guest(0);
-        }
-    }
-}
 
 /// The guest: random loads and stores of word 0, through a software TLB.
 fn guest(vm: &RaceVm, memory: &AtomicFrames, progress: &Progress) -> Vec<u64> {
@@ -180,9 +91,7 @@ fn guest(vm: &RaceVm, memory: &AtomicFrames, progress: &Progress) -> Vec<u64> {
 
 #[test]
 fn merges_racing_guest_stores_never_lose_or_leak_a_store() {
-    let memory = AtomicFrames(Arc::new(
-        (0..FRAMES * WORDS).map(|_| AtomicU64::new(0)).collect(),
-    ));
+    let memory = AtomicFrames::new(FRAMES, YieldAt::AfterCompare);
     let vm = Vm::new(
         ArenaTableFrames::with_base(Hfn::new(0x100_0000)),
         FramePool::new(memory.clone(), BASE, FRAMES),
