@@ -148,9 +148,9 @@ pub fn initrd_range(
 pub fn initrd_bytes(range: (Hpa, Hpa)) -> &'static [u8] {
     let va = addr::phys_to_virt(range.0);
     let len = (range.1.raw() - range.0.raw()) as usize;
+    // Boot excluded the range from the frame allocator and the heap lies below it.
     // SAFETY: [start, end) is RAM below the I/O hole (initrd_range checked it) holding the
-    // loader's initrd; boot excluded it from the frame allocator and the heap lies below
-    // it, so it is never written after boot and a shared 'static slice is sound.
+    // initrd, never written after boot, so a shared 'static slice is sound.
     unsafe { core::slice::from_raw_parts(va as *const u8, len) }
 }
 
