@@ -94,7 +94,10 @@ if [ $BUILD -eq 1 ]; then
 fi
 [ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 2; }
 
+# No NIC and no VGA: the firmware uses neither, and without them QEMU needs no ROM files
+# (Malta's defaults want efi-pcnet.rom and vgabios-cirrus.bin, packages a minimal Debian lacks).
 QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
+      -nic none -vga none
       -semihosting -kernel "$OUT/mipsvisor.elf"
       -append "scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}${INITRD:+ image=initrd}")
 # The firmware's EJTAG debug stub goes to the debug vector in the boot ROM (physical

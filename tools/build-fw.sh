@@ -34,9 +34,9 @@ build)
         fi
     fi
     # VM layouts (configs/*.dts -> out/configs/*.dtb) are embedded the same way.
-    if [ -x "$ROOT/tools/build-configs.sh" ] && command -v dtc >/dev/null 2>&1; then
-        "$ROOT/tools/build-configs.sh" >&2
-    fi
+    # A missing dtc fails the build (build-configs.sh says so): a firmware without its
+    # layouts would fall back to the built-in default without a word.
+    "$ROOT/tools/build-configs.sh" >&2
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor

@@ -33,6 +33,8 @@ mipsvisor_ensure_deps() {
             command -v mips64el-linux-gnuabi64-objcopy >/dev/null 2>&1 \
                 || need+=(binutils-mips64el-linux-gnuabi64)
             command -v timeout >/dev/null 2>&1 || need+=(coreutils)
+            # VM layouts (configs/*.dts) are compiled by dtc and embedded in the firmware.
+            command -v dtc >/dev/null 2>&1 || need+=(device-tree-compiler)
             ;;&
         test)
             # Host checks use whatever cargo is on PATH if it has clippy and rustfmt,

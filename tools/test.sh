@@ -401,7 +401,7 @@ run_qemu() {
     scenario_case "isolation-Octeon68XX-smp2" isolation --cpu Octeon68XX --smp 2
     fail_case "isolation-refuses-without-debug-stub" \
         '^RESULT isolation FAIL the EJTAG debug vector \(0xbfc00480\) does not hold' \
-        qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic \
+        qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic -nic none -vga none \
         -no-reboot -semihosting -kernel "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" \
         -append "scenario=isolation cpus=1 mem=256"
     scenario_case "balloon-smp2" balloon --smp 2
