@@ -14,6 +14,7 @@ pub mod dedup;
 pub mod idle;
 pub mod router;
 pub mod swap;
+pub mod watchdog;
 
 #[cfg(test)]
 mod testvm;
