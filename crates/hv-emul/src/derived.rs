@@ -24,14 +24,19 @@
 //! - fresh host ASIDs empty the set ([`DerivedSet::clear`]): entries under the old ones can
 //!   never be matched again (asid.rs flushes the whole TLB before an ASID is reused).
 //!
-//! The set is direct-mapped over a caller-provided slot array (no allocation, so the fast
-//! lane can record on the exception path), sized a power of two.
+//! The set is 4-way set-associative over a caller-provided slot array (no allocation, so the
+//! fast lane can record on the exception path), sized a power of two. Four ways, because a
+//! direct-mapped set let a guest loop's code pair and its data pair evict each other on
+//! every access (each eviction drops a live root entry, which then faults straight back).
 
 use hv_core::addr::{Gfn, GfnRange, Hfn};
 
 /// Slots the firmware gives each vCPU: twice the refill cache's 1024 pairs would be more
 /// than the root TLB and the cache can hold together; 1024 keeps a vCPU's set at 40 KiB.
 pub const DEFAULT_SLOTS: usize = 1024;
+
+/// Ways per set.
+pub const WAYS: usize = 4;
 
 /// Bytes of guest virtual space one root-TLB pair covers (two 4 KiB pages).
 pub const PAIR_BYTES: u64 = 0x2000;
@@ -154,16 +159,23 @@ impl core::fmt::Display for BadSlotCount {
 pub struct DerivedSet<S> {
     slots: S,
     pairs: usize,
+    /// Picks the way a full set gives up (turns over on every eviction).
+    victim: usize,
 }
 
 impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
-    /// An empty set over `slots` (emptied here), whose length must be a power of two >= 2.
+    /// An empty set over `slots` (emptied here), whose length must be a power of two of at
+    /// least two sets of [`WAYS`].
     pub fn new(slots: S) -> Result<Self, BadSlotCount> {
         let n = slots.as_ref().len();
-        if n < 2 || !n.is_power_of_two() {
+        if n < 2 * WAYS || !n.is_power_of_two() {
             return Err(BadSlotCount(n));
         }
-        let mut set = DerivedSet { slots, pairs: 0 };
+        let mut set = DerivedSet {
+            slots,
+            pairs: 0,
+            victim: 0,
+        };
         set.clear();
         Ok(set)
     }
@@ -184,32 +196,65 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
         self.slots.as_ref().len()
     }
 
-    fn index(&self, space: HostSpace, pair_va: u64) -> usize {
-        let n = self.capacity();
-        let spread = if space == HostSpace::User { n / 2 } else { 0 };
-        ((pair_va / PAIR_BYTES) as usize ^ spread) & (n - 1)
+    /// The first slot of a pair's set: its VPN2 folded onto itself, so the pairs of one
+    /// aligned block of `sets` pairs never share a set, and blocks that differ only above it
+    /// (the guest's KSEG0 window and KSEG2 aliases of a frame) are spread differently.
+    /// User-space pairs are spread by half.
+    fn set_base(&self, space: HostSpace, pair_va: u64) -> usize {
+        let sets = self.capacity() / WAYS;
+        let bits = sets.trailing_zeros();
+        let vpn2 = pair_va / PAIR_BYTES;
+        let folded = (vpn2 ^ (vpn2 >> bits) ^ (vpn2 >> (2 * bits))) as usize;
+        let spread = if space == HostSpace::User {
+            sets / 2
+        } else {
+            0
+        };
+        ((folded ^ spread) & (sets - 1)) * WAYS
+    }
+
+    /// The slot holding the pair, if recorded.
+    fn find(&self, space: HostSpace, pair_va: u64) -> Option<usize> {
+        let base = self.set_base(space, pair_va);
+        let want = key(space, pair_va);
+        (base..base + WAYS).find(|&i| {
+            let slot = &self.slots.as_ref()[i];
+            slot.used() && slot.tag & !(TAG_HALF0 | TAG_HALF1) == want
+        })
     }
 
     /// Records that the half of `page_va`'s pair holding it, under `space`, is (about to be)
-    /// installed from `source`. If another pair held the slot, it is forgotten and returned:
-    /// the caller drops it from the host before installing.
+    /// installed from `source`. If the pair's set was full, another pair is forgotten and
+    /// returned: the caller drops it from the host before installing.
     #[must_use = "an evicted pair must be dropped from the host"]
     pub fn record(&mut self, space: HostSpace, page_va: u64, source: Source) -> Option<DropPair> {
         let pair_va = page_va & PAIR_MASK;
         let half = ((page_va / (PAIR_BYTES / 2)) & 1) as usize;
-        let want = key(space, pair_va);
-        let index = self.index(space, pair_va);
-        let slot = &mut self.slots.as_mut()[index];
         let mut evicted = None;
-        if !slot.used() {
-            *slot = DerivedSlot::EMPTY;
-            slot.tag = want;
-            self.pairs += 1;
-        } else if slot.tag & !(TAG_HALF0 | TAG_HALF1) != want {
-            evicted = Some(slot.drop_pair());
-            *slot = DerivedSlot::EMPTY;
-            slot.tag = want;
-        }
+        let index = match self.find(space, pair_va) {
+            Some(index) => index,
+            None => {
+                let base = self.set_base(space, pair_va);
+                let free = (base..base + WAYS).find(|&i| !self.slots.as_ref()[i].used());
+                let index = match free {
+                    Some(index) => {
+                        self.pairs += 1;
+                        index
+                    }
+                    None => {
+                        self.victim = (self.victim + 1) % WAYS;
+                        let index = base + self.victim;
+                        evicted = Some(self.slots.as_ref()[index].drop_pair());
+                        index
+                    }
+                };
+                let slot = &mut self.slots.as_mut()[index];
+                *slot = DerivedSlot::EMPTY;
+                slot.tag = key(space, pair_va);
+                index
+            }
+        };
+        let slot = &mut self.slots.as_mut()[index];
         slot.tag |= half_bit(half);
         slot.halves[half] = source;
         evicted
@@ -219,11 +264,8 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     pub fn get(&self, space: HostSpace, page_va: u64) -> Option<Source> {
         let pair_va = page_va & PAIR_MASK;
         let half = ((page_va / (PAIR_BYTES / 2)) & 1) as usize;
-        let slot = &self.slots.as_ref()[self.index(space, pair_va)];
-        (slot.used() && slot.tag & !(TAG_HALF0 | TAG_HALF1) == key(space, pair_va))
-            .then_some(slot)
-            .filter(|s| s.has_half(half))
-            .map(|s| s.halves[half])
+        let slot = &self.slots.as_ref()[self.find(space, pair_va)?];
+        slot.has_half(half).then_some(slot.halves[half])
     }
 
     /// Every recorded half: space, guest page address, source.
@@ -288,15 +330,13 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
             *slot = DerivedSlot::EMPTY;
             *pairs_left -= 1;
         };
-        if pairs.saturating_mul(2) <= self.capacity() as u64 {
+        if pairs.saturating_mul(2 * WAYS as u64) <= self.capacity() as u64 {
             // A small range: look up each of its pairs in both spaces.
             for n in 0..pairs {
                 let pair_va = first + n * PAIR_BYTES;
                 for space in [HostSpace::Kernel, HostSpace::User] {
-                    let index = self.index(space, pair_va);
-                    let slot = &mut self.slots.as_mut()[index];
-                    if slot.used() && slot.tag & !(TAG_HALF0 | TAG_HALF1) == key(space, pair_va) {
-                        take(slot, &mut self.pairs);
+                    if let Some(index) = self.find(space, pair_va) {
+                        take(&mut self.slots.as_mut()[index], &mut self.pairs);
                     }
                 }
             }
@@ -330,10 +370,10 @@ mod tests {
     #[test]
     fn slot_count_must_be_a_power_of_two() {
         assert_eq!(
-            DerivedSet::new(vec![DerivedSlot::EMPTY; 6]).err(),
-            Some(BadSlotCount(6))
+            DerivedSet::new(vec![DerivedSlot::EMPTY; 12]).err(),
+            Some(BadSlotCount(12))
         );
-        assert!(DerivedSet::new(vec![DerivedSlot::EMPTY; 1]).is_err());
+        assert!(DerivedSet::new(vec![DerivedSlot::EMPTY; 4]).is_err());
     }
 
     #[test]
@@ -363,26 +403,48 @@ mod tests {
 
     #[test]
     fn a_colliding_pair_evicts_the_occupant() {
-        let mut s = set(4);
-        assert_eq!(s.record(HostSpace::Kernel, 0x2000, src(1, 1)), None);
-        // 4 slots of 8 KiB: 0x2000 + 4 * 0x2000 lands in the same slot.
-        let evicted = s.record(HostSpace::Kernel, 0xa000, src(2, 2));
-        assert_eq!(
-            evicted,
-            Some(DropPair {
-                space: HostSpace::Kernel,
-                pair_va: 0x2000,
-                halves: [true, false]
-            })
-        );
-        assert_eq!(s.get(HostSpace::Kernel, 0x2000), None);
-        assert_eq!(s.pairs(), 1);
-        assert!(s.holds_hfn(Hfn::new(2)) && !s.holds_hfn(Hfn::new(1)));
+        let mut s = set(8);
+        // Five pairs of one set (two sets of four ways): the fifth evicts one of the others.
+        let same_set: Vec<u64> = (1..256u64)
+            .map(|n| n * PAIR_BYTES)
+            .filter(|&va| s.set_base(HostSpace::Kernel, va) == 0)
+            .take(5)
+            .collect();
+        for (n, &va) in same_set[..4].iter().enumerate() {
+            assert_eq!(
+                s.record(HostSpace::Kernel, va, src(n as u64, n as u64)),
+                None
+            );
+        }
+        let evicted = s
+            .record(HostSpace::Kernel, same_set[4], src(9, 9))
+            .expect("a full set evicts");
+        assert!(same_set[..4].contains(&evicted.pair_va));
+        assert_eq!(evicted.halves, [true, false]);
+        assert_eq!(s.get(HostSpace::Kernel, evicted.pair_va), None);
+        assert_eq!(s.pairs(), 4);
+        assert!(s.holds_hfn(Hfn::new(9)));
+    }
+
+    #[test]
+    fn contiguous_pairs_and_window_aliases_do_not_collide() {
+        let s = set(1024);
+        let mut seen = std::collections::HashSet::new();
+        for n in 0..256u64 {
+            assert!(seen.insert(s.set_base(HostSpace::Kernel, 0x4000_0000 + n * PAIR_BYTES)));
+        }
+        for n in 0..256u64 {
+            let window = 0x4000_0000 + n * PAIR_BYTES;
+            assert_ne!(
+                s.set_base(HostSpace::Kernel, window),
+                s.set_base(HostSpace::Kernel, window + 0x2000_0000)
+            );
+        }
     }
 
     #[test]
     fn va_range_drops_both_spaces_small_and_large() {
-        let mut s = set(64);
+        let mut s = set(256);
         let _ = s.record(HostSpace::Kernel, 0x10_0000, src(1, 1));
         let _ = s.record(HostSpace::User, 0x10_1000, src(2, 2));
         let _ = s.record(HostSpace::User, 0x10_2000, src(3, 3));

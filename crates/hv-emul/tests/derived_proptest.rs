@@ -22,7 +22,7 @@ use hv_emul::guest_tlb::{Access, GuestTlb, TlbOpError};
 use proptest::prelude::*;
 
 const TLB_SIZE: usize = 8;
-const SLOTS: usize = 8;
+const SLOTS: usize = 8; // two sets of four ways: evictions happen
 const GFNS: u64 = 24;
 
 /// Pair bases the entries and accesses use: useg, the mapped kernel segment (two 16 KiB
