@@ -34,13 +34,27 @@ fail() {
     printf 'FAIL  %s%s\n' "$1" "${2:+ ($2)}"
 }
 
-# step NAME COMMAND...: runs a command, passes on exit status 0.
+# step NAME COMMAND...: runs a command, passes on exit status 0. A step that runs long (the
+# release test build, loom) prints a progress line every minute with its log's last line.
+PROGRESS_SECONDS=${PROGRESS_SECONDS:-60}
 step() {
     local name=$1 log
     shift
     log=$LOGS/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log
-    local start=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    local start=$SECONDS rc
+    "$@" >"$log" 2>&1 &
+    local pid=$! next=$((SECONDS + PROGRESS_SECONDS))
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if [ $SECONDS -ge $next ]; then
+            printf '      ... %s: %ss, %s\n' "$name" "$((SECONDS - start))" \
+                "$(tail -n 1 "$log" | cut -c1-100)"
+            next=$((next + PROGRESS_SECONDS))
+        fi
+    done
+    wait "$pid"
+    rc=$?
+    if [ $rc -eq 0 ]; then
         pass "$name [$((SECONDS - start))s]"
     else
         fail "$name" "see $log"
@@ -48,7 +62,7 @@ step() {
     fi
 }
 
-if ! mipsvisor_ensure_deps test; then
+if ! mipsvisor_ensure_deps test gdb; then
     fail "install dependencies"
     echo "$PASSED passed, $FAILED failed"
     exit 1
@@ -186,19 +200,29 @@ scenario_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
-# services that may be absent; passes if it ran to its RESULT line (log_case judges it).
-run_case() {
-    local name=$1 scenario=$2 log rc
-    shift 2
-    log=$LOGS/qemu-$name.log
-    local start=$SECONDS
-    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
-    rc=$?
-    local why=""
-    if [ $rc -eq 124 ] || ! grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
-        why="exit status $rc, no RESULT $scenario line"
+# gdb_case NAME: `./qemu-run.sh --gdb` prints a gdb command; run as printed (batch mode), it
+# must stop at the firmware's entry symbol, with symbols, not in the boot ROM.
+gdb_case() {
+    local name=$1 log=$LOGS/qemu-$1.log gdblog=$LOGS/qemu-$1.gdb.log hint="" i
+    local start=$SECONDS why=""
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario boot --smp 1 --gdb \
+        </dev/null >"$log" 2>&1 &
+    local qemu=$!
+    for ((i = 0; i < 100; i++)); do
+        hint=$(grep -A1 'waiting for gdb' "$log" | sed -n 's/^  \(gdb-multiarch .*\)$/\1/p')
+        [ -n "$hint" ] && break
+        sleep 0.1
+    done
+    if [ -z "$hint" ]; then
+        why="qemu-run.sh --gdb printed no gdb command"
+    else
+        sleep 1 # QEMU opens its gdb port just after the hint
+        eval "timeout 60 $hint -batch -nx -ex \"info symbol \\\$pc\"" >"$gdblog" 2>&1
+        grep -Eq '^_start in section' "$gdblog" || why="gdb did not stop at _start; see $gdblog"
+        grep -q 'No symbol matches' "$gdblog" && why="${why:+$why, }gdb found no symbol at \$pc"
     fi
+    kill "$qemu" 2>/dev/null
+    wait "$qemu" 2>/dev/null
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -317,6 +341,20 @@ fail_case() {
     qemu_verdict "$name" "$log" "$start" "$why" "(fails as it must, status $rc)"
 }
 
+# status_case NAME STATUS PATTERN COMMAND...: must exit with exactly STATUS and print PATTERN.
+status_case() {
+    local name=$1 want=$2 pattern=$3 log rc
+    shift 3
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    qemu_capture "$log" "$@" </dev/null
+    rc=$?
+    local why=""
+    [ $rc -eq "$want" ] || why="exit status $rc, not $want"
+    grep -Eq -- "$pattern" "$log" || why="${why:+$why, }output lacks /$pattern/"
+    qemu_verdict "$name" "$log" "$start" "$why" "(status $rc)"
+}
+
 run_qemu() {
     step "MIPS clippy -D warnings" tools/build-fw.sh clippy
     step "guests MIPS clippy -D warnings" tools/build-guests.sh clippy
@@ -375,20 +413,6 @@ run_qemu() {
         '^\[mg-swap\] memguest: swap wave 3/3 wrote [0-9]+ pages, verified [0-9]+ pages, 0 bad$' \
         '^\[mg-swap\] memguest: verified [0-9]+ pages, 0 bad$' \
         '^\[mg-stress\] memguest: stress ops 20000 bad_pages 0$'
-    # One VM per workload. Without the services task in this scenario dedup and idle wait
-    # ~30 s, give up (exit 3) and still write and verify their memory; with it they pass.
-    run_case "guests-memguest-smoke-smp1" guests --smp 1 --config memguest-smoke
-    log_case "memguest every workload verifies its memory" guests-memguest-smoke-smp1 \
-        '^\[mg-dedup\] memguest: dedup filled [0-9]+ pages' \
-        '^\[mg-dedup\] memguest: (dedup full scans [0-9]+ -> [0-9]+ after|FAIL gave up waiting for dedup full scans)' \
-        '^\[mg-dedup\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
-        '^\[mg-dedup\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-dedup (PASS exit=0|FAIL exit=3)$' \
-        '^\[mg-idle\] memguest: working set 64 pages ' \
-        '^\[mg-idle\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
-        '^RESULT vm:mg-swap PASS exit=0$' \
-        '^RESULT vm:mg-stress PASS exit=0$'
     # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
     scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
     log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
@@ -412,6 +436,17 @@ run_qemu() {
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
     scenario_case "idle-smp2" idle --smp 2
     scenario_case "idle-smp1" idle --smp 1
+    # memguest's dedup and idle workloads, run where their services are: each VM saw the
+    # service counter it waits for grow and verified its memory whole.
+    log_case "memguest dedup workload: scans seen, COW written, memory verified" dedup-smp2 \
+        '^\[dup0\] memguest: dedup filled [0-9]+ pages' \
+        '^\[dup0\] memguest: dedup full scans [0-9]+ -> [0-9]+ after' \
+        '^\[dup0\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
+        '^\[dup0\] memguest: verified [0-9]+ pages, 0 bad$' '^RESULT vm:dup0 PASS exit=0$'
+    log_case "memguest idle workload: passes seen, memory verified" idle-smp2 \
+        '^\[ws\] memguest: working set 1024 pages ' \
+        '^\[ws\] memguest: idle passes [0-9]+ -> [0-9]+ after' \
+        '^\[ws\] memguest: verified [0-9]+ pages, 0 bad$' '^RESULT vm:ws PASS exit=0$'
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'
@@ -455,8 +490,16 @@ run_qemu() {
         ./qemu-run.sh --no-build -- -append "scenario=nope"
     fail_case "qemu-run-rejects-unknown-scenario" "unknown scenario 'nope'; valid scenarios: boot" \
         ./qemu-run.sh --no-build --scenario nope
-    fail_case "qemu-run-rejects-unknown-option" "unknown option '--frobnicate'" \
+    status_case "qemu-run-rejects-unknown-option" 2 "unknown option '--frobnicate'" \
         ./qemu-run.sh --no-build --frobnicate
+    # QEMU's own failure is status 6, never 1 (a failed check).
+    status_case "qemu-run-qemu-error-is-status-6" 6 'QEMU stopped with its own error' \
+        ./qemu-run.sh --no-build -- -frobnicate
+    status_case "firmware-check-failure-is-status-1" 1 '^RESULT nope FAIL unknown scenario' \
+        ./qemu-run.sh --no-build -- -append "scenario=nope"
+    status_case "firmware-panic-is-status-3" 3 '^RESULT panic-selftest FAIL panic:' \
+        ./qemu-run.sh --no-build --scenario panic-selftest
+    gdb_case "gdb-hint-stops-at-entry"
 }
 
 case "$PART" in

@@ -30,37 +30,33 @@ pub(crate) fn online_cpus(info: &BootInfo) -> usize {
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
 /// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
-/// layout named after the scenario, else the built-in default.
+/// layout named after the scenario. A missing layout is an error, never a silent fallback:
+/// a firmware built without its layouts would otherwise run something the user did not ask
+/// for.
 pub(crate) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
     let name = info.options.config.unwrap_or(scenario);
     match images::config(name) {
         Some(blob) => VmLayout::parse(blob)
             .map(|layout| (layout, format!("configs/{name}.dtb")))
             .map_err(|e| format!("VM layout configs/{name}.dtb: {e}")),
-        None if info.options.config.is_some() => Err(format!(
-            "no VM layout '{name}' embedded (configs/{name}.dts)"
-        )),
-        None => Ok((
-            VmLayout::builtin_default(),
-            String::from("built-in default"),
-        )),
+        None => {
+            let names: Vec<&str> = images::config_names().collect();
+            Err(format!(
+                "no VM layout '{name}' embedded (have: [{}]); add configs/{name}.dts and \
+                 rebuild with tools/build-fw.sh",
+                names.join(", ")
+            ))
+        }
     }
 }
 
-/// The image bytes for `name`: embedded, or `initrd` for the boot loader's initrd. A missing
-/// test guest falls back to `hello` (logged), so the scenario still runs before it exists.
+/// The image bytes for `name`: embedded, or `initrd` for the boot loader's initrd.
 fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), String> {
     if name == "initrd" {
         return super::initrd_image(info).map(|bytes| (bytes, String::from("initrd")));
     }
     if let Some(bytes) = images::embedded(name) {
         return Ok((bytes, String::from(name)));
-    }
-    if name == "testguest" {
-        if let Some(bytes) = images::embedded("hello") {
-            crate::log!("image testguest is not built; running hello instead");
-            return Ok((bytes, String::from("hello")));
-        }
     }
     let names: Vec<&str> = images::embedded_names().collect();
     Err(format!(
