@@ -23,20 +23,29 @@ export CARGO_TARGET_DIR=${MIPSVISOR_TARGET_DIR:-$ROOT/target/fw}
 mipsvisor_select_toolchain build-fw || exit 1
 ZFLAGS=("${MIPSVISOR_ZFLAGS[@]}")
 cd "$ROOT"
+# Both modes compile the firmware, and build.rs refuses to without the images and layouts it
+# embeds: make those first.
+case "$MODE" in
+build | clippy) ;;
+*)
+    echo "usage: tools/build-fw.sh [build|clippy]" >&2
+    exit 2
+    ;;
+esac
+# Guest images are embedded by build.rs from out/guests: build them first when the
+# guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
+if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
+    # Without names build-guests.sh builds every guest crate it finds.
+    if compgen -G "$ROOT/guests/*/src/main.rs" >/dev/null; then
+        "$ROOT/tools/build-guests.sh" build >&2
+    fi
+fi
+# VM layouts (configs/*.dts -> out/configs/*.dtb) are embedded the same way.
+# A missing dtc fails the build (build-configs.sh says so): a firmware without its
+# layouts would fall back to the built-in default without a word.
+"$ROOT/tools/build-configs.sh" >&2
 case "$MODE" in
 build)
-    # Guest images are embedded by build.rs from out/guests: build them first when the
-    # guest workspace is there (MIPSVISOR_SKIP_GUESTS=1 embeds whatever is already built).
-    if [ -x "$ROOT/tools/build-guests.sh" ] && [ -z "${MIPSVISOR_SKIP_GUESTS:-}" ]; then
-        # Without names build-guests.sh builds every guest crate it finds.
-        if compgen -G "$ROOT/guests/*/src/main.rs" >/dev/null; then
-            "$ROOT/tools/build-guests.sh" build >&2
-        fi
-    fi
-    # VM layouts (configs/*.dts -> out/configs/*.dtb) are embedded the same way.
-    # A missing dtc fails the build (build-configs.sh says so): a firmware without its
-    # layouts would fall back to the built-in default without a word.
-    "$ROOT/tools/build-configs.sh" >&2
     "${CARGO[@]}" build -p mipsvisor --release --target "$TARGET_JSON" "${ZFLAGS[@]}"
     mkdir -p "$OUT"
     ELF=$CARGO_TARGET_DIR/$TARGET_NAME/release/mipsvisor
