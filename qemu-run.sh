@@ -2,7 +2,8 @@
 # Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
 #
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
-#                 [--config NAME] [--initrd FILE] [--no-build] [-- extra QEMU arguments]
+#                 [--config NAME] [--initrd FILE] [--bundle FILE] [--no-build]
+#                 [-- extra QEMU arguments]
 #
 # Defaults: scenario demo (every memory service, ending in a table of memory saved), CPU
 # MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
@@ -31,6 +32,8 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
   --icount          deterministic instruction counting (-icount shift=0)
   --config NAME     VM layout configs/NAME.dts for the guest scenarios (config=NAME)
   --initrd FILE     run the guest ELF FILE (passed with -initrd) in every VM of the layout
+  --bundle FILE     run the VMs of a bundle (tools/mkbundle: a FIT image of a layout and
+                    its guest images, passed with -initrd); scenario guests unless given
   --gdb             wait for gdb-multiarch on localhost:1234 before starting
   --no-build        boot the last build in out/ without rebuilding
   -h, --help        this text
@@ -50,15 +53,16 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO=demo CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
+SCENARIO="" CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD="" BUNDLE=""
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
-    --scenario | --cpu | --smp | --mem | --config | --initrd)
+    --scenario | --cpu | --smp | --mem | --config | --initrd | --bundle)
         [ $# -ge 2 ] || die_usage "$1 needs a value"
         case "$1" in
         --config) CONFIG=$2 ;;
         --initrd) INITRD=$2 ;;
+        --bundle) BUNDLE=$2 ;;
         --scenario) SCENARIO=$2 ;;
         --cpu) CPU=$2 ;;
         --smp) SMP=$2 ;;
@@ -75,6 +79,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# A bundle's VMs run to completion by default; otherwise the demo of every service.
+[ -n "$SCENARIO" ] || { [ -n "$BUNDLE" ] && SCENARIO=guests; } || SCENARIO=demo
 contains "$SCENARIO" "${SCENARIOS[@]}" \
     || die_usage "unknown scenario '$SCENARIO'; valid scenarios: ${SCENARIOS[*]}"
 if ! contains "$CPU" "${CPUS[@]}"; then
@@ -90,6 +96,12 @@ fi
     || die_usage "--mem must be a number of MiB from 64 to 2048, not '$MEM'"
 
 [ -z "$INITRD" ] || [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
+if [ -n "$BUNDLE" ]; then
+    [ -z "$INITRD" ] || die_usage "--bundle and --initrd both use the initrd: give one"
+    [ -f "$BUNDLE" ] || die_usage "--bundle: no such file '$BUNDLE'"
+    [ "$(head -c 4 "$BUNDLE" | od -An -tx1 | tr -d ' \n')" = d00dfeed ] \
+        || die_usage "--bundle: '$BUNDLE' is not a FIT image (make one with tools/mkbundle)"
+fi
 
 mipsvisor_ensure_deps firmware || exit 5
 if [ $GDB -eq 1 ]; then mipsvisor_ensure_deps gdb || exit 5; fi
@@ -114,6 +126,8 @@ fi
 if [ -n "$INITRD" ]; then
     QEMU+=(-initrd "$INITRD")
 fi
+# The firmware tells a bundle from an ELF initrd by its first word (the FDT magic).
+[ -z "$BUNDLE" ] || QEMU+=(-initrd "$BUNDLE")
 [ $ICOUNT -eq 1 ] && QEMU+=(-icount shift=0)
 if [ $GDB -eq 1 ]; then
     QEMU+=(-s -S)

@@ -47,8 +47,9 @@ step() {
     while kill -0 "$pid" 2>/dev/null; do
         sleep 1
         if [ $SECONDS -ge $next ]; then
-            printf '      ... %s: %ss, %s\n' "$name" "$((SECONDS - start))" \
-                "$(tail -n 1 "$log" | cut -c1-100)"
+            printf '      ... %s: %ss, %s tests passed so far; %s\n' "$name" \
+                "$((SECONDS - start))" "$(grep -c ' \.\.\. ok$' "$log")" \
+                "$(tail -n 1 "$log" | sed 's/^ *//' | cut -c1-80)"
             next=$((next + PROGRESS_SECONDS))
         fi
     done
@@ -94,6 +95,7 @@ run_host() {
         "${HOST_CARGO[@]}" fmt --manifest-path guests/Cargo.toml --all -- --check
     step "guests host tests (guest-patterns)" tools/build-guests.sh test
     step "tools/plot: sample run to PNG, every series drawn" plot_checks
+    step "bundle test fixtures match their .its sources" bundle_fixture_check
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -101,6 +103,22 @@ run_host() {
         step "loom test $loom" env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
             "${HOST_CARGO[@]}" test -p hv-core --release --test "$loom"
     done
+}
+
+# The FIT fixtures of hv-devices' bundle tests are dtc's output for the .its beside them.
+bundle_fixture_check() {
+    local dir=crates/hv-devices/tests/fixtures/bundles its scratch status=0
+    scratch=$(mktemp -d)
+    for its in "$dir"/*.its; do
+        dtc -q -I dts -O dtb -o "$scratch/out.itb" "$its" || { status=1; continue; }
+        if cmp -s "$scratch/out.itb" "${its%.its}.itb"; then
+            echo "ok    $its"
+        else
+            echo "STALE ${its%.its}.itb: recompile it with dtc -I dts -O dtb" ; status=1
+        fi
+    done
+    rm -rf "$scratch"
+    return $status
 }
 
 # tools/plot on the committed sample run (tools/fixtures/plot-sample.log): a valid PNG of
@@ -500,6 +518,22 @@ run_qemu() {
     status_case "firmware-panic-is-status-3" 3 '^RESULT panic-selftest FAIL panic:' \
         ./qemu-run.sh --no-build --scenario panic-selftest
     gdb_case "gdb-hint-stops-at-entry"
+    # A user's own layout and image, packed as a bundle: run without rebuilding the firmware.
+    local bundle=${MIPSVISOR_OUT:-$ROOT/out}/hello-pair.itb
+    step "tools/mkbundle packs examples/hello-pair.dts with an image" tools/mkbundle -o "$bundle" \
+        examples/hello-pair.dts "myhello=${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    scenario_case "bundle-hello-pair-smp2" guests --smp 2 --bundle "$bundle"
+    log_case "bundle: layout and image came from the bundle" bundle-hello-pair-smp2 \
+        "^\[cpu0\] guests: 2 VMs from bundle layout 'layout'" \
+        '^\[cpu0\] VM left: image myhello \(bundle\)$' '^RESULT vm:left PASS exit=0$' \
+        '^RESULT vm:right PASS exit=0$'
+    status_case "bundle-compressed-refused" 1 \
+        '^RESULT guests FAIL bundle \(initrd\): /images/mine: compression "gzip" is not supported' \
+        ./qemu-run.sh --no-build --bundle crates/hv-devices/tests/fixtures/bundles/compressed.itb
+    status_case "qemu-run-refuses-a-non-fit-bundle" 2 "is not a FIT image" \
+        ./qemu-run.sh --no-build --bundle "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    fail_case "mkbundle-refuses-a-missing-image" "names image 'myhello', which is neither given" \
+        tools/mkbundle -o "$LOGS/none.itb" examples/hello-pair.dts
 }
 
 case "$PART" in
