@@ -151,7 +151,9 @@ trap stop_qemu EXIT
 trap 'stop_qemu; exit 130' INT
 trap 'stop_qemu; exit 143' TERM
 set +e
-"${QEMU[@]}" "${EXTRA[@]}" 2>"$QEMU_ERR" &
+# A background command's stdin would be /dev/null: hand QEMU ours (the operator console).
+exec 3<&0
+"${QEMU[@]}" "${EXTRA[@]}" <&3 3<&- 2>"$QEMU_ERR" &
 QEMU_PID=$!
 wait "$QEMU_PID"
 status=$?
