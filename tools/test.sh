@@ -5,6 +5,9 @@
 #   tools/test.sh host     fmt, host clippy, host tests (portable crates and the firmware's
 #                          register-free modules), loom tests if present
 #   tools/test.sh qemu     MIPS clippy, firmware build, every QEMU scenario
+#   tools/test.sh cases [NAME...]
+#                          only the layout-plus-expectation cases tests/cases/NAME.case
+#                          (all without names), on the firmware already built in out/
 #
 # Installs missing Debian packages first. Each step is judged on its own; the last line is
 # "N passed, N failed" and the exit status is non-zero if anything failed. QEMU runs are
@@ -18,9 +21,11 @@ cd "$ROOT"
 . "$ROOT/tools/deps.sh"
 
 PART=${1:-all}
+[ $# -gt 0 ] && shift
+[ "$PART" = cases ] && CASES="$*"
 case "$PART" in
-all | host | qemu) ;;
-*) echo "usage: tools/test.sh [host|qemu]" >&2; exit 2 ;;
+all | host | qemu | cases) ;;
+*) echo "usage: tools/test.sh [host|qemu|cases [NAME...]]" >&2; exit 2 ;;
 esac
 
 LOGS=${MIPSVISOR_OUT:-$ROOT/out}/test-logs
@@ -96,6 +101,7 @@ run_host() {
     step "guests host tests (guest-patterns)" tools/build-guests.sh test
     step "tools/plot: sample run to PNG, every series drawn" plot_checks
     step "bundle test fixtures match their .its sources" bundle_fixture_check
+    step "tools/lib/expect.py: a case that holds passes, each unmet fact is reported" expect_checks
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -103,6 +109,21 @@ run_host() {
         step "loom test $loom" env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
             "${HOST_CARGO[@]}" test -p hv-core --release --test "$loom"
     done
+}
+
+# The case judge on a sample log: the passing case passes; in the failing case every one of
+# its 9 expectations is reported, and a malformed case is an error, not a pass.
+expect_checks() {
+    local sample=tools/fixtures/expect-sample.log out
+    tools/lib/expect.py check tools/fixtures/expect-pass.case "$sample" 0 || return 1
+    if out=$(tools/lib/expect.py check tools/fixtures/expect-fail.case "$sample" 0); then
+        echo "the failing case passed"; return 1
+    fi
+    echo "$out"
+    [ "$(wc -l <<<"$out")" -eq 9 ] || { echo "expected 9 problems"; return 1; }
+    printf 'run: --smp 1\nstat: oops\n' >"$LOGS/bad.case"
+    tools/lib/expect.py check "$LOGS/bad.case" "$sample" 0
+    [ $? -eq 2 ] || { echo "a malformed case was not an error"; return 1; }
 }
 
 # The FIT fixtures of hv-devices' bundle tests are dtc's output for the .its beside them.
@@ -216,6 +237,23 @@ scenario_case() {
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     qemu_verdict "$name" "$log" "$start" "$why"
+}
+
+# expect_case CASE: a test that is a layout run plus expectations (tests/cases/NAME.case,
+# judged by tools/lib/expect.py: exit status, RESULT lines, every VM's end, STAT figures and
+# output lines).
+expect_case() {
+    local case=$1 name log rc args=() why
+    name=$(basename "$case" .case)
+    log=$LOGS/qemu-$name.log
+    mapfile -t args < <(tools/lib/expect.py args "$case") || true
+    local start=$SECONDS
+    QEMU_TIMEOUT=$(tools/lib/expect.py timeout "$case") \
+        qemu_capture "$log" ./qemu-run.sh --no-build "${args[@]}" </dev/null
+    rc=$?
+    why=$(tools/lib/expect.py check "$case" "$log" "$rc" 2>&1 | head -n 6 | paste -sd ';' -)
+    [ $rc -ne 124 ] || why="timed out${why:+; $why}"
+    qemu_verdict "$name" "$log" "$start" "$why" "(tests/cases/$name.case)"
 }
 
 # gdb_case NAME: `./qemu-run.sh --gdb` prints a gdb command; run as printed (batch mode), it
@@ -372,6 +410,17 @@ fail_case() {
     status_case "$name" failure "$pattern" "$@"
 }
 
+# Layout runs plus expectations (tests/cases/*.case, or the ones named in $CASES).
+run_cases() {
+    local case
+    for case in tests/cases/*.case; do
+        if [ -n "${CASES:-}" ] && ! grep -qw -- "$(basename "$case" .case)" <<<"$CASES"; then
+            continue
+        fi
+        expect_case "$case"
+    done
+}
+
 run_qemu() {
     step "MIPS clippy -D warnings" tools/build-fw.sh clippy
     step "guests MIPS clippy -D warnings" tools/build-guests.sh clippy
@@ -380,6 +429,7 @@ run_qemu() {
         fail "qemu scenarios" "no firmware image"
         return
     fi
+    run_cases
     boot_case "boot-default"
     boot_case "boot-smp1-mem256" --smp 1 --mem 256
     boot_case "boot-smp3-mem768" --smp 3 --mem 768
@@ -394,13 +444,7 @@ run_qemu() {
     scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
     scenario_case "guests-smp4" guests --smp 4
     scenario_case "guests-smp1" guests --smp 1
-    # dedup (~5-10 s each): 4 memguests in one trust group + a loner pinned to CPU 0 (on
-    # --smp 2 CPU 0 is the services CPU and still runs it); the scenario judges itself:
-    # pages_sharing >= 99 % of mergeable_pages after 2 full scans, no frame shared across
-    # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
-    scenario_case "dedup-smp2" dedup --smp 2
-    scenario_case "dedup-smp1" dedup --smp 1
-    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # dedup and idle on 1 and 2 CPUs are tests/cases/*.case. dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
     # reach every CPU holding either vCPU's derived translations.
     scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     # stress (~60 s alone, up to ~3 min under load; the longest case): 4 memguest VMs x
@@ -415,10 +459,6 @@ run_qemu() {
     log_case "demo: table of memory saved per service" demo-smp2 \
         '^  memory saved per service' '^STAT demo_saved_pages_dedup=[1-9]' \
         '^STAT demo_saved_pages_balloon=[1-9]' '^STAT frames_leaked=0$'
-    log_case "dedup merges what can be merged" dedup-smp2 \
-        '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
-        '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
-        '^STAT frames_leaked=0$'
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
@@ -448,22 +488,9 @@ run_qemu() {
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
-    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    # nothing leaked).
     scenario_case "swap-smp2" swap --smp 2
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
-    scenario_case "idle-smp2" idle --smp 2
-    scenario_case "idle-smp1" idle --smp 1
-    # memguest's dedup and idle workloads, run where their services are: each VM saw the
-    # service counter it waits for grow and verified its memory whole.
-    log_case "memguest dedup workload: scans seen, COW written, memory verified" dedup-smp2 \
-        '^\[dup0\] memguest: dedup filled [0-9]+ pages' \
-        '^\[dup0\] memguest: dedup full scans [0-9]+ -> [0-9]+ after' \
-        '^\[dup0\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
-        '^\[dup0\] memguest: verified [0-9]+ pages, 0 bad$' '^RESULT vm:dup0 PASS exit=0$'
-    log_case "memguest idle workload: passes seen, memory verified" idle-smp2 \
-        '^\[ws\] memguest: working set 1024 pages ' \
-        '^\[ws\] memguest: idle passes [0-9]+ -> [0-9]+ after' \
-        '^\[ws\] memguest: verified [0-9]+ pages, 0 bad$' '^RESULT vm:ws PASS exit=0$'
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'
@@ -538,6 +565,7 @@ run_qemu() {
 case "$PART" in
 host) run_host ;;
 qemu) run_qemu ;;
+cases) run_cases ;;
 all) run_host; run_qemu ;;
 esac
 
