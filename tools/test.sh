@@ -485,48 +485,6 @@ run_qemu() {
         qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic -nic none -vga none \
         -no-reboot -semihosting -kernel "${MIPSVISOR_OUT:-$ROOT/out}/mipsvisor.elf" \
         -append "scenario=isolation cpus=1 mem=256"
-    # Per-VM memory limits (issue 11 item 4): the two out-of-memory cases of the issue. Six
-    # 256 MiB VMs on --mem 128: the hog (no limit, no reservation) is stopped when the pool is
-    # committed, the reserved VMs and the unreserved w5 pass. Sixteen 8 MiB VMs on --mem 64,
-    # each limited to 3 MiB: the hog is stopped at its limit, the other fifteen pass.
-    scenario_case "limits-6x256-mem128" limits --smp 2 --mem 128
-    log_case "limits: the hog is named and stopped, the others pass" limits-6x256-mem128 \
-        '^\[cpu[0-9]+\] VM hog stopped: memory: pool committed: ' \
-        '^RESULT vm:hog CONTAINED stopped: memory: pool committed: ' \
-        '^RESULT vm:w1 PASS exit=0$' '^RESULT vm:w4 PASS exit=0$' '^RESULT vm:w5 PASS exit=0$' \
-        '^STAT mem_w1_peak_mib=[0-9]+ limit_mib=-1 reservation_mib=12 refused_at_limit=0 refused_pool=0 ' \
-        '^STAT frames_leaked=0$'
-    scenario_case "limits-16x8-mem64" limits --smp 2 --mem 64 --config limits-small
-    log_case "limits-small: the hog is stopped at its limit, fifteen pass" limits-16x8-mem64 \
-        '^\[cpu[0-9]+\] VM hog stopped: memory: over its memory limit \(768 pages held, limit 768 pages' \
-        '^RESULT vm:w1 PASS exit=0$' '^RESULT vm:w15 PASS exit=0$' \
-        '^STAT mem_hog_peak_mib=3 limit_mib=3 reservation_mib=0 refused_at_limit=1 ' \
-        '^STAT frames_leaked=0$'
-    ! grep -Eq '^RESULT vm:w[0-9]+ FAIL' "$LOGS/qemu-limits-16x8-mem64.log" ||
-        fail "limits-small: a well-behaved VM failed"
-    # With swap running the VM over its limit is swapped instead (logged by name), all pass.
-    scenario_case "limits-swap-smp2" swap --smp 2 --config limits-swap
-    log_case "limits-swap: the hog pays with its own pages" limits-swap-smp2 \
-        '^\[cpu[0-9]+\] VM hog: over its memory limit \([0-9]+ pages held, limit 1536 pages.*: swapping out its coldest pages$' \
-        '^RESULT vm:hog PASS exit=0$' '^STAT mem_hog_peak_mib=6 limit_mib=6 ' '^STAT swap_slots_leaked=0$'
-    # Liveness by policy (item 5): WAIT on a dead line, yield forever and a BREAK/TEQ storm
-    # are stopped by their 8 s watchdog with a reason, shown as stuck in the console's `vms`
-    # first, while the test guest beside them passes.
-    local smp
-    for smp in 1 2; do
-        scenario_case "watchdog-smp$smp" watchdog --smp $smp
-        log_case "watchdog-smp$smp: stuck VMs stopped with a reason, shown stuck" "watchdog-smp$smp" \
-            '^RESULT vm:wait CONTAINED stopped: watchdog: no progress for 8[0-9]{3} ms' \
-            '^RESULT vm:yield CONTAINED stopped: watchdog: no progress for 8[0-9]{3} ms' \
-            '^RESULT vm:storm CONTAINED stopped: watchdog: no progress for 8[0-9]{3} ms' \
-            '^RESULT vm:good PASS exit=0$' \
-            '^console: (wait|yield|storm) +[0-9]+ +16 .*  stuck \(no progress for [0-9]+ ms\)$' \
-            '^STAT policy_elapsed_ms=[0-9]{4,5}$'
-    done
-    # A layout whose reservations exceed the pool is refused, naming the node.
-    fail_case "limits-refuses-reservations-over-the-pool" \
-        '^RESULT limits FAIL VM layout refused at node /vms/w[0-9]+: vm [0-9]+: mem-reservation-mib = <12> does not fit' \
-        ./qemu-run.sh --no-build --scenario limits --smp 1 --mem 64
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,

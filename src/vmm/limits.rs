@@ -100,30 +100,33 @@ pub fn release_after_stop(vm: &Vm) {
     }
 }
 
-/// Prints each VM's account figures (`STAT mem_<vm>_...`).
+/// Prints the pool's and each VM's account figures (`STAT mem_...`, one figure a line).
 pub fn print_stats(vms: &[Arc<Vm>]) {
     let host = crate::services::host();
     let st = host.lock();
     let accounts = st.accounts();
-    crate::println!(
-        "STAT mem_pool_frames={} mem_committed={} mem_owed={}",
-        accounts.capacity(),
-        accounts.committed(),
-        accounts.owed()
-    );
+    crate::println!("STAT mem_pool_frames={}", accounts.capacity());
+    crate::println!("STAT mem_committed_pages={}", accounts.committed());
+    crate::println!("STAT mem_owed_pages={}", accounts.owed());
     for vm in vms {
         let Some(u) = st.account_usage(vm.account) else {
             continue;
         };
+        let name = &vm.name;
+        let mib = |pages: u64| (pages * PAGE_SIZE) >> 20;
+        crate::println!("STAT mem_{name}_peak_mib={}", mib(u.peak));
+        if let Some(limit) = u.limit {
+            crate::println!("STAT mem_{name}_limit_mib={}", mib(limit));
+        }
+        crate::println!("STAT mem_{name}_reservation_mib={}", mib(u.reservation));
+        crate::println!("STAT mem_{name}_refused_at_limit={}", u.refused_at_limit);
+        crate::println!("STAT mem_{name}_refused_pool={}", u.refused_pool);
         crate::println!(
-            "STAT mem_{}_peak_mib={} limit_mib={} reservation_mib={} refused_at_limit={} refused_pool={} swapped_to_pay={} stopped={}",
-            vm.name,
-            (u.peak * PAGE_SIZE) >> 20,
-            u.limit.map_or(-1, |l| ((l * PAGE_SIZE) >> 20) as i64),
-            (u.reservation * PAGE_SIZE) >> 20,
-            u.refused_at_limit,
-            u.refused_pool,
-            VmStats::get(&vm.stats.mem_swapped_to_pay),
+            "STAT mem_{name}_swapped_to_pay={}",
+            VmStats::get(&vm.stats.mem_swapped_to_pay)
+        );
+        crate::println!(
+            "STAT mem_{name}_stopped={}",
             VmStats::get(&vm.stats.mem_stopped)
         );
     }

@@ -110,10 +110,11 @@ pub struct Vcpu {
     quiet_slices: u32,
     /// The fast lane served a fault since the last look (counts as activity).
     fast_served: bool,
-    /// Recent guest-caused exit PCs (a new one is progress for the watchdog).
-    exit_pcs: Novelty,
+    /// Recent guest-caused exit PCs (a new one is progress for the watchdog). Boxed, as
+    /// is everything big here: a Vcpu is built and moved on the 32 KiB boot stack.
+    exit_pcs: Box<Novelty>,
     /// Recent guest pages of general-exit memory faults (a new one is progress).
-    fault_pages: Novelty,
+    fault_pages: Box<Novelty>,
 }
 
 impl core::fmt::Debug for Vcpu {
@@ -156,8 +157,8 @@ impl Vcpu {
             repeats: 0,
             quiet_slices: 0,
             fast_served: false,
-            exit_pcs: Novelty::new(),
-            fault_pages: Novelty::new(),
+            exit_pcs: Box::new(Novelty::new()),
+            fault_pages: Box::new(Novelty::new()),
         })
     }
 

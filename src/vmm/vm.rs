@@ -311,7 +311,14 @@ impl Vm {
         let pages = ram_bytes / PAGE_SIZE;
         let guest =
             GuestMemory::with_host(FwTableFrames::new(), host.clone(), FwRemoteFlush::new())
-                .map_err(VmBuildError::Memory)?;
+                .map_err(|e| {
+                    crate::log!(
+                        "VM {}: no GPA-table root: {} frames free in the allocator",
+                        spec.name,
+                        crate::mem::frame::FRAMES.lock().free_frames()
+                    );
+                    VmBuildError::Memory(e)
+                })?;
         let guest = Arc::new(guest);
         let backing = guest
             .host()
