@@ -10,6 +10,7 @@
 # the fragment, /init, the linux-source and cross-compiler package versions and the busybox
 # package itself), in ${MIPSVISOR_LINUX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mipsvisor/linux}:
 #   <hash>/vmlinux   the guest image (stripped ELF, entry in the guest KSEG0 window)
+#   <hash>/config    its kernel configuration; <hash>/md5sums: md5 of /bin/busybox and /init
 #   work/            the unpacked, patched source tree and object tree (kept for quick rebuilds)
 #   busybox/         the downloaded busybox-static_*_mipsel.deb (delete it to fetch it again)
 #   apt-mipsel/      the private apt state the download uses (no architecture is added to the
@@ -63,7 +64,9 @@ fetch_busybox() {
     local apt=(apt-get -q -o "Dir::State=$state" -o "Dir::State::Lists=$state/lists"
                -o "Dir::State::status=$state/status" -o "Dir::Cache=$state"
                -o "Dir::Cache::archives=$state/archives" -o "APT::Architecture=mipsel"
-               -o "APT::Architectures::=mipsel" -o "Acquire::Languages=none")
+               -o "APT::Architectures::=mipsel" -o "Acquire::Languages=none"
+               -o "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false"
+               -o "Acquire::IndexTargets::deb::DEP-11-icons::DefaultEnabled=false")
     # apt's download sandbox user cannot write into root's home; as root, download as root.
     [ "$(id -u)" -eq 0 ] && apt+=(-o "APT::Sandbox::User=root")
     say "fetching busybox-static:mipsel (private apt state in $state)"
@@ -167,7 +170,7 @@ cp "$GUEST/init" "$WORK/init"
     for applet in sh ash cat cmp cp cut date dd df dmesg echo env false free grep gzip gunzip \
         head hostname kill ls md5sum mkdir mount mv ps pwd rm rmdir sed seq setsid sha256sum \
         sleep sort sync tail tee test touch tr true umount uname uniq wc yes awk cttyhack \
-        zcat xargs find printf expr od hexdump vi top; do
+        zcat xargs find printf expr od hexdump vi top basename dirname readlink; do
         echo "slink /bin/$applet busybox 0777 0 0"
     done
     for applet in poweroff reboot halt init; do
@@ -207,6 +210,9 @@ say "kernel built in $((SECONDS - START)) s"
 mkdir -p "$CACHE/$KEY"
 "${CROSS}strip" -o "$CACHE/$KEY/vmlinux.tmp" "$OBJ/vmlinux"
 cp "$OBJ/.config" "$CACHE/$KEY/config"
+# What the guest's /init computes, computed here (tools/test.sh compares the two).
+md5sum "$BUSYBOX" | sed 's|  .*|  /bin/busybox|' >"$CACHE/$KEY/md5sums"
+md5sum "$WORK/init" | sed 's|  .*|  /init|' >>"$CACHE/$KEY/md5sums"
 mv "$CACHE/$KEY/vmlinux.tmp" "$RESULT"
 say "built: $RESULT ($(stat -c %s "$RESULT") bytes)"
 echo "$RESULT"
