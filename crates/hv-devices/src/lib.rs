@@ -13,7 +13,9 @@
 //! - [`virtio_balloon`]: the balloon backend for that transport, with the memory policy left
 //!   to the firmware ([`virtio_balloon::BalloonHooks`]).
 //!
-//! [`vmconfig`] parses and validates the VM layout from a flattened device tree.
+//! [`vmconfig`] parses and validates the VM layout from a flattened device tree;
+//! [`fdt_writer`] writes flattened device trees and [`guest_dt`] uses it to describe a VM to
+//! its guest kernel (memory, CPU, interrupt controller, devices) for the UHI boot protocol.
 //! [`console_log`] keeps a VM's hypercall console transcript (display pieces, recorded
 //! lines, the isolation tally).
 #![cfg_attr(not(test), no_std)]
@@ -24,6 +26,8 @@ extern crate alloc;
 
 pub mod bus;
 pub mod console_log;
+pub mod fdt_writer;
+pub mod guest_dt;
 pub mod irq;
 #[cfg(any(test, feature = "test-driver"))]
 pub mod test_driver;
