@@ -2,7 +2,7 @@
 # Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
 #
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
-#                 [--config NAME] [--initrd FILE] [--no-build] [-- extra QEMU arguments]
+#                 [--config NAME] [--initrd FILE] [--linux] [--no-build] [-- extra QEMU arguments]
 #
 # Defaults: scenario demo (every memory service, ending in a table of memory saved), CPU
 # MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
@@ -26,7 +26,10 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
   --mem MiB         RAM in MiB, 64..2048 (default 512)
   --icount          deterministic instruction counting (-icount shift=0)
   --config NAME     VM layout configs/NAME.dts for the guest scenarios (config=NAME)
-  --initrd FILE     run the guest ELF FILE (passed with -initrd) in every VM of the layout
+  --initrd FILE     run the guest ELF FILE (passed with -initrd) in the layout's VMs whose
+                    image is "initrd" or, if none is, in every VM of the layout
+  --linux           boot the Linux guest (tools/build-linux-guest.sh, cached): scenario
+                    guests, layout linux unless --scenario/--config say otherwise
   --gdb             wait for gdb-multiarch on localhost:1234 before starting
   --no-build        boot the last build in out/ without rebuilding
   -h, --help        this text
@@ -46,7 +49,7 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO=demo CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
+SCENARIO="" CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD="" LINUX=0
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
         shift 2
         ;;
     --icount) ICOUNT=1; shift ;;
+    --linux) LINUX=1; shift ;;
     --gdb) GDB=1; shift ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -71,6 +75,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+if [ $LINUX -eq 1 ]; then
+    SCENARIO=${SCENARIO:-guests}
+    CONFIG=${CONFIG:-linux}
+fi
+SCENARIO=${SCENARIO:-demo}
 contains "$SCENARIO" "${SCENARIOS[@]}" \
     || die_usage "unknown scenario '$SCENARIO'; valid scenarios: ${SCENARIOS[*]}"
 if ! contains "$CPU" "${CPUS[@]}"; then
@@ -94,21 +103,34 @@ if [ $BUILD -eq 1 ]; then
 fi
 [ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 2; }
 
+# A layout whose VMs name image "initrd" (configs/linux*.dts) takes the initrd for those VMs
+# only; without --initrd such a layout gets the Linux guest, built or taken from its cache.
+LAYOUT_WANTS_INITRD=0
+if [ -n "$CONFIG" ] && [ -f "$ROOT/configs/$CONFIG.dts" ] \
+    && grep -Eq '^[[:space:]]*image = "initrd";' "$ROOT/configs/$CONFIG.dts"; then
+    LAYOUT_WANTS_INITRD=1
+fi
+if [ -z "$INITRD" ] && { [ $LINUX -eq 1 ] || [ $LAYOUT_WANTS_INITRD -eq 1 ]; }; then
+    INITRD=$("$ROOT/tools/build-linux-guest.sh") || { echo "qemu-run.sh: no Linux guest" >&2; exit 2; }
+    LAYOUT_WANTS_INITRD=1
+fi
+[ -z "$INITRD" ] || [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
+APPEND="scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}"
+# Without VMs of its own for the initrd, the layout runs it in every VM.
+[ -n "$INITRD" ] && [ $LAYOUT_WANTS_INITRD -eq 0 ] && APPEND+=" image=initrd"
+
 # No NIC and no VGA: the firmware uses neither, and without them QEMU needs no ROM files
 # (Malta's defaults want efi-pcnet.rom and vgabios-cirrus.bin, packages a minimal Debian lacks).
 QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
       -nic none -vga none
       -semihosting -kernel "$OUT/mipsvisor.elf"
-      -append "scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}${INITRD:+ image=initrd}")
+      -append "$APPEND")
 # The firmware's EJTAG debug stub goes to the debug vector in the boot ROM (physical
 # 0x1fc00480), so that a guest's SDBBP comes back to the hypervisor as a guest exit.
 if [ -f "$OUT/ejtag-vector.bin" ]; then
     QEMU+=(-device "loader,file=$OUT/ejtag-vector.bin,addr=0x1fc00480,force-raw=on")
 fi
-if [ -n "$INITRD" ]; then
-    [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
-    QEMU+=(-initrd "$INITRD")
-fi
+[ -n "$INITRD" ] && QEMU+=(-initrd "$INITRD")
 [ $ICOUNT -eq 1 ] && QEMU+=(-icount shift=0)
 if [ $GDB -eq 1 ]; then
     QEMU+=(-s -S)
