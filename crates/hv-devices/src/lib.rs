@@ -16,6 +16,7 @@
 //! [`vmconfig`] parses and validates the VM layout from a flattened device tree;
 //! [`fdt_writer`] writes flattened device trees and [`guest_dt`] uses it to describe a VM to
 //! its guest kernel (memory, CPU, interrupt controller, devices) for the UHI boot protocol.
+//! [`bundle`] reads a layout and its guest images packed as one FIT image.
 //! [`console_log`] keeps a VM's hypercall console transcript (display pieces, recorded
 //! lines, the isolation tally).
 #![cfg_attr(not(test), no_std)]
@@ -24,6 +25,7 @@
 
 extern crate alloc;
 
+pub mod bundle;
 pub mod bus;
 pub mod console_log;
 pub mod fdt_writer;
