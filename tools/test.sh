@@ -422,12 +422,8 @@ run_cases() {
 }
 
 # The Linux guest image (tools/build-linux-guest.sh: a cached build takes seconds, a cold
-# one about 12 minutes on 2 cores). Set by linux_image, used by linux_case.
+# one about 12 minutes on 2 cores). Set after its build step, used by linux_case.
 LINUX_IMAGE=""
-linux_image() {
-    LINUX_IMAGE=$(tools/build-linux-guest.sh) || return 1
-    echo "$LINUX_IMAGE"
-}
 
 # linux_case NAME qemu-run.sh arguments...: the Linux VM `linux` (configs/linux*.dts) boots
 # to busybox, the results its /init prints (guests/linux/init) equal those of the same
@@ -526,7 +522,8 @@ run_qemu() {
         '^\[cpu0\] VM duo \(id 0\): 2 vCPU\(s\)' '^RESULT vm:duo PASS exit=0$'
     # Linux 6.1 (guests/linux) as a guest: boots to busybox, its checks match the host's,
     # poweroff ends the VM with status 0; alone on 1 CPU, and beside 3 test guests on 4.
-    step "Linux guest build (tools/build-linux-guest.sh, cached by inputs)" linux_image
+    step "Linux guest build (tools/build-linux-guest.sh, cached by inputs)" tools/build-linux-guest.sh
+    LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
     linux_case "linux-smp1" --smp 1 --config linux
     linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
     log_case "linux: MIPS32 CPU and the device tree's devices" linux-smp1 \
