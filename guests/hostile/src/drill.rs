@@ -36,18 +36,22 @@ enum Trigger {
     RemoveMemslot,
 }
 
+/// Attempt 12: balloon inflation takes the pages.
 pub fn balloon(ram: u64) -> AttemptResult {
     drill(ram, Trigger::Balloon)
 }
 
+/// Attempt 13: swap-out takes the pages.
 pub fn swap_out(ram: u64) -> AttemptResult {
     drill(ram, Trigger::SwapOut)
 }
 
+/// Attempt 14: a dedup merge takes the first page's frame.
 pub fn merge(ram: u64) -> AttemptResult {
     drill(ram, Trigger::Merge)
 }
 
+/// Attempt 15: the read-only memslot is removed.
 pub fn memslot_removal(ram: u64) -> AttemptResult {
     drill(ram, Trigger::RemoveMemslot)
 }
@@ -61,7 +65,7 @@ fn number(t: Trigger) -> u64 {
     }
 }
 
-/// Loads `n` doublewords at `va` (through the probe, so a fault is seen, not fatal).
+/// One doubleword load at `va` (through the probe, so a fault is seen, not fatal).
 fn read(va: u64) -> Probe {
     probe::load(va)
 }
@@ -79,13 +83,20 @@ fn drill(ram: u64, trigger: Trigger) -> AttemptResult {
             Err(_) => {
                 let mut text = Text::new();
                 let _ = write!(text, "no read-only memslot to map");
-                return AttemptResult { text, breach: false };
+                return AttemptResult {
+                    text,
+                    breach: false,
+                };
             }
         },
     };
     let va = DRILL_VA + k * 0x10_0000;
     let flags = tlb::LO_VALID | tlb::LO_CACHED | tlb::LO_GLOBAL;
-    let flags = if writable { flags | tlb::LO_DIRTY } else { flags };
+    let flags = if writable {
+        flags | tlb::LO_DIRTY
+    } else {
+        flags
+    };
     let entry = TlbEntry {
         hi: tlb::entry_hi(va, 0),
         lo0: tlb::entry_lo(even, flags),
@@ -145,7 +156,10 @@ fn drill(ram: u64, trigger: Trigger) -> AttemptResult {
     // SAFETY: TS is only a report here; clearing it is what a machine-check handler does.
     unsafe { guest_rt::cp0::set_status(guest_rt::cp0::status() & !(1 << 21)) };
     let before = read(va);
-    let _ = write!(text, "{mchecks}/2 shadowing writes machine-checked; before: {before}; ");
+    let _ = write!(
+        text,
+        "{mchecks}/2 shadowing writes machine-checked; before: {before}; "
+    );
     // The host takes the pages now.
     let yielded = hypercall::yield_now();
     let after = read(va);
