@@ -2,12 +2,17 @@
 # Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
 #
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
-#                 [--config NAME] [--initrd FILE] [--no-build] [-- extra QEMU arguments]
+#                 [--config NAME] [--initrd FILE] [--bundle FILE] [--no-build]
+#                 [-- extra QEMU arguments]
 #
 # Defaults: scenario demo (every memory service, ending in a table of memory saved), CPU
 # MIPS64R2-generic, 2 CPUs, 512 MiB. The scenario and the
 # expected CPU count and RAM size reach the firmware on the boot command line (-append),
 # so no rebuild is needed to switch. Missing packages are installed on Debian 12.
+#
+# Exit status: the firmware's own (0 pass, 1 a check failed, 3 panic, 4 unexpected exception
+# in the firmware), or this script's: 2 a bad option, 5 missing packages or a failed build,
+# 6 QEMU itself failed (could not start, bad QEMU argument), 130/143 interrupted.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -27,6 +32,8 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
   --icount          deterministic instruction counting (-icount shift=0)
   --config NAME     VM layout configs/NAME.dts for the guest scenarios (config=NAME)
   --initrd FILE     run the guest ELF FILE (passed with -initrd) in every VM of the layout
+  --bundle FILE     run the VMs of a bundle (tools/mkbundle: a FIT image of a layout and
+                    its guest images, passed with -initrd); scenario guests unless given
   --gdb             wait for gdb-multiarch on localhost:1234 before starting
   --no-build        boot the last build in out/ without rebuilding
   -h, --help        this text
@@ -46,15 +53,16 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO=demo CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD=""
+SCENARIO="" CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD="" BUNDLE=""
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
-    --scenario | --cpu | --smp | --mem | --config | --initrd)
+    --scenario | --cpu | --smp | --mem | --config | --initrd | --bundle)
         [ $# -ge 2 ] || die_usage "$1 needs a value"
         case "$1" in
         --config) CONFIG=$2 ;;
         --initrd) INITRD=$2 ;;
+        --bundle) BUNDLE=$2 ;;
         --scenario) SCENARIO=$2 ;;
         --cpu) CPU=$2 ;;
         --smp) SMP=$2 ;;
@@ -71,6 +79,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# A bundle's VMs run to completion by default; otherwise the demo of every service.
+[ -n "$SCENARIO" ] || { [ -n "$BUNDLE" ] && SCENARIO=guests; } || SCENARIO=demo
 contains "$SCENARIO" "${SCENARIOS[@]}" \
     || die_usage "unknown scenario '$SCENARIO'; valid scenarios: ${SCENARIOS[*]}"
 if ! contains "$CPU" "${CPUS[@]}"; then
@@ -85,14 +95,22 @@ fi
 [[ "$MEM" =~ ^[0-9]+$ ]] && [ "$MEM" -ge 64 ] && [ "$MEM" -le 2048 ] \
     || die_usage "--mem must be a number of MiB from 64 to 2048, not '$MEM'"
 
-mipsvisor_ensure_deps firmware
-[ $GDB -eq 1 ] && mipsvisor_ensure_deps gdb
+[ -z "$INITRD" ] || [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
+if [ -n "$BUNDLE" ]; then
+    [ -z "$INITRD" ] || die_usage "--bundle and --initrd both use the initrd: give one"
+    [ -f "$BUNDLE" ] || die_usage "--bundle: no such file '$BUNDLE'"
+    [ "$(head -c 4 "$BUNDLE" | od -An -tx1 | tr -d ' \n')" = d00dfeed ] \
+        || die_usage "--bundle: '$BUNDLE' is not a FIT image (make one with tools/mkbundle)"
+fi
+
+mipsvisor_ensure_deps firmware || exit 5
+if [ $GDB -eq 1 ]; then mipsvisor_ensure_deps gdb || exit 5; fi
 
 OUT=${MIPSVISOR_OUT:-$ROOT/out}
 if [ $BUILD -eq 1 ]; then
-    "$ROOT/tools/build-fw.sh" >&2
+    "$ROOT/tools/build-fw.sh" >&2 || { echo "qemu-run.sh: the build failed (above): status 5" >&2; exit 5; }
 fi
-[ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 2; }
+[ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 5; }
 
 # No NIC and no VGA: the firmware uses neither, and without them QEMU needs no ROM files
 # (Malta's defaults want efi-pcnet.rom and vgabios-cirrus.bin, packages a minimal Debian lacks).
@@ -106,12 +124,44 @@ if [ -f "$OUT/ejtag-vector.bin" ]; then
     QEMU+=(-device "loader,file=$OUT/ejtag-vector.bin,addr=0x1fc00480,force-raw=on")
 fi
 if [ -n "$INITRD" ]; then
-    [ -f "$INITRD" ] || die_usage "--initrd: no such file '$INITRD'"
     QEMU+=(-initrd "$INITRD")
 fi
+# The firmware tells a bundle from an ELF initrd by its first word (the FDT magic).
+[ -z "$BUNDLE" ] || QEMU+=(-initrd "$BUNDLE")
 [ $ICOUNT -eq 1 ] && QEMU+=(-icount shift=0)
 if [ $GDB -eq 1 ]; then
     QEMU+=(-s -S)
-    echo "qemu-run.sh: waiting for gdb: gdb-multiarch $OUT/mipsvisor.elf -ex 'target remote :1234'" >&2
+    # QEMU halts in Malta's boot ROM, which has no symbols: the hint runs to the firmware's
+    # entry point (ENTRY in linker.ld) so the user starts where the source does.
+    echo "qemu-run.sh: waiting for gdb on localhost:1234; connect with:" >&2
+    echo "  gdb-multiarch $OUT/mipsvisor.elf -ex 'target remote :1234' -ex 'break _start' -ex continue" >&2
 fi
-exec "${QEMU[@]}" "${EXTRA[@]}"
+
+# Run QEMU as a child (not exec) so that its own failures get their own status. QEMU's
+# messages go to stderr, the firmware's to the serial port on stdout; QEMU ends with status
+# 1 on its own errors (a missing ROM, a bad option), and a firmware status 1 means a check
+# failed, so a status 1 that comes with a QEMU error line is reported as status 6.
+QEMU_ERR=$(mktemp "${TMPDIR:-/tmp}/qemu-run.XXXXXX")
+QEMU_PID=""
+stop_qemu() {
+    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+    rm -f "$QEMU_ERR"
+}
+trap stop_qemu EXIT
+trap 'stop_qemu; exit 130' INT
+trap 'stop_qemu; exit 143' TERM
+set +e
+# A background command's stdin would be /dev/null: hand QEMU ours (the operator console).
+exec 3<&0
+"${QEMU[@]}" "${EXTRA[@]}" <&3 3<&- 2>"$QEMU_ERR" &
+QEMU_PID=$!
+wait "$QEMU_PID"
+status=$?
+QEMU_PID=""
+set -e
+cat "$QEMU_ERR" >&2
+if [ $status -eq 1 ] && grep -v -E '^[^:]+: warning:' "$QEMU_ERR" | grep -q .; then
+    echo "qemu-run.sh: QEMU stopped with its own error (above), not the firmware: status 6" >&2
+    status=6
+fi
+exit $status

@@ -61,20 +61,28 @@ mipsvisor_ensure_deps() {
         for q in "${unique[@]}"; do [ "$p" = "$q" ] && seen=1; done
         [ $seen -eq 0 ] && unique+=("$p")
     done
+    local line="apt-get update && apt-get install -y --no-install-recommends ${unique[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "mipsvisor: missing ${unique[*]} and no apt-get to install them" >&2
+        echo "mipsvisor: missing ${unique[*]} and no apt-get to install them (Debian 12 names)" >&2
         return 1
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || {
-            echo "mipsvisor: need root or sudo to install ${unique[*]}" >&2
+        # sudo -n: never stop at a password prompt when nobody can answer (CI, a pipe).
+        if ! command -v sudo >/dev/null 2>&1 \
+            || { [ ! -t 0 ] && ! sudo -n true 2>/dev/null; }; then
+            echo "mipsvisor: missing packages; ask an administrator to run, as root:" >&2
+            echo "  $line" >&2
             return 1
-        }
+        fi
         sudo=(sudo)
     fi
     echo "mipsvisor: installing ${unique[*]}" >&2
-    "${sudo[@]}" apt-get update -q >&2 || return 1
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${unique[@]}" >&2
+    if ! { "${sudo[@]}" apt-get update -q >&2 \
+        && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${unique[@]}" >&2; }; then
+        echo "mipsvisor: installing failed; the command was, as root:" >&2
+        echo "  $line" >&2
+        return 1
+    fi
 }

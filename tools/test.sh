@@ -5,6 +5,9 @@
 #   tools/test.sh host     fmt, host clippy, host tests (portable crates and the firmware's
 #                          register-free modules), loom tests if present
 #   tools/test.sh qemu     MIPS clippy, firmware build, every QEMU scenario
+#   tools/test.sh cases [NAME...]
+#                          only the layout-plus-expectation cases tests/cases/NAME.case
+#                          (all without names), on the firmware already built in out/
 #
 # Installs missing Debian packages first. Each step is judged on its own; the last line is
 # "N passed, N failed" and the exit status is non-zero if anything failed. QEMU runs are
@@ -18,9 +21,11 @@ cd "$ROOT"
 . "$ROOT/tools/deps.sh"
 
 PART=${1:-all}
+[ $# -gt 0 ] && shift
+[ "$PART" = cases ] && CASES="$*"
 case "$PART" in
-all | host | qemu) ;;
-*) echo "usage: tools/test.sh [host|qemu]" >&2; exit 2 ;;
+all | host | qemu | cases) ;;
+*) echo "usage: tools/test.sh [host|qemu|cases [NAME...]]" >&2; exit 2 ;;
 esac
 
 LOGS=${MIPSVISOR_OUT:-$ROOT/out}/test-logs
@@ -34,13 +39,28 @@ fail() {
     printf 'FAIL  %s%s\n' "$1" "${2:+ ($2)}"
 }
 
-# step NAME COMMAND...: runs a command, passes on exit status 0.
+# step NAME COMMAND...: runs a command, passes on exit status 0. A step that runs long (the
+# release test build, loom) prints a progress line every minute with its log's last line.
+PROGRESS_SECONDS=${PROGRESS_SECONDS:-60}
 step() {
     local name=$1 log
     shift
     log=$LOGS/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log
-    local start=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    local start=$SECONDS rc
+    "$@" >"$log" 2>&1 &
+    local pid=$! next=$((SECONDS + PROGRESS_SECONDS))
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if [ $SECONDS -ge $next ]; then
+            printf '      ... %s: %ss, %s tests passed so far; %s\n' "$name" \
+                "$((SECONDS - start))" "$(grep -c ' \.\.\. ok$' "$log")" \
+                "$(tail -n 1 "$log" | sed 's/^ *//' | cut -c1-80)"
+            next=$((next + PROGRESS_SECONDS))
+        fi
+    done
+    wait "$pid"
+    rc=$?
+    if [ $rc -eq 0 ]; then
         pass "$name [$((SECONDS - start))s]"
     else
         fail "$name" "see $log"
@@ -48,7 +68,7 @@ step() {
     fi
 }
 
-if ! mipsvisor_ensure_deps test; then
+if ! mipsvisor_ensure_deps test gdb; then
     fail "install dependencies"
     echo "$PASSED passed, $FAILED failed"
     exit 1
@@ -80,6 +100,8 @@ run_host() {
         "${HOST_CARGO[@]}" fmt --manifest-path guests/Cargo.toml --all -- --check
     step "guests host tests (guest-patterns)" tools/build-guests.sh test
     step "tools/plot: sample run to PNG, every series drawn" plot_checks
+    step "bundle test fixtures match their .its sources" bundle_fixture_check
+    step "tools/lib/expect.py: a case that holds passes, each unmet fact is reported" expect_checks
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -87,6 +109,37 @@ run_host() {
         step "loom test $loom" env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
             "${HOST_CARGO[@]}" test -p hv-core --release --test "$loom"
     done
+}
+
+# The case judge on a sample log: the passing case passes; in the failing case every one of
+# its 9 expectations is reported, and a malformed case is an error, not a pass.
+expect_checks() {
+    local sample=tools/fixtures/expect-sample.log out
+    tools/lib/expect.py check tools/fixtures/expect-pass.case "$sample" 0 || return 1
+    if out=$(tools/lib/expect.py check tools/fixtures/expect-fail.case "$sample" 0); then
+        echo "the failing case passed"; return 1
+    fi
+    echo "$out"
+    [ "$(wc -l <<<"$out")" -eq 9 ] || { echo "expected 9 problems"; return 1; }
+    printf 'run: --smp 1\nstat: oops\n' >"$LOGS/bad.case"
+    tools/lib/expect.py check "$LOGS/bad.case" "$sample" 0
+    [ $? -eq 2 ] || { echo "a malformed case was not an error"; return 1; }
+}
+
+# The FIT fixtures of hv-devices' bundle tests are dtc's output for the .its beside them.
+bundle_fixture_check() {
+    local dir=crates/hv-devices/tests/fixtures/bundles its scratch status=0
+    scratch=$(mktemp -d)
+    for its in "$dir"/*.its; do
+        dtc -q -I dts -O dtb -o "$scratch/out.itb" "$its" || { status=1; continue; }
+        if cmp -s "$scratch/out.itb" "${its%.its}.itb"; then
+            echo "ok    $its"
+        else
+            echo "STALE ${its%.its}.itb: recompile it with dtc -I dts -O dtb" ; status=1
+        fi
+    done
+    rm -rf "$scratch"
+    return $status
 }
 
 # tools/plot on the committed sample run (tools/fixtures/plot-sample.log): a valid PNG of
@@ -186,19 +239,46 @@ scenario_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
-# services that may be absent; passes if it ran to its RESULT line (log_case judges it).
-run_case() {
-    local name=$1 scenario=$2 log rc
-    shift 2
+# expect_case CASE: a test that is a layout run plus expectations (tests/cases/NAME.case,
+# judged by tools/lib/expect.py: exit status, RESULT lines, every VM's end, STAT figures and
+# output lines).
+expect_case() {
+    local case=$1 name log rc args=() why
+    name=$(basename "$case" .case)
     log=$LOGS/qemu-$name.log
+    mapfile -t args < <(tools/lib/expect.py args "$case") || true
     local start=$SECONDS
-    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
+    QEMU_TIMEOUT=$(tools/lib/expect.py timeout "$case") \
+        qemu_capture "$log" ./qemu-run.sh --no-build "${args[@]}" </dev/null
     rc=$?
-    local why=""
-    if [ $rc -eq 124 ] || ! grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
-        why="exit status $rc, no RESULT $scenario line"
+    why=$(tools/lib/expect.py check "$case" "$log" "$rc" 2>&1 | head -n 6 | paste -sd ';' -)
+    [ $rc -ne 124 ] || why="timed out${why:+; $why}"
+    qemu_verdict "$name" "$log" "$start" "$why" "(tests/cases/$name.case)"
+}
+
+# gdb_case NAME: `./qemu-run.sh --gdb` prints a gdb command; run as printed (batch mode), it
+# must stop at the firmware's entry symbol, with symbols, not in the boot ROM.
+gdb_case() {
+    local name=$1 log=$LOGS/qemu-$1.log gdblog=$LOGS/qemu-$1.gdb.log hint="" i
+    local start=$SECONDS why=""
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario boot --smp 1 --gdb \
+        </dev/null >"$log" 2>&1 &
+    local qemu=$!
+    for ((i = 0; i < 100; i++)); do
+        hint=$(grep -A1 'waiting for gdb' "$log" | sed -n 's/^  \(gdb-multiarch .*\)$/\1/p')
+        [ -n "$hint" ] && break
+        sleep 0.1
+    done
+    if [ -z "$hint" ]; then
+        why="qemu-run.sh --gdb printed no gdb command"
+    else
+        sleep 1 # QEMU opens its gdb port just after the hint
+        eval "timeout 60 $hint -batch -nx -ex \"info symbol \\\$pc\"" >"$gdblog" 2>&1
+        grep -Eq '^_start in section' "$gdblog" || why="gdb did not stop at _start; see $gdblog"
+        grep -q 'No symbol matches' "$gdblog" && why="${why:+$why, }gdb found no symbol at \$pc"
     fi
+    kill "$qemu" 2>/dev/null
+    wait "$qemu" 2>/dev/null
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -303,18 +383,42 @@ bench_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
-fail_case() {
-    local name=$1 pattern=$2 log rc
-    shift 2
+# status_case NAME STATUS PATTERN COMMAND...: must exit with STATUS (a number, or `failure`:
+# any non-zero status but a timeout's) and print PATTERN (grep -E).
+status_case() {
+    local name=$1 want=$2 pattern=$3 log rc
+    shift 3
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
     qemu_capture "$log" "$@" </dev/null
     rc=$?
-    local why=""
-    [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
+    local why="" note="(status $rc)"
+    if [ "$want" = failure ]; then
+        [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
+        note="(fails as it must, status $rc)"
+    else
+        [ $rc -eq "$want" ] || why="exit status $rc, not $want"
+    fi
     grep -Eq -- "$pattern" "$log" || why="${why:+$why, }output lacks /$pattern/"
-    qemu_verdict "$name" "$log" "$start" "$why" "(fails as it must, status $rc)"
+    qemu_verdict "$name" "$log" "$start" "$why" "$note"
+}
+
+# fail_case NAME PATTERN COMMAND...: must exit non-zero (not a timeout) and print PATTERN.
+fail_case() {
+    local name=$1 pattern=$2
+    shift 2
+    status_case "$name" failure "$pattern" "$@"
+}
+
+# Layout runs plus expectations (tests/cases/*.case, or the ones named in $CASES).
+run_cases() {
+    local case
+    for case in tests/cases/*.case; do
+        if [ -n "${CASES:-}" ] && ! grep -qw -- "$(basename "$case" .case)" <<<"$CASES"; then
+            continue
+        fi
+        expect_case "$case"
+    done
 }
 
 run_qemu() {
@@ -325,6 +429,7 @@ run_qemu() {
         fail "qemu scenarios" "no firmware image"
         return
     fi
+    run_cases
     boot_case "boot-default"
     boot_case "boot-smp1-mem256" --smp 1 --mem 256
     boot_case "boot-smp3-mem768" --smp 3 --mem 768
@@ -341,13 +446,7 @@ run_qemu() {
     scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
     scenario_case "guests-smp4" guests --smp 4
     scenario_case "guests-smp1" guests --smp 1
-    # dedup (~5-10 s each): 4 memguests in one trust group + a loner pinned to CPU 0 (on
-    # --smp 2 CPU 0 is the services CPU and still runs it); the scenario judges itself:
-    # pages_sharing >= 99 % of mergeable_pages after 2 full scans, no frame shared across
-    # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
-    scenario_case "dedup-smp2" dedup --smp 2
-    scenario_case "dedup-smp1" dedup --smp 1
-    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # dedup and idle on 1 and 2 CPUs are tests/cases/*.case. dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
     # reach every CPU holding either vCPU's derived translations.
     scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     # stress (~60 s alone, up to ~3 min under load; the longest case): 4 memguest VMs x
@@ -362,10 +461,6 @@ run_qemu() {
     log_case "demo: table of memory saved per service" demo-smp2 \
         '^  memory saved per service' '^STAT demo_saved_pages_dedup=[1-9]' \
         '^STAT demo_saved_pages_balloon=[1-9]' '^STAT frames_leaked=0$'
-    log_case "dedup merges what can be merged" dedup-smp2 \
-        '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
-        '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
-        '^STAT frames_leaked=0$'
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
@@ -377,20 +472,6 @@ run_qemu() {
         '^\[mg-swap\] memguest: swap wave 3/3 wrote [0-9]+ pages, verified [0-9]+ pages, 0 bad$' \
         '^\[mg-swap\] memguest: verified [0-9]+ pages, 0 bad$' \
         '^\[mg-stress\] memguest: stress ops 20000 bad_pages 0$'
-    # One VM per workload. Without the services task in this scenario dedup and idle wait
-    # ~30 s, give up (exit 3) and still write and verify their memory; with it they pass.
-    run_case "guests-memguest-smoke-smp1" guests --smp 1 --config memguest-smoke
-    log_case "memguest every workload verifies its memory" guests-memguest-smoke-smp1 \
-        '^\[mg-dedup\] memguest: dedup filled [0-9]+ pages' \
-        '^\[mg-dedup\] memguest: (dedup full scans [0-9]+ -> [0-9]+ after|FAIL gave up waiting for dedup full scans)' \
-        '^\[mg-dedup\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
-        '^\[mg-dedup\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-dedup (PASS exit=0|FAIL exit=3)$' \
-        '^\[mg-idle\] memguest: working set 64 pages ' \
-        '^\[mg-idle\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
-        '^RESULT vm:mg-swap PASS exit=0$' \
-        '^RESULT vm:mg-stress PASS exit=0$'
     # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
     scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
     log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
@@ -409,11 +490,9 @@ run_qemu() {
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
-    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    # nothing leaked).
     scenario_case "swap-smp2" swap --smp 2
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
-    scenario_case "idle-smp2" idle --smp 2
-    scenario_case "idle-smp1" idle --smp 1
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'
@@ -457,13 +536,38 @@ run_qemu() {
         ./qemu-run.sh --no-build -- -append "scenario=nope"
     fail_case "qemu-run-rejects-unknown-scenario" "unknown scenario 'nope'; valid scenarios: boot" \
         ./qemu-run.sh --no-build --scenario nope
-    fail_case "qemu-run-rejects-unknown-option" "unknown option '--frobnicate'" \
+    status_case "qemu-run-rejects-unknown-option" 2 "unknown option '--frobnicate'" \
         ./qemu-run.sh --no-build --frobnicate
+    # QEMU's own failure is status 6, never 1 (a failed check).
+    status_case "qemu-run-qemu-error-is-status-6" 6 'QEMU stopped with its own error' \
+        ./qemu-run.sh --no-build -- -frobnicate
+    status_case "firmware-check-failure-is-status-1" 1 '^RESULT nope FAIL unknown scenario' \
+        ./qemu-run.sh --no-build -- -append "scenario=nope"
+    status_case "firmware-panic-is-status-3" 3 '^RESULT panic-selftest FAIL panic:' \
+        ./qemu-run.sh --no-build --scenario panic-selftest
+    gdb_case "gdb-hint-stops-at-entry"
+    # A user's own layout and image, packed as a bundle: run without rebuilding the firmware.
+    local bundle=${MIPSVISOR_OUT:-$ROOT/out}/hello-pair.itb
+    step "tools/mkbundle packs examples/hello-pair.dts with an image" tools/mkbundle -o "$bundle" \
+        examples/hello-pair.dts "myhello=${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    scenario_case "bundle-hello-pair-smp2" guests --smp 2 --bundle "$bundle"
+    log_case "bundle: layout and image came from the bundle" bundle-hello-pair-smp2 \
+        "^\[cpu0\] guests: 2 VMs from bundle layout 'layout'" \
+        '^\[cpu0\] VM left: image myhello \(bundle\)$' '^RESULT vm:left PASS exit=0$' \
+        '^RESULT vm:right PASS exit=0$'
+    status_case "bundle-compressed-refused" 1 \
+        '^RESULT guests FAIL bundle \(initrd\): /images/mine: compression "gzip" is not supported' \
+        ./qemu-run.sh --no-build --bundle crates/hv-devices/tests/fixtures/bundles/compressed.itb
+    status_case "qemu-run-refuses-a-non-fit-bundle" 2 "is not a FIT image" \
+        ./qemu-run.sh --no-build --bundle "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    fail_case "mkbundle-refuses-a-missing-image" "names image 'myhello', which is neither given" \
+        tools/mkbundle -o "$LOGS/none.itb" examples/hello-pair.dts
 }
 
 case "$PART" in
 host) run_host ;;
 qemu) run_qemu ;;
+cases) run_cases ;;
 all) run_host; run_qemu ;;
 esac
 

@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use hv_core::addr::Gpa;
+use hv_devices::bundle::{self, Bundle};
 use hv_devices::vmconfig::VmLayout;
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
@@ -29,43 +30,75 @@ pub(crate) fn online_cpus(info: &BootInfo) -> usize {
 /// Guest RAM of each self-test VM.
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
-/// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
-/// layout named after the scenario, else the built-in default.
+/// The bundle the boot loader passed in place of an initrd (a FIT image: a layout and the
+/// guest images it names), if it did.
+fn bundle(info: &BootInfo) -> Result<Option<Bundle<'static>>, String> {
+    let Ok(blob) = super::initrd_image(info) else {
+        return Ok(None);
+    };
+    if !bundle::looks_like_bundle(blob) {
+        return Ok(None);
+    }
+    Bundle::parse(blob)
+        .map(Some)
+        .map_err(|e| format!("bundle (initrd): {e}"))
+}
+
+/// The VM layout of a scenario: `config=NAME` from the command line, else the layout of a
+/// bundle the loader passed, else the embedded layout named after the scenario. A missing
+/// layout is an error, never a silent fallback: a firmware built without its layouts would
+/// otherwise run something the user did not ask for.
 pub(crate) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
+    if info.options.config.is_none() {
+        if let Some(bundle) = bundle(info)? {
+            let source = format!("bundle layout '{}'", bundle.layout_name);
+            return VmLayout::parse(bundle.layout)
+                .map(|layout| (layout, source.clone()))
+                .map_err(|e| format!("{source}: {e}"));
+        }
+    }
     let name = info.options.config.unwrap_or(scenario);
     match images::config(name) {
         Some(blob) => VmLayout::parse(blob)
             .map(|layout| (layout, format!("configs/{name}.dtb")))
             .map_err(|e| format!("VM layout configs/{name}.dtb: {e}")),
-        None if info.options.config.is_some() => Err(format!(
-            "no VM layout '{name}' embedded (configs/{name}.dts)"
-        )),
-        None => Ok((
-            VmLayout::builtin_default(),
-            String::from("built-in default"),
-        )),
+        None => {
+            let names: Vec<&str> = images::config_names().collect();
+            Err(format!(
+                "no VM layout '{name}' embedded (have: [{}]); add configs/{name}.dts and \
+                 rebuild with tools/build-fw.sh, or pass it in a bundle (--bundle)",
+                names.join(", ")
+            ))
+        }
     }
 }
 
-/// The image bytes for `name`: embedded, or `initrd` for the boot loader's initrd. A missing
-/// test guest falls back to `hello` (logged), so the scenario still runs before it exists.
+/// The image bytes for `name`: from the loader's bundle, embedded, or `initrd` for the boot
+/// loader's initrd (an ELF).
 fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), String> {
+    let bundle = bundle(info)?;
     if name == "initrd" {
+        if bundle.is_some() {
+            return Err(String::from(
+                "image 'initrd' asked for, but the initrd is a bundle: name its images instead",
+            ));
+        }
         return super::initrd_image(info).map(|bytes| (bytes, String::from("initrd")));
+    }
+    if let Some(bytes) = bundle.as_ref().and_then(|b| b.image(name)) {
+        return Ok((bytes, format!("{name} (bundle)")));
     }
     if let Some(bytes) = images::embedded(name) {
         return Ok((bytes, String::from(name)));
     }
-    if name == "testguest" {
-        if let Some(bytes) = images::embedded("hello") {
-            crate::log!("image testguest is not built; running hello instead");
-            return Ok((bytes, String::from("hello")));
-        }
+    let mut names: Vec<String> = images::embedded_names().map(String::from).collect();
+    if let Some(bundle) = &bundle {
+        names.extend(bundle.image_names().map(String::from));
     }
-    let names: Vec<&str> = images::embedded_names().collect();
     Err(format!(
-        "guest image '{name}' is not embedded (have: [{}]); build guests with \
-         tools/build-guests.sh before tools/build-fw.sh",
+        "guest image '{name}' is neither in the bundle nor embedded (have: [{}]); pack it \
+         with tools/mkbundle, or build guests with tools/build-guests.sh before \
+         tools/build-fw.sh",
         names.join(", ")
     ))
 }
@@ -76,7 +109,11 @@ pub(crate) fn specs(
     layout: &VmLayout,
     cpus: usize,
 ) -> Result<Vec<VmSpec<'static>>, String> {
+    let bundle = bundle(info)?;
     let mut known: Vec<&str> = images::embedded_names().collect();
+    if let Some(bundle) = &bundle {
+        known.extend(bundle.image_names());
+    }
     known.push("initrd");
     let mut checked = layout.clone();
     if let Some(image) = info.options.image {

@@ -13,7 +13,8 @@
 //! - [`virtio_balloon`]: the balloon backend for that transport, with the memory policy left
 //!   to the firmware ([`virtio_balloon::BalloonHooks`]).
 //!
-//! [`vmconfig`] parses and validates the VM layout from a flattened device tree.
+//! [`vmconfig`] parses and validates the VM layout from a flattened device tree;
+//! [`bundle`] reads a layout and its guest images packed as one FIT image.
 //! [`console_log`] keeps a VM's hypercall console transcript (display pieces, recorded
 //! lines, the isolation tally).
 #![cfg_attr(not(test), no_std)]
@@ -22,6 +23,7 @@
 
 extern crate alloc;
 
+pub mod bundle;
 pub mod bus;
 pub mod console_log;
 pub mod irq;
