@@ -127,6 +127,12 @@ pub struct VmStats {
     pub emulated: AtomicU64,
     /// Hypercalls served (refused ones included).
     pub hypercalls: AtomicU64,
+    /// Hypercalls refused (bad number, code field or argument; counted in `hypercalls` too).
+    pub hypercalls_refused: AtomicU64,
+    /// TLB writes refused as duplicate matches (a machine check reflected to the guest).
+    pub machine_checks: AtomicU64,
+    /// Root pairs dropped because a new one needed their slot in a vCPU's derived set.
+    pub derived_evictions: AtomicU64,
     /// Exceptions reflected to the guest (TLB refills included).
     pub reflected: AtomicU64,
     /// Guest timer interrupts raised.
