@@ -631,6 +631,7 @@ impl Vcpu {
         else {
             return false;
         };
+        self.vm.drill.note_fault(translation.gpa);
         if !self.install_derived(gva, &translation, buddy, pair, refill) {
             return false;
         }
@@ -760,7 +761,8 @@ impl Vcpu {
         let stats = &self.vm.stats;
         if VmStats::get(&stats.machine_checks) < LOGGED_MACHINE_CHECKS {
             crate::log!(
-                "VM {}: vcpu{} pc={:#x}: guest TLB write to entry {index} would duplicate                  entry {conflict}'s match (EntryHi {:#x}): refused, machine check reflected",
+                "VM {}: vcpu{} pc={:#x}: guest TLB write to entry {index} would duplicate \
+                 entry {conflict}'s match (EntryHi {:#x}): refused, machine check reflected",
                 self.vm.name,
                 self.index,
                 self.ctx.pc,
