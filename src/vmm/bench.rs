@@ -91,6 +91,8 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         balloon_target_mib: None,
         mem: Default::default(),
         watchdog_ms: None,
+        cpu: hv_devices::vmconfig::CpuModel::default(),
+        device_tree: None,
     }];
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, BENCH_TIMEOUT_TICKS);

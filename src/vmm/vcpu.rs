@@ -37,6 +37,7 @@ use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInf
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
+use hv_emul::regs::Gpr;
 use hv_emul::timer::GuestTimer;
 use hv_services::watchdog::{Novelty, Verdict};
 
@@ -133,9 +134,13 @@ impl Vcpu {
         let config = Cp0Config {
             tlb_entries,
             cpu_num: index as u16,
-            ..Cp0Config::default()
+            model: vm.cpu,
         };
-        let cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        let mut cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        if index == 0 {
+            cpu.gprs.set(Gpr::A0, vm.boot_args[0]);
+            cpu.gprs.set(Gpr::A1, vm.boot_args[1]);
+        }
         let now = guest::host_count();
         let vm_flush_position = vm.memory.remote_flush().log_position();
         let slots = alloc::vec![DerivedSlot::EMPTY; DEFAULT_SLOTS].into_boxed_slice();
@@ -688,6 +693,7 @@ impl Vcpu {
         else {
             return false;
         };
+        self.vm.drill.note_fault(translation.gpa);
         if !self.install_derived(gva, &translation, buddy, pair, refill) {
             return false;
         }
@@ -817,7 +823,8 @@ impl Vcpu {
         let stats = &self.vm.stats;
         if VmStats::get(&stats.machine_checks) < LOGGED_MACHINE_CHECKS {
             crate::log!(
-                "VM {}: vcpu{} pc={:#x}: guest TLB write to entry {index} would duplicate                  entry {conflict}'s match (EntryHi {:#x}): refused, machine check reflected",
+                "VM {}: vcpu{} pc={:#x}: guest TLB write to entry {index} would duplicate \
+                 entry {conflict}'s match (EntryHi {:#x}): refused, machine check reflected",
                 self.vm.name,
                 self.index,
                 self.ctx.pc,
