@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
+pub mod sidebyside;
 pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;
