@@ -232,7 +232,49 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
 }
 
 /// Forbidden attempts the hostile guest must at least make for `isolation` to pass.
-const MIN_HOSTILE_ATTEMPTS: u64 = 12;
+const MIN_HOSTILE_ATTEMPTS: u64 = 16;
+/// Machine checks the host must have refused at least (two duplicate-match writes in each
+/// of the hostile guest's four drill attempts).
+const MIN_MACHINE_CHECKS: u64 = 8;
+
+/// What the host itself must have seen of the hostile guest's attempts, whatever the guest
+/// reported: the refused hypercalls (attempt 1), the reflected exception storm (6000
+/// exceptions, attempt 6), open-bus accesses outside its memslots (attempts 7 and 8),
+/// ignored stores to its read-only memslot (attempt 9), and the final runaway loop stopped
+/// by the host's own rule.
+fn host_saw_the_attempts(hostile: &super::vm::Vm) -> Vec<String> {
+    use super::vm::{VmOutcome, VmStats};
+    let stats = &hostile.stats;
+    let mut problems = Vec::new();
+    let checks: [(&str, u64, u64); 4] = [
+        (
+            "refused hypercalls",
+            VmStats::get(&stats.hypercalls_refused),
+            4,
+        ),
+        ("reflected exceptions", VmStats::get(&stats.reflected), 6000),
+        ("open-bus accesses", VmStats::get(&stats.unbacked), 2),
+        (
+            "ignored read-only stores",
+            VmStats::get(&stats.rom_writes),
+            1,
+        ),
+    ];
+    for (what, seen, least) in checks {
+        if seen < least {
+            problems.push(format!(
+                "host saw {seen} {what} from the hostile VM, at least {least} expected"
+            ));
+        }
+    }
+    match hostile.outcome() {
+        Some(VmOutcome::Stopped(why)) if why.starts_with("runaway") => {}
+        other => problems.push(format!(
+            "hostile VM not stopped by the runaway rule (ended: {other:?})"
+        )),
+    }
+    problems
+}
 
 /// The `isolation` scenario: the hostile guest's attempts are all contained while the other
 /// VMs run to completion (see `isolation.rs`).
@@ -262,11 +304,46 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
         layout.vms[hostile_index].name
     );
     let specs = specs(info, &layout, cpus)?;
-    let (vms, vcpus) = super::build_vms(&specs)?;
+    let (mut vms, vcpus) = super::build_vms(&specs)?;
+    {
+        let hostile = &vms[hostile_index];
+        let rom = hostile.rom_slot.zip(hostile.rom.map(|r| r.2));
+        super::isolation::drill::DrillSlot::arm(hostile, rom)?;
+    }
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let hostile = &vms[hostile_index];
     super::report(&vms, &[hostile.name.as_str()]);
     print_stats(&vms, cpus);
+    let mut host_problems: Vec<String> = Vec::new();
+    let drill = super::isolation::drill::DrillSlot::finish(hostile);
+    match &drill {
+        Some(verdict) => {
+            verdict.print();
+            host_problems.extend(verdict.problems());
+        }
+        None => host_problems.push(String::from("the drill was not armed")),
+    }
+    let machine_checks = super::total(&vms, |s| &s.machine_checks);
+    let refused = super::total(&vms, |s| &s.hypercalls_refused);
+    crate::println!("STAT machine_checks={machine_checks}");
+    crate::println!(
+        "STAT hypercalls={} hypercalls_refused={refused}",
+        super::total(&vms, |s| &s.hypercalls)
+    );
+    if machine_checks < MIN_MACHINE_CHECKS {
+        host_problems.push(format!(
+            "the host refused {machine_checks} duplicate-match TLB writes, at least \
+             {MIN_MACHINE_CHECKS} expected"
+        ));
+    }
+    host_problems.extend(host_saw_the_attempts(hostile));
+    let groups: Vec<Option<u32>> = vms.iter().map(|_| None).collect();
+    let shared =
+        crate::services::dedup::cross_domain_frames(crate::services::host(), &vms, &groups);
+    crate::println!("STAT cross_vm_frames={shared}");
+    if shared != 0 {
+        host_problems.push(format!("{shared} frames mapped by more than one VM"));
+    }
     let tally = super::isolation::tally(hostile);
     crate::println!(
         "STAT attempted={} contained={}",
@@ -287,5 +364,44 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
     if let Some(name) = &tally.stopped_during {
         crate::log!("hostile VM was stopped during attempt {name}");
     }
-    super::isolation::judge(&vms, hostile, &tally, MIN_HOSTILE_ATTEMPTS)
+    let judged = super::isolation::judge(&vms, hostile, &tally, MIN_HOSTILE_ATTEMPTS);
+    // VM teardown, the last trigger: the hostile VM's frames go back to the pool and a new
+    // VM, built after it, takes them (LIFO) and must verify all of its memory. Entries of
+    // the hostile VM left in any CPU's TLB are under host ASIDs no vCPU runs with again.
+    let hostile = vms.remove(hostile_index);
+    let (victim_index, _) = specs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != hostile_index)
+        .ok_or_else(|| String::from("no victim spec"))?;
+    let mut after_spec = specs[victim_index].clone();
+    after_spec.name = String::from("after-teardown");
+    match alloc::sync::Arc::try_unwrap(hostile) {
+        Err(_) => host_problems.push(String::from(
+            "hostile VM still referenced: it could not be torn down",
+        )),
+        Ok(vm) => {
+            let free_before = crate::services::free_frames();
+            vm.teardown()
+                .map_err(|e| format!("hostile VM teardown: {e}"))?;
+            let returned = crate::services::free_frames() - free_before;
+            crate::log!("hostile VM torn down: {returned} frames back to the pool");
+            crate::println!("STAT teardown_frames_returned={returned}");
+            let (after, vcpus) = super::build_vms(core::slice::from_ref(&after_spec))?;
+            super::run(&after, vcpus, SCENARIO_TIMEOUT_TICKS);
+            super::report(&after, &[]);
+            if after[0].outcome() != Some(super::vm::VmOutcome::Exited(0)) {
+                host_problems.push(String::from(
+                    "the VM built after the hostile VM's teardown did not verify its memory",
+                ));
+            }
+        }
+    }
+    crate::println!("STAT host_problems={}", host_problems.len());
+    match (judged, host_problems.is_empty()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(host_problems.join("; ")),
+        (Err(e), true) => Err(e),
+        (Err(e), false) => Err(format!("{e}; {}", host_problems.join("; "))),
+    }
 }

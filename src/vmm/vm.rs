@@ -11,10 +11,10 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
-use hv_core::memslot::{BackingId, SlotFlags};
+use hv_core::memslot::{BackingId, SlotFlags, SlotId};
 use hv_devices::bus::{BusError, MmioBus};
 use hv_devices::console_log::Transcript;
 use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
@@ -127,6 +127,12 @@ pub struct VmStats {
     pub emulated: AtomicU64,
     /// Hypercalls served (refused ones included).
     pub hypercalls: AtomicU64,
+    /// Hypercalls refused (bad number, code field or argument; counted in `hypercalls` too).
+    pub hypercalls_refused: AtomicU64,
+    /// TLB writes refused as duplicate matches (a machine check reflected to the guest).
+    pub machine_checks: AtomicU64,
+    /// Root pairs dropped because a new one needed their slot in a vCPU's derived set.
+    pub derived_evictions: AtomicU64,
     /// Exceptions reflected to the guest (TLB refills included).
     pub reflected: AtomicU64,
     /// Guest timer interrupts raised.
@@ -200,6 +206,11 @@ pub struct Vm {
     pub ram_backing: BackingId,
     /// The read-only memslot: base, size in bytes, backing.
     pub rom: Option<(Gpa, u64, BackingId)>,
+    /// The read-only memslot's id (for the isolation drill's memslot removal).
+    pub rom_slot: Option<SlotId>,
+    rom_removed: AtomicBool,
+    /// The isolation scenario's page drill (armed on the hostile VM only).
+    pub drill: super::isolation::drill::DrillSlot,
     devices: Mutex<MmioBus<BusDevice>>,
     /// The VM's virtio balloons (usually one).
     pub balloons: Vec<Arc<Balloon>>,
@@ -294,12 +305,14 @@ impl Vm {
                     .map_err(|e| VmBuildError::Memory(VmError::Backing(e)))?;
                 let range = GfnRange::from_start_len(base.frame(), pages)
                     .map_err(|_| VmBuildError::BadRamSize(bytes))?;
-                guest
+                let id = guest
                     .add_memslot(range, rom_backing, 0, SlotFlags::READ_ONLY)
                     .map_err(VmBuildError::Memory)?;
-                Some((base, bytes, rom_backing))
+                Some((base, bytes, rom_backing, id))
             }
         };
+        let rom_slot = rom.map(|r| r.3);
+        let rom = rom.map(|(base, bytes, backing, _)| (base, bytes, backing));
         let ram_view = RamView::new(guest.clone(), backing, Gpa::new(0), ram_bytes);
         let devices = devices::build_bus(
             &spec.name,
@@ -316,6 +329,9 @@ impl Vm {
             memory: guest,
             ram_backing: backing,
             rom,
+            rom_slot,
+            rom_removed: AtomicBool::new(false),
+            drill: Default::default(),
             devices: Mutex::new(devices.bus),
             balloons: devices.balloons,
             entry,
@@ -346,6 +362,7 @@ impl Vm {
     /// Resolves a guest access to `gpa` through the memory core (counted as a GPA fault).
     pub fn map_page(&self, gpa: Gpa, write: bool) -> Result<PtePair, FaultError> {
         VmStats::bump(&self.stats.gpa_faults);
+        self.drill.note_fault(gpa);
         self.memory.map_page(gpa, write)
     }
 
@@ -356,11 +373,7 @@ impl Vm {
             (self.ram_backing, gpa.raw())
         } else {
             match self.rom {
-                Some((base, bytes, backing))
-                    if gpa.raw() >= base.raw() && gpa.raw() - base.raw() < bytes =>
-                {
-                    (backing, gpa.raw() - base.raw())
-                }
+                Some((base, _, backing)) if self.in_rom(gpa) => (backing, gpa.raw() - base.raw()),
                 _ => return Err(FaultError::NoMemslot),
             }
         };
@@ -377,9 +390,20 @@ impl Vm {
 
     /// Whether `gpa` lies in the read-only memslot.
     fn in_rom(&self, gpa: Gpa) -> bool {
-        self.rom.is_some_and(|(base, bytes, _)| {
-            gpa.raw() >= base.raw() && gpa.raw() - base.raw() < bytes
-        })
+        !self.rom_removed.load(Ordering::Relaxed)
+            && self.rom.is_some_and(|(base, bytes, _)| {
+                gpa.raw() >= base.raw() && gpa.raw() - base.raw() < bytes
+            })
+    }
+
+    /// Removes the read-only memslot (the drill's memslot-removal trigger): its GPA range
+    /// is unmapped through the memory core (flushing every derived translation of it) and
+    /// reads as open bus from then on.
+    pub fn remove_rom_slot(&self, id: SlotId) -> Result<(), String> {
+        self.rom_removed.store(true, Ordering::Relaxed);
+        self.memory
+            .remove_memslot(id)
+            .map_err(|e| format!("removing the read-only memslot: {e}"))
     }
 
     /// A guest load or store that hit no RAM: a store to the read-only slot is ignored (as
@@ -451,6 +475,7 @@ impl Vm {
             }
         }
         crate::services::balloon_scenario::on_yield(self);
+        super::isolation::drill::DrillSlot::on_yield(self);
         let Some((gpa, count)) = self.swap_on_yield.lock().take() else {
             return Ok(0);
         };

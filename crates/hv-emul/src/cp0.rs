@@ -405,9 +405,11 @@ impl Default for Cp0Config {
     }
 }
 
-/// Writable bits of Status: CU0, BEV, IM, KX, UX, UM, ERL, EXL, IE. No FPU, no supervisor
-/// mode, no reverse endian, so CU1, FR, RE, SX and KSU bit 3 read as zero.
-pub const STATUS_WRITABLE: u64 = 0x1040_ffb7;
+/// Writable bits of Status: CU0, BEV, TS, IM, KX, UX, UM, ERL, EXL, IE. No FPU, no
+/// supervisor mode, no reverse endian, so CU1, FR, RE, SX and KSU bit 3 read as zero. TS is
+/// set by a machine check (a duplicate TLB match) and cleared by the guest; it does not shut
+/// the TLB down here.
+pub const STATUS_WRITABLE: u64 = 0x1060_ffb7;
 /// Writable bits of Cause: DC, IV and the two software interrupts IP1..IP0.
 pub const CAUSE_WRITABLE: u64 = 0x0880_0300;
 /// Writable bits of EBase: the exception base inside the guest's 512 MiB KSEG0 window.
