@@ -51,11 +51,17 @@ fn intervals(counts: &[u32]) -> Vec<u64> {
         .collect()
 }
 
-/// `numerator / denominator` with four decimals, as text.
+/// `numerator / denominator` as text: four decimals below 10, one above (the bare side of
+/// the large ratio is short enough for a Count tick of jitter to show in further digits).
 fn ratio_text(numerator: u64, denominator: u64) -> String {
     let scaled =
         (u128::from(numerator) * 10_000 + u128::from(denominator) / 2) / u128::from(denominator);
-    format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
+    if scaled < 100_000 {
+        format!("{}.{:04}", scaled / 10_000, scaled % 10_000)
+    } else {
+        let tenths = (scaled + 500) / 1000;
+        format!("{}.{}", tenths / 10, tenths % 10)
+    }
 }
 
 /// Runs the driver bare over a block of firmware frames; returns Count at each mark.
