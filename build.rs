@@ -28,26 +28,46 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| out_dir.join("guests"));
     let mut code = String::new();
-    embed(
+    let images = embed(
         &mut code,
         "EMBEDDED",
         "Guest images embedded at build time: (name, ELF bytes).",
         &guests,
         "elf",
     );
-    embed(
+    let configs_dir = out_dir.join("configs");
+    let layouts = embed(
         &mut code,
         "CONFIGS",
         "VM layouts embedded at build time: (name, device tree blob).",
-        &out_dir.join("configs"),
+        &configs_dir,
         "dtb",
     );
+    // A firmware without its layouts or guests would only fail later, at boot, with a
+    // less helpful message: refuse to build it.
+    if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("mips64") {
+        if layouts == 0 {
+            panic!(
+                "no VM layouts in {}: build with tools/build-fw.sh (it compiles configs/*.dts \
+                 with dtc, from the device-tree-compiler package)",
+                configs_dir.display()
+            );
+        }
+        if images == 0 {
+            panic!(
+                "no guest images in {}: build with tools/build-fw.sh (it runs \
+                 tools/build-guests.sh first)",
+                guests.display()
+            );
+        }
+    }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     std::fs::write(out.join("guest_images.rs"), code).expect("OUT_DIR is writable");
 }
 
-/// Appends `pub static NAME: &[(&str, &[u8])]` with every `*.EXT` file of `dir`.
-fn embed(code: &mut String, name: &str, doc: &str, dir: &Path, ext: &str) {
+/// Appends `pub static NAME: &[(&str, &[u8])]` with every `*.EXT` file of `dir`; returns how
+/// many files it embedded.
+fn embed(code: &mut String, name: &str, doc: &str, dir: &Path, ext: &str) -> usize {
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
@@ -72,4 +92,5 @@ fn embed(code: &mut String, name: &str, doc: &str, dir: &Path, ext: &str) {
         .expect("writing to a String");
     }
     code.push_str("];\n");
+    files.len()
 }

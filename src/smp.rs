@@ -1,5 +1,8 @@
 //! SMP: waiting for the CPUs to check in, the idle loop (which also joins the vCPU
 //! scheduler when it has work), and mailbox pings.
+//!
+//! The waits here sleep between polls ([`timer::poll_pause`]) rather than spin, so the
+//! CPUs they wait for get to run under QEMU's `-icount` round-robin.
 
 use crate::arch::{self, cp0, timer, MAX_CPUS};
 use crate::percpu;
@@ -31,7 +34,7 @@ pub fn wait_for_cpus(expected: Option<usize>, timeout_ticks: u32, settle_ticks: 
             Some(n) if online >= n.min(MAX_CPUS) => return online,
             None if waited >= settle_ticks => return online,
             _ if waited >= timeout_ticks => return online,
-            _ => core::hint::spin_loop(),
+            _ => timer::poll_pause(),
         }
     }
 }
@@ -45,7 +48,7 @@ pub fn ping(cpu: usize, timeout_ticks: u32) -> bool {
         if target.ack.load(Ordering::Acquire) >= message {
             return true;
         }
-        core::hint::spin_loop();
+        timer::poll_pause();
     }
     false
 }
@@ -57,7 +60,7 @@ pub fn wait_for_ticks(cpus: usize, min_ticks: u64, timeout_ticks: u32) -> bool {
         if (0..cpus).all(|cpu| timer::ticks(cpu) >= min_ticks) {
             return true;
         }
-        core::hint::spin_loop();
+        timer::poll_pause();
     }
     false
 }

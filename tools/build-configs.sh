@@ -24,21 +24,34 @@ if ! command -v dtc >/dev/null 2>&1; then
     exit 1
 fi
 
+# shellcheck source=tools/lib/update.sh
+. "$ROOT/tools/lib/update.sh"
 mkdir -p "$OUT"
+# dtc writes into a scratch directory; a blob replaces out/configs/NAME.dtb only when its
+# bytes changed, so an unchanged layout does not make the firmware rebuild.
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
 status=0
+compgen -G "$ROOT/configs/*.dts" >/dev/null || { echo "tools/build-configs.sh: no configs/*.dts" >&2; exit 1; }
 for dts in "$ROOT"/configs/*.dts; do
     name=$(basename "$dts" .dts)
     dtb=$OUT/$name.dtb
     # All dtc checks stay on; any output (a warning) fails the layout.
-    if ! dtc -I dts -O dtb -o "$dtb" "$dts" 2>"$OUT/$name.log" || [ -s "$OUT/$name.log" ]; then
+    if ! dtc -I dts -O dtb -o "$SCRATCH/$name.dtb" "$dts" 2>"$SCRATCH/$name.log" \
+        || [ -s "$SCRATCH/$name.log" ]; then
         echo "FAIL  $name: dtc reported:" >&2
-        sed 's/^/      /' "$OUT/$name.log" >&2
+        sed 's/^/      /' "$SCRATCH/$name.log" >&2
+        rm -f "$dtb" # never embed a stale blob of a layout that no longer compiles
         status=1
         continue
     fi
-    rm -f "$OUT/$name.log"
+    if [ "$MODE" = check ]; then
+        dtb=$SCRATCH/$name.dtb
+    elif [ -n "$(mipsvisor_update_file "$SCRATCH/$name.dtb" "$dtb")" ]; then
+        echo "built $dtb"
+    fi
     case "$MODE" in
-    build) echo "built $dtb" ;;
+    build) ;;
     fixtures)
         mkdir -p "$FIXTURES"
         cp "$dtb" "$FIXTURES/$name.dtb"
@@ -54,4 +67,10 @@ for dts in "$ROOT"/configs/*.dts; do
         ;;
     esac
 done
+# A blob whose layout was deleted must not stay embedded.
+for dtb in "$OUT"/*.dtb; do
+    [ -e "$dtb" ] || continue
+    [ -f "$ROOT/configs/$(basename "$dtb" .dtb).dts" ] || { rm -f "$dtb"; echo "removed $dtb"; }
+done
+[ $status -eq 0 ] && [ "$MODE" = build ] && echo "layouts: out/configs up to date"
 exit $status

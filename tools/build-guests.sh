@@ -46,12 +46,18 @@ build)
     done
     "${CARGO[@]}" build "${PKGS[@]}" --release --target "$TARGET_JSON" "${MIPSVISOR_ZFLAGS[@]}"
     mkdir -p "$OUT"
-    BUILT=()
+    # shellcheck source=tools/lib/update.sh
+    . "$ROOT/tools/lib/update.sh"
+    SCRATCH=$(mktemp -d)
+    CHANGED=()
     for g in "${GUESTS[@]}"; do
-        cp "$CARGO_TARGET_DIR/$TARGET_NAME/release/$g" "$OUT/$g.elf"
-        BUILT+=("$OUT/$g.elf")
+        # Copied only when the ELF changed: a new timestamp would make build.rs re-embed
+        # every image and the firmware rebuild.
+        cp "$CARGO_TARGET_DIR/$TARGET_NAME/release/$g" "$SCRATCH/$g.elf"
+        [ -z "$(mipsvisor_update_file "$SCRATCH/$g.elf" "$OUT/$g.elf")" ] || CHANGED+=("$g")
     done
-    echo "build-guests: ${BUILT[*]}"
+    rmdir "$SCRATCH"
+    echo "build-guests: ${#GUESTS[@]} guests in $OUT; changed: ${CHANGED[*]:-none}"
     ;;
 clippy)
     mipsvisor_select_toolchain build-guests || exit 1

@@ -5,6 +5,8 @@
 #   mipsvisor_ensure_deps firmware   toolchain + QEMU (qemu-run.sh)
 #   mipsvisor_ensure_deps test       the above plus clippy and rustfmt (tools/test.sh)
 #   mipsvisor_ensure_deps gdb        gdb-multiarch (qemu-run.sh --gdb)
+#   mipsvisor_ensure_deps linux      what tools/build-linux-guest.sh needs (kernel source,
+#                                    mipsel cross compiler, kernel build tools)
 
 mipsvisor_has_rust_src() { # $1 = rustc
     local sysroot
@@ -51,6 +53,20 @@ mipsvisor_ensure_deps() {
         gdb)
             command -v gdb-multiarch >/dev/null 2>&1 || need+=(gdb-multiarch)
             ;;
+        linux)
+            [ -f /usr/src/linux-source-6.1.tar.xz ] || need+=(linux-source-6.1)
+            command -v mipsel-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-mipsel-linux-gnu)
+            # The kernel's host programs (Kconfig, dtc, gen_init_cpio) and build scripts.
+            command -v gcc >/dev/null 2>&1 || need+=(gcc)
+            [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
+            command -v make >/dev/null 2>&1 || need+=(make)
+            command -v flex >/dev/null 2>&1 || need+=(flex)
+            command -v bison >/dev/null 2>&1 || need+=(bison)
+            command -v bc >/dev/null 2>&1 || need+=(bc)
+            command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+            command -v patch >/dev/null 2>&1 || need+=(patch)
+            command -v flock >/dev/null 2>&1 || need+=(util-linux)
+            ;;
         esac
     done
     [ ${#need[@]} -eq 0 ] && return 0
@@ -61,20 +77,28 @@ mipsvisor_ensure_deps() {
         for q in "${unique[@]}"; do [ "$p" = "$q" ] && seen=1; done
         [ $seen -eq 0 ] && unique+=("$p")
     done
+    local line="apt-get update && apt-get install -y --no-install-recommends ${unique[*]}"
     if ! command -v apt-get >/dev/null 2>&1; then
-        echo "mipsvisor: missing ${unique[*]} and no apt-get to install them" >&2
+        echo "mipsvisor: missing ${unique[*]} and no apt-get to install them (Debian 12 names)" >&2
         return 1
     fi
     local sudo=()
     if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || {
-            echo "mipsvisor: need root or sudo to install ${unique[*]}" >&2
+        # sudo -n: never stop at a password prompt when nobody can answer (CI, a pipe).
+        if ! command -v sudo >/dev/null 2>&1 \
+            || { [ ! -t 0 ] && ! sudo -n true 2>/dev/null; }; then
+            echo "mipsvisor: missing packages; ask an administrator to run, as root:" >&2
+            echo "  $line" >&2
             return 1
-        }
+        fi
         sudo=(sudo)
     fi
     echo "mipsvisor: installing ${unique[*]}" >&2
-    "${sudo[@]}" apt-get update -q >&2 || return 1
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${unique[@]}" >&2
+    if ! { "${sudo[@]}" apt-get update -q >&2 \
+        && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -q --no-install-recommends "${unique[@]}" >&2; }; then
+        echo "mipsvisor: installing failed; the command was, as root:" >&2
+        echo "  $line" >&2
+        return 1
+    fi
 }

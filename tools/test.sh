@@ -5,6 +5,9 @@
 #   tools/test.sh host     fmt, host clippy, host tests (portable crates and the firmware's
 #                          register-free modules), loom tests if present
 #   tools/test.sh qemu     MIPS clippy, firmware build, every QEMU scenario
+#   tools/test.sh cases [NAME...]
+#                          only the layout-plus-expectation cases tests/cases/NAME.case
+#                          (all without names), on the firmware already built in out/
 #
 # Installs missing Debian packages first. Each step is judged on its own; the last line is
 # "N passed, N failed" and the exit status is non-zero if anything failed. QEMU runs are
@@ -18,9 +21,11 @@ cd "$ROOT"
 . "$ROOT/tools/deps.sh"
 
 PART=${1:-all}
+[ $# -gt 0 ] && shift
+[ "$PART" = cases ] && CASES="$*"
 case "$PART" in
-all | host | qemu) ;;
-*) echo "usage: tools/test.sh [host|qemu]" >&2; exit 2 ;;
+all | host | qemu | cases) ;;
+*) echo "usage: tools/test.sh [host|qemu|cases [NAME...]]" >&2; exit 2 ;;
 esac
 
 LOGS=${MIPSVISOR_OUT:-$ROOT/out}/test-logs
@@ -34,13 +39,28 @@ fail() {
     printf 'FAIL  %s%s\n' "$1" "${2:+ ($2)}"
 }
 
-# step NAME COMMAND...: runs a command, passes on exit status 0.
+# step NAME COMMAND...: runs a command, passes on exit status 0. A step that runs long (the
+# release test build, loom) prints a progress line every minute with its log's last line.
+PROGRESS_SECONDS=${PROGRESS_SECONDS:-60}
 step() {
     local name=$1 log
     shift
     log=$LOGS/$(echo "$name" | tr -c 'A-Za-z0-9_.-' '_').log
-    local start=$SECONDS
-    if "$@" >"$log" 2>&1; then
+    local start=$SECONDS rc
+    "$@" >"$log" 2>&1 &
+    local pid=$! next=$((SECONDS + PROGRESS_SECONDS))
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if [ $SECONDS -ge $next ]; then
+            printf '      ... %s: %ss, %s tests passed so far; %s\n' "$name" \
+                "$((SECONDS - start))" "$(grep -c ' \.\.\. ok$' "$log")" \
+                "$(tail -n 1 "$log" | sed 's/^ *//' | cut -c1-80)"
+            next=$((next + PROGRESS_SECONDS))
+        fi
+    done
+    wait "$pid"
+    rc=$?
+    if [ $rc -eq 0 ]; then
         pass "$name [$((SECONDS - start))s]"
     else
         fail "$name" "see $log"
@@ -48,7 +68,7 @@ step() {
     fi
 }
 
-if ! mipsvisor_ensure_deps test; then
+if ! mipsvisor_ensure_deps test gdb; then
     fail "install dependencies"
     echo "$PASSED passed, $FAILED failed"
     exit 1
@@ -80,6 +100,8 @@ run_host() {
         "${HOST_CARGO[@]}" fmt --manifest-path guests/Cargo.toml --all -- --check
     step "guests host tests (guest-patterns)" tools/build-guests.sh test
     step "tools/plot: sample run to PNG, every series drawn" plot_checks
+    step "bundle test fixtures match their .its sources" bundle_fixture_check
+    step "tools/lib/expect.py: a case that holds passes, each unmet fact is reported" expect_checks
     local loom
     for loom in crates/hv-core/tests/loom*.rs; do
         [ -e "$loom" ] || continue
@@ -87,6 +109,37 @@ run_host() {
         step "loom test $loom" env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$ROOT/target/loom" \
             "${HOST_CARGO[@]}" test -p hv-core --release --test "$loom"
     done
+}
+
+# The case judge on a sample log: the passing case passes; in the failing case every one of
+# its 9 expectations is reported, and a malformed case is an error, not a pass.
+expect_checks() {
+    local sample=tools/fixtures/expect-sample.log out
+    tools/lib/expect.py check tools/fixtures/expect-pass.case "$sample" 0 || return 1
+    if out=$(tools/lib/expect.py check tools/fixtures/expect-fail.case "$sample" 0); then
+        echo "the failing case passed"; return 1
+    fi
+    echo "$out"
+    [ "$(wc -l <<<"$out")" -eq 9 ] || { echo "expected 9 problems"; return 1; }
+    printf 'run: --smp 1\nstat: oops\n' >"$LOGS/bad.case"
+    tools/lib/expect.py check "$LOGS/bad.case" "$sample" 0
+    [ $? -eq 2 ] || { echo "a malformed case was not an error"; return 1; }
+}
+
+# The FIT fixtures of hv-devices' bundle tests are dtc's output for the .its beside them.
+bundle_fixture_check() {
+    local dir=crates/hv-devices/tests/fixtures/bundles its scratch status=0
+    scratch=$(mktemp -d)
+    for its in "$dir"/*.its; do
+        dtc -q -I dts -O dtb -o "$scratch/out.itb" "$its" || { status=1; continue; }
+        if cmp -s "$scratch/out.itb" "${its%.its}.itb"; then
+            echo "ok    $its"
+        else
+            echo "STALE ${its%.its}.itb: recompile it with dtc -I dts -O dtb" ; status=1
+        fi
+    done
+    rm -rf "$scratch"
+    return $status
 }
 
 # tools/plot on the committed sample run (tools/fixtures/plot-sample.log): a valid PNG of
@@ -221,19 +274,49 @@ scenario_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# run_case NAME SCENARIO qemu-run.sh arguments...: runs a scenario whose verdict depends on
-# services that may be absent; passes if it ran to its RESULT line (log_case judges it).
-run_case() {
-    local name=$1 scenario=$2 log rc
-    shift 2
+# expect_case CASE: a test that is a layout run plus expectations (tests/cases/NAME.case,
+# judged by tools/lib/expect.py: exit status, RESULT lines, every VM's end, STAT figures and
+# output lines).
+expect_case() {
+    local case=$1 name log rc args=() why
+    name=$(basename "$case" .case)
     log=$LOGS/qemu-$name.log
+    mapfile -t args < <(tools/lib/expect.py args "$case") || true
     local start=$SECONDS
-    qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" "$@" </dev/null
+    QEMU_TIMEOUT=$(tools/lib/expect.py timeout "$case") \
+        qemu_capture "$log" ./qemu-run.sh --no-build "${args[@]}" </dev/null
     rc=$?
-    local why=""
-    if [ $rc -eq 124 ] || ! grep -Eq "^RESULT $scenario (PASS|FAIL)" "$log"; then
-        why="exit status $rc, no RESULT $scenario line"
+    why=$(tools/lib/expect.py check "$case" "$log" "$rc" 2>&1 | head -n 6 | paste -sd ';' -)
+    [ $rc -ne 124 ] || why="timed out${why:+; $why}"
+    local stray
+    stray=$(stray_prompt "$log")
+    [ -z "$stray" ] || why="${why:+$why; }$stray"
+    qemu_verdict "$name" "$log" "$start" "$why" "(tests/cases/$name.case)"
+}
+
+# gdb_case NAME: `./qemu-run.sh --gdb` prints a gdb command; run as printed (batch mode), it
+# must stop at the firmware's entry symbol, with symbols, not in the boot ROM.
+gdb_case() {
+    local name=$1 log=$LOGS/qemu-$1.log gdblog=$LOGS/qemu-$1.gdb.log hint="" i
+    local start=$SECONDS why=""
+    timeout "$QEMU_TIMEOUT" ./qemu-run.sh --no-build --scenario boot --smp 1 --gdb \
+        </dev/null >"$log" 2>&1 &
+    local qemu=$!
+    for ((i = 0; i < 100; i++)); do
+        hint=$(grep -A1 'waiting for gdb' "$log" | sed -n 's/^  \(gdb-multiarch .*\)$/\1/p')
+        [ -n "$hint" ] && break
+        sleep 0.1
+    done
+    if [ -z "$hint" ]; then
+        why="qemu-run.sh --gdb printed no gdb command"
+    else
+        sleep 1 # QEMU opens its gdb port just after the hint
+        eval "timeout 60 $hint -batch -nx -ex \"info symbol \\\$pc\"" >"$gdblog" 2>&1
+        grep -Eq '^_start in section' "$gdblog" || why="gdb did not stop at _start; see $gdblog"
+        grep -q 'No symbol matches' "$gdblog" && why="${why:+$why, }gdb found no symbol at \$pc"
     fi
+    kill "$qemu" 2>/dev/null
+    wait "$qemu" 2>/dev/null
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -321,21 +404,26 @@ console_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
-# and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
+# bench_case NAME SCENARIO [--mem MiB] FIGURE...: runs SCENARIO under --icount on one CPU;
+# it must pass and print "BENCH FIGURE=N" with N > 0 (an integer or a decimal) for every
+# FIGURE (no timing thresholds).
 bench_case() {
-    local name=$1 scenario=$2 log rc figure
+    local name=$1 scenario=$2 log rc figure mem=512
     shift 2
+    if [ "${1-}" = --mem ]; then
+        mem=$2
+        shift 2
+    fi
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
     qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
-        </dev/null
+        --mem "$mem" </dev/null
     rc=$?
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     for figure in "$@"; do
-        grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
+        grep -Eq "^BENCH $figure=([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*) " "$log" ||
             why="${why:+$why, }no positive BENCH $figure"
     done
     local stray
@@ -344,18 +432,88 @@ bench_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# fail_case NAME PATTERN COMMAND...: must exit non-zero and print PATTERN (grep -E).
-fail_case() {
-    local name=$1 pattern=$2 log rc
-    shift 2
+# status_case NAME STATUS PATTERN COMMAND...: must exit with STATUS (a number, or `failure`:
+# any non-zero status but a timeout's) and print PATTERN (grep -E).
+status_case() {
+    local name=$1 want=$2 pattern=$3 log rc
+    shift 3
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
     qemu_capture "$log" "$@" </dev/null
     rc=$?
-    local why=""
-    [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
+    local why="" note="(status $rc)"
+    if [ "$want" = failure ]; then
+        [ $rc -ne 0 ] && [ $rc -ne 124 ] || why="exit status $rc (expected a failure, not a timeout)"
+        note="(fails as it must, status $rc)"
+    else
+        [ $rc -eq "$want" ] || why="exit status $rc, not $want"
+    fi
     grep -Eq -- "$pattern" "$log" || why="${why:+$why, }output lacks /$pattern/"
-    qemu_verdict "$name" "$log" "$start" "$why" "(fails as it must, status $rc)"
+    qemu_verdict "$name" "$log" "$start" "$why" "$note"
+}
+
+# fail_case NAME PATTERN COMMAND...: must exit non-zero (not a timeout) and print PATTERN.
+fail_case() {
+    local name=$1 pattern=$2
+    shift 2
+    status_case "$name" failure "$pattern" "$@"
+}
+
+# Layout runs plus expectations (tests/cases/*.case, or the ones named in $CASES).
+run_cases() {
+    local case
+    for case in tests/cases/*.case; do
+        if [ -n "${CASES:-}" ] && ! grep -qw -- "$(basename "$case" .case)" <<<"$CASES"; then
+            continue
+        fi
+        expect_case "$case"
+    done
+}
+
+# The Linux guest image (tools/build-linux-guest.sh: a cached build takes seconds, a cold
+# one about 12 minutes on 2 cores). Set after its build step, used by linux_case.
+LINUX_IMAGE=""
+
+# linux_case NAME qemu-run.sh arguments...: the Linux VM `linux` (configs/linux*.dts) boots
+# to busybox, the results its /init prints (guests/linux/init) equal those of the same
+# commands run here on the host, and it powers off with status 0; every other VM of the
+# layout passes too.
+linux_case() {
+    local name=$1 log rc
+    shift
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    if [ -z "$LINUX_IMAGE" ]; then
+        fail "qemu $name" "no Linux guest image (see the Linux guest build step)"
+        return
+    fi
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario guests --initrd "$LINUX_IMAGE" \
+        "$@" </dev/null
+    rc=$?
+    local why="" md5 sum pattern
+    # /bin/busybox as the build put it into the initramfs (md5 taken on the host), and the
+    # guest's word pipeline over its /init run here with the host's tools.
+    md5=$(sed -n 's|^\([0-9a-f]*\)  /bin/busybox$|\1|p' "$(dirname "$LINUX_IMAGE")/md5sums")
+    sum=$(LC_ALL=C tr -cs 'A-Za-z' '\n' <guests/linux/init | LC_ALL=C sort -u | md5sum | cut -d' ' -f1)
+    [ -n "$md5" ] || why="no md5 of /bin/busybox next to $LINUX_IMAGE"
+    [ $rc -eq 0 ] || why="${why:+$why, }exit status $rc"
+    for pattern in '^RESULT guests PASS$' '^RESULT vm:linux PASS exit=0$' \
+        '^\[linux\] .*Run /init as init process' \
+        '^\[linux\] linux-guest: Linux 6\.1\.[0-9]+ mips up, init pid 1$' \
+        "^\\[linux\\] linux-guest: md5 $md5\$" \
+        "^\\[linux\\] linux-guest: gzip $md5 [0-9]+ bytes\$" \
+        "^\\[linux\\] linux-guest: pipeline $sum\$" \
+        '^\[linux\] linux-guest: meminfo MemTotal: +[0-9]+ kB$' \
+        '^\[linux\] linux-guest: done$'; do
+        grep -Eq -- "$pattern" "$log" || why="${why:+$why, }no /$pattern/"
+    done
+    # The kernel sees (nearly) all of the VM's 64 MiB: MemTotal between 48 and 64 MiB.
+    local total
+    total=$(sed -n 's/^\[linux\] linux-guest: meminfo MemTotal: *\([0-9]*\) kB$/\1/p' "$log")
+    if [ -n "$total" ] && { [ "$total" -lt 49152 ] || [ "$total" -gt 65536 ]; }; then
+        why="${why:+$why, }MemTotal $total kB is not 48..64 MiB"
+    fi
+    qemu_verdict "$name" "$log" "$start" "$why"
 }
 
 run_qemu() {
@@ -366,6 +524,7 @@ run_qemu() {
         fail "qemu scenarios" "no firmware image"
         return
     fi
+    run_cases
     boot_case "boot-default"
     boot_case "boot-smp1-mem256" --smp 1 --mem 256
     boot_case "boot-smp3-mem768" --smp 3 --mem 768
@@ -374,19 +533,15 @@ run_qemu() {
     boot_case "boot-5KEc-smp2-mem256" --cpu 5KEc --smp 2 --mem 256
     boot_case "boot-Loongson-3A4000-smp4-mem1024" --cpu Loongson-3A4000 --smp 4 --mem 1024
     boot_case "boot-Octeon68XX-smp3-mem512" --cpu Octeon68XX --smp 3 --mem 512
+    # Under -icount a CPU spinning in a wait starves the next one (README, "--icount with
+    # several CPUs"): this case fails when CPU 0's waits for the other CPUs spin.
     boot_case "boot-icount-smp4-mem512" --icount --smp 4 --mem 512
     scenario_case "vcpu-selftest-smp1" vcpu-selftest --smp 1
     scenario_case "vcpu-selftest-smp4" vcpu-selftest --smp 4
     scenario_case "vcpu-selftest-5KEc-smp2" vcpu-selftest --cpu 5KEc --smp 2
     scenario_case "guests-smp4" guests --smp 4
     scenario_case "guests-smp1" guests --smp 1
-    # dedup (~5-10 s each): 4 memguests in one trust group + a loner pinned to CPU 0 (on
-    # --smp 2 CPU 0 is the services CPU and still runs it); the scenario judges itself:
-    # pages_sharing >= 99 % of mergeable_pages after 2 full scans, no frame shared across
-    # trust domains (frame identities), every guest's COW writes verified, frames_leaked=0.
-    scenario_case "dedup-smp2" dedup --smp 2
-    scenario_case "dedup-smp1" dedup --smp 1
-    # dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
+    # dedup and idle on 1 and 2 CPUs are tests/cases/*.case. dup0 on 2 vCPUs (vCPU 1 parked on code pages dedup merges): the remote flushes must
     # reach every CPU holding either vCPU's derived translations.
     scenario_case "dedup-2vcpu-smp4" dedup --smp 4 --config dedup-vcpus
     # stress (~60 s alone, up to ~3 min under load; the longest case): 4 memguest VMs x
@@ -408,10 +563,6 @@ run_qemu() {
     scenario_case "demo-smp1" demo --smp 1
     saved_case "demo smp1: table, STAT lines and plot samples agree, table last" demo-smp1 \
         --table --no-prompt
-    log_case "dedup merges what can be merged" dedup-smp2 \
-        '^STAT mergeable_pages=[1-9][0-9]*$' '^STAT cross_domain_frames=0$' \
-        '^STAT cross_domain_frames_at_end=0$' '^STAT end_cow_breaks=[1-9][0-9]*$' \
-        '^STAT frames_leaked=0$'
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
@@ -423,30 +574,46 @@ run_qemu() {
         '^\[mg-swap\] memguest: swap wave 3/3 wrote [0-9]+ pages, verified [0-9]+ pages, 0 bad$' \
         '^\[mg-swap\] memguest: verified [0-9]+ pages, 0 bad$' \
         '^\[mg-stress\] memguest: stress ops 20000 bad_pages 0$'
-    # One VM per workload. Without the services task in this scenario dedup and idle wait
-    # ~30 s, give up (exit 3) and still write and verify their memory; with it they pass.
-    run_case "guests-memguest-smoke-smp1" guests --smp 1 --config memguest-smoke
-    log_case "memguest every workload verifies its memory" guests-memguest-smoke-smp1 \
-        '^\[mg-dedup\] memguest: dedup filled [0-9]+ pages' \
-        '^\[mg-dedup\] memguest: (dedup full scans [0-9]+ -> [0-9]+ after|FAIL gave up waiting for dedup full scans)' \
-        '^\[mg-dedup\] memguest: copy-on-write into [1-9][0-9]* shared pages$' \
-        '^\[mg-dedup\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-dedup (PASS exit=0|FAIL exit=3)$' \
-        '^\[mg-idle\] memguest: working set 64 pages ' \
-        '^\[mg-idle\] memguest: verified [0-9]+ pages, 0 bad$' \
-        '^RESULT vm:mg-idle (PASS exit=0|FAIL exit=3)$' \
-        '^RESULT vm:mg-swap PASS exit=0$' \
-        '^RESULT vm:mg-stress PASS exit=0$'
     # A VM of 2 vCPUs (the test guest parks vCPU 1 in a yield loop) beside two of one.
     scenario_case "guests-2vcpu-smp4" guests --smp 4 --config guests-vcpus
     log_case "guests 2-vCPU VM built and passed" guests-2vcpu-smp4 \
         '^\[cpu0\] VM duo \(id 0\): 2 vCPU\(s\)' '^RESULT vm:duo PASS exit=0$'
-    scenario_case "isolation-smp2" isolation --smp 2
-    scenario_case "isolation-smp1" isolation --smp 1
-    # The hostile guest's SDBBP probes depend on each CPU model's debug mode (EJTAG stub).
-    scenario_case "isolation-5KEc-smp2" isolation --cpu 5KEc --smp 2
-    scenario_case "isolation-Loongson-3A4000-smp2" isolation --cpu Loongson-3A4000 --smp 2
-    scenario_case "isolation-Octeon68XX-smp2" isolation --cpu Octeon68XX --smp 2
+    # Linux 6.1 (guests/linux) as a guest: boots to busybox, its checks match the host's,
+    # poweroff ends the VM with status 0; alone on 1 CPU, and beside 3 test guests on 4.
+    step "Linux guest build (tools/build-linux-guest.sh, cached by inputs)" tools/build-linux-guest.sh
+    LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
+    linux_case "linux-smp1" --smp 1 --config linux
+    linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
+    log_case "linux: MIPS32 CPU and the device tree's devices" linux-smp1 \
+        '^\[linux\] .*CPU0 revision is: 00019300 \(MIPS 24Kc\)' \
+        '^\[linux\] .*1f000000.serial: ttyS0 at MMIO 0x1f000000 \(irq = [0-9]+, base_baud = [0-9]+\) is a 16550A' \
+        '^\[linux\] linux-guest: virtio virtio0 device 0x0005 driver virtio_balloon$' \
+        '^\[linux\] linux-guest: interrupts 2: [1-9][0-9]* MIPS 2 ttyS0$' \
+        'device tree \([0-9]+ bytes\) at GPA 0x3fff000, passed by UHI'
+    # isolation (issue 11): besides the guest's own report, what the host saw: the page
+    # drill's four triggers (balloon, swap-out, dedup merge, memslot removal) each dropped
+    # derived entries and brought the hostile guest's next access back to the memory core,
+    # the witness frames kept their pattern, 8 duplicate-match TLB writes refused as machine
+    # checks, no frame shared across VMs, and a VM built after the hostile VM's teardown
+    # verified its memory. The SDBBP probes depend on each CPU model's debug mode.
+    local isolation_host=('^STAT attempted=16 contained=16$' '^STAT drill_triggers=4$'
+        '^STAT drill_balloon_mapped=[1-9][0-9]* drill_balloon_dropped_halves=[1-9][0-9]* drill_balloon_refaults=[1-9]'
+        '^STAT drill_swap_out_mapped=[1-9][0-9]* drill_swap_out_dropped_halves=[1-9][0-9]* drill_swap_out_refaults=[1-9]'
+        '^STAT drill_dedup_merge_mapped=[1-9][0-9]* drill_dedup_merge_dropped_halves=[1-9][0-9]* drill_dedup_merge_refaults=[1-9]'
+        '^STAT drill_memslot_removal_mapped=[1-9][0-9]* drill_memslot_removal_dropped_halves=[1-9][0-9]* drill_memslot_removal_refaults=[1-9]'
+        '^STAT drill_witness_pages=[1-9][0-9]* drill_witness_bad=0$' '^STAT machine_checks=8$'
+        '^STAT cross_vm_frames=0$' '^STAT teardown_frames_returned=[1-9]'
+        '^RESULT vm:after-teardown PASS exit=0$' '^STAT host_problems=0$'
+        'guest TLB write to entry [0-9]+ would duplicate entry [0-9]+.s match .*machine check reflected$')
+    local iso
+    for iso in "smp2:--smp 2" "smp1:--smp 1" "5KEc-smp2:--cpu 5KEc --smp 2" \
+        "Loongson-3A4000-smp2:--cpu Loongson-3A4000 --smp 2" \
+        "Octeon68XX-smp2:--cpu Octeon68XX --smp 2"; do
+        # shellcheck disable=SC2086 # the options are words on purpose
+        scenario_case "isolation-${iso%%:*}" isolation ${iso#*:}
+        log_case "isolation-${iso%%:*}: containment as the host saw it" "isolation-${iso%%:*}" \
+            "${isolation_host[@]}"
+    done
     fail_case "isolation-refuses-without-debug-stub" \
         '^RESULT isolation FAIL the EJTAG debug vector \(0xbfc00480\) does not hold' \
         qemu-system-mips64el -M malta -cpu MIPS64R2-generic -smp 1 -m 256 -nographic -nic none -vga none \
@@ -461,13 +628,11 @@ run_qemu() {
         '^\[cpu[0-9]+\] VM (big|small): balloon: refused .*\(deliberate: the test guest checks'
 
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
-    # nothing leaked); idle: the tracked working set within 5 % of the guest's.
+    # nothing leaked).
     scenario_case "swap-smp2" swap --smp 2
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
     saved_case "swap: STAT lines and plot samples agree, net of the store" swap-smp2 \
         --no-prompt
-    scenario_case "idle-smp2" idle --smp 2
-    scenario_case "idle-smp1" idle --smp 1
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'
@@ -500,6 +665,9 @@ run_qemu() {
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
+    bench_case "sidebyside-icount" sidebyside --mem 1024 ratio_compute ratio_read_32mib \
+        ratio_read_256mib ratio_first_touch ratio_guest_tlb_miss guest_tlb_refill_insns \
+        bare_tlb_refill_insns
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest
@@ -513,13 +681,38 @@ run_qemu() {
         ./qemu-run.sh --no-build -- -append "scenario=nope"
     fail_case "qemu-run-rejects-unknown-scenario" "unknown scenario 'nope'; valid scenarios: boot" \
         ./qemu-run.sh --no-build --scenario nope
-    fail_case "qemu-run-rejects-unknown-option" "unknown option '--frobnicate'" \
+    status_case "qemu-run-rejects-unknown-option" 2 "unknown option '--frobnicate'" \
         ./qemu-run.sh --no-build --frobnicate
+    # QEMU's own failure is status 6, never 1 (a failed check).
+    status_case "qemu-run-qemu-error-is-status-6" 6 'QEMU stopped with its own error' \
+        ./qemu-run.sh --no-build -- -frobnicate
+    status_case "firmware-check-failure-is-status-1" 1 '^RESULT nope FAIL unknown scenario' \
+        ./qemu-run.sh --no-build -- -append "scenario=nope"
+    status_case "firmware-panic-is-status-3" 3 '^RESULT panic-selftest FAIL panic:' \
+        ./qemu-run.sh --no-build --scenario panic-selftest
+    gdb_case "gdb-hint-stops-at-entry"
+    # A user's own layout and image, packed as a bundle: run without rebuilding the firmware.
+    local bundle=${MIPSVISOR_OUT:-$ROOT/out}/hello-pair.itb
+    step "tools/mkbundle packs examples/hello-pair.dts with an image" tools/mkbundle -o "$bundle" \
+        examples/hello-pair.dts "myhello=${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    scenario_case "bundle-hello-pair-smp2" guests --smp 2 --bundle "$bundle"
+    log_case "bundle: layout and image came from the bundle" bundle-hello-pair-smp2 \
+        "^\[cpu0\] guests: 2 VMs from bundle layout 'layout'" \
+        '^\[cpu0\] VM left: image myhello \(bundle\)$' '^RESULT vm:left PASS exit=0$' \
+        '^RESULT vm:right PASS exit=0$'
+    status_case "bundle-compressed-refused" 1 \
+        '^RESULT guests FAIL bundle \(initrd\): /images/mine: compression "gzip" is not supported' \
+        ./qemu-run.sh --no-build --bundle crates/hv-devices/tests/fixtures/bundles/compressed.itb
+    status_case "qemu-run-refuses-a-non-fit-bundle" 2 "is not a FIT image" \
+        ./qemu-run.sh --no-build --bundle "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
+    fail_case "mkbundle-refuses-a-missing-image" "names image 'myhello', which is neither given" \
+        tools/mkbundle -o "$LOGS/none.itb" examples/hello-pair.dts
 }
 
 case "$PART" in
 host) run_host ;;
 qemu) run_qemu ;;
+cases) run_cases ;;
 all) run_host; run_qemu ;;
 esac
 

@@ -5,8 +5,9 @@
 //! entries can be. A flush token is turned into pending work for the VM's vCPUs:
 //!
 //! - a GFN range is appended to the VM's flush log; at its next guest entry each vCPU
-//!   removes exactly the root-TLB entries (halves) whose guest page translates into a logged
-//!   range (`Vcpu::apply_pending_flushes`);
+//!   removes exactly the root-TLB and refill-cache halves its derived set
+//!   (hv_emul::derived) recorded as built from a frame of a logged range, whatever the
+//!   guest's TLB translates now (`Vcpu::drop_derived`);
 //! - "everything" (or a vCPU that fell too far behind the log) bumps the VM's MMU
 //!   generation, which makes every vCPU take fresh host ASIDs: entries under the old ones
 //!   are never matched again.
@@ -16,6 +17,29 @@
 //! it once (each timer tick exits the guest), and a vCPU applies the log before it enters
 //! the guest again. So when `flush_remote` returns, no CPU can use a translation the token
 //! named, and the caller may free the frames.
+//!
+//! **Why a frame is handed on only after every CPU dropped every entry to it.** The memory
+//! core frees (or hands to another VM, or re-maps) a frame only after the GPA entry naming
+//! it is cleared and `flush_remote` for its GFN has returned. A derived entry to that frame
+//! can be in four places, and none survives that return:
+//! 1. the root TLB or refill cache of a CPU running the vCPU: the vCPU recorded the entry in
+//!    its derived set with this GFN *before* writing it (also in the fast lane), so the
+//!    log's range names it; the tracker waits for the CPU to leave the guest, and the vCPU
+//!    drops every recorded half of the range before it enters again. Recording by GFN is
+//!    what makes this hold when the guest rewrote its TLB in between: the old rule,
+//!    re-translating each entry through the guest's current TLB, missed an entry built from
+//!    a guest entry that had since been shadowed or replaced (issue 11);
+//! 2. the same on a CPU where the vCPU is not running: its ASIDs are valid only there and
+//!    only it runs with them, and it applies the log (or takes fresh ASIDs, if it fell too
+//!    far behind) before it enters the guest again;
+//! 3. under host ASIDs the vCPU no longer holds (it migrated, its guest changed ASID, the VM
+//!    generation moved, its derived set was emptied): no vCPU ever runs with those ASIDs
+//!    again before the CPU's next ASID rollover, which flushes that whole TLB and refill
+//!    cache (asid.rs), so the entries can never be matched;
+//! 4. of a VM torn down: its vCPUs are gone, so case 3 applies to all of them.
+//!
+//! A guest TLB write never creates a derived entry by itself; entries are created only
+//! through the memory core's fault path, which holds the GPA entry at that moment.
 //!
 //! Ordering: the log append and the generation bump happen before the tracker's AcqRel
 //! request on each CPU's word; a vCPU's entry does `enter_guest` (AcqRel on its CPU's word)

@@ -23,3 +23,8 @@ pub fn config(name: &str) -> Option<&'static [u8]> {
 pub fn embedded_names() -> impl Iterator<Item = &'static str> {
     EMBEDDED.iter().map(|(name, _)| *name)
 }
+
+/// Names of the embedded VM layouts.
+pub fn config_names() -> impl Iterator<Item = &'static str> {
+    CONFIGS.iter().map(|(name, _)| *name)
+}

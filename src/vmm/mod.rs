@@ -7,7 +7,7 @@
 //! - [`loader`], [`images`]: guest images (embedded at build time, or from an initrd).
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
 //! - [`bench`], [`svc_bench`]: instruction-cost benchmarks of guest exits and of the memory
-//!   services (tools/bench.sh).
+//!   services; [`sidebyside`]: the same workloads bare-metal and as a guest (tools/bench.sh).
 
 pub mod asid;
 pub mod bench;
@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
+pub mod sidebyside;
 pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;
@@ -109,17 +110,20 @@ pub fn report(vms: &[Arc<Vm>], contained: &[&str]) -> usize {
             None => crate::println!("RESULT vm:{} FAIL never finished", vm.name),
         }
         crate::log!(
-            "VM {}: exits={} gpa_faults={} guest_tlb_refills={} emulated={} hypercalls={} reflected={} timer_irqs={} mmio={} preemptions={}",
+            "VM {}: exits={} gpa_faults={} guest_tlb_refills={} emulated={} hypercalls={} (refused {}) reflected={} machine_checks={} timer_irqs={} mmio={} preemptions={} derived_evictions={}",
             vm.name,
             VmStats::get(&vm.stats.exits),
             VmStats::get(&vm.stats.gpa_faults),
             VmStats::get(&vm.stats.guest_tlb_refills),
             VmStats::get(&vm.stats.emulated),
             VmStats::get(&vm.stats.hypercalls),
+            VmStats::get(&vm.stats.hypercalls_refused),
             VmStats::get(&vm.stats.reflected),
+            VmStats::get(&vm.stats.machine_checks),
             VmStats::get(&vm.stats.timer_interrupts),
             VmStats::get(&vm.stats.mmio),
             VmStats::get(&vm.stats.preemptions),
+            VmStats::get(&vm.stats.derived_evictions),
         );
     }
     passed

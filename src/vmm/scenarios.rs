@@ -8,7 +8,9 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use hv_core::addr::Gpa;
-use hv_devices::vmconfig::VmLayout;
+use hv_devices::bundle::{self, Bundle};
+use hv_devices::guest_dt;
+use hv_devices::vmconfig::{BootProtocol, CpuModel, VmLayout};
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 pub(crate) const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
@@ -29,43 +31,75 @@ pub(crate) fn online_cpus(info: &BootInfo) -> usize {
 /// Guest RAM of each self-test VM.
 const SELFTEST_RAM_BYTES: u64 = 8 << 20;
 
-/// The VM layout of a scenario: `config=NAME` from the command line, else the embedded
-/// layout named after the scenario, else the built-in default.
+/// The bundle the boot loader passed in place of an initrd (a FIT image: a layout and the
+/// guest images it names), if it did.
+fn bundle(info: &BootInfo) -> Result<Option<Bundle<'static>>, String> {
+    let Ok(blob) = super::initrd_image(info) else {
+        return Ok(None);
+    };
+    if !bundle::looks_like_bundle(blob) {
+        return Ok(None);
+    }
+    Bundle::parse(blob)
+        .map(Some)
+        .map_err(|e| format!("bundle (initrd): {e}"))
+}
+
+/// The VM layout of a scenario: `config=NAME` from the command line, else the layout of a
+/// bundle the loader passed, else the embedded layout named after the scenario. A missing
+/// layout is an error, never a silent fallback: a firmware built without its layouts would
+/// otherwise run something the user did not ask for.
 pub(crate) fn layout(info: &BootInfo, scenario: &str) -> Result<(VmLayout, String), String> {
+    if info.options.config.is_none() {
+        if let Some(bundle) = bundle(info)? {
+            let source = format!("bundle layout '{}'", bundle.layout_name);
+            return VmLayout::parse(bundle.layout)
+                .map(|layout| (layout, source.clone()))
+                .map_err(|e| format!("{source}: {e}"));
+        }
+    }
     let name = info.options.config.unwrap_or(scenario);
     match images::config(name) {
         Some(blob) => VmLayout::parse(blob)
             .map(|layout| (layout, format!("configs/{name}.dtb")))
             .map_err(|e| format!("VM layout configs/{name}.dtb: {e}")),
-        None if info.options.config.is_some() => Err(format!(
-            "no VM layout '{name}' embedded (configs/{name}.dts)"
-        )),
-        None => Ok((
-            VmLayout::builtin_default(),
-            String::from("built-in default"),
-        )),
+        None => {
+            let names: Vec<&str> = images::config_names().collect();
+            Err(format!(
+                "no VM layout '{name}' embedded (have: [{}]); add configs/{name}.dts and \
+                 rebuild with tools/build-fw.sh, or pass it in a bundle (--bundle)",
+                names.join(", ")
+            ))
+        }
     }
 }
 
-/// The image bytes for `name`: embedded, or `initrd` for the boot loader's initrd. A missing
-/// test guest falls back to `hello` (logged), so the scenario still runs before it exists.
+/// The image bytes for `name`: from the loader's bundle, embedded, or `initrd` for the boot
+/// loader's initrd (an ELF).
 fn image_bytes(info: &BootInfo, name: &str) -> Result<(&'static [u8], String), String> {
+    let bundle = bundle(info)?;
     if name == "initrd" {
+        if bundle.is_some() {
+            return Err(String::from(
+                "image 'initrd' asked for, but the initrd is a bundle: name its images instead",
+            ));
+        }
         return super::initrd_image(info).map(|bytes| (bytes, String::from("initrd")));
+    }
+    if let Some(bytes) = bundle.as_ref().and_then(|b| b.image(name)) {
+        return Ok((bytes, format!("{name} (bundle)")));
     }
     if let Some(bytes) = images::embedded(name) {
         return Ok((bytes, String::from(name)));
     }
-    if name == "testguest" {
-        if let Some(bytes) = images::embedded("hello") {
-            crate::log!("image testguest is not built; running hello instead");
-            return Ok((bytes, String::from("hello")));
-        }
+    let mut names: Vec<String> = images::embedded_names().map(String::from).collect();
+    if let Some(bundle) = &bundle {
+        names.extend(bundle.image_names().map(String::from));
     }
-    let names: Vec<&str> = images::embedded_names().collect();
     Err(format!(
-        "guest image '{name}' is not embedded (have: [{}]); build guests with \
-         tools/build-guests.sh before tools/build-fw.sh",
+        "guest image '{name}' is neither in the bundle nor embedded (have: [{}]); pack it \
+         with tools/mkbundle, or build guests with tools/build-guests.sh before \
+         tools/build-fw.sh",
         names.join(", ")
     ))
 }
@@ -76,7 +110,11 @@ pub(crate) fn specs(
     layout: &VmLayout,
     cpus: usize,
 ) -> Result<Vec<VmSpec<'static>>, String> {
+    let bundle = bundle(info)?;
     let mut known: Vec<&str> = images::embedded_names().collect();
+    if let Some(bundle) = &bundle {
+        known.extend(bundle.image_names());
+    }
     known.push("initrd");
     let mut checked = layout.clone();
     if let Some(image) = info.options.image {
@@ -105,9 +143,24 @@ pub(crate) fn specs(
             swap_on_yield: None,
             workload: vm.workload,
             balloon_target_mib: vm.balloon_target_mib,
+            cpu: vm.cpu,
+            device_tree: device_tree(vm)?,
         });
     }
     Ok(specs)
+}
+
+/// The device tree describing `vm` to its guest, for a VM booted by the UHI convention.
+fn device_tree(vm: &hv_devices::vmconfig::VmSpec) -> Result<Option<Vec<u8>>, String> {
+    if vm.boot != BootProtocol::Uhi {
+        return Ok(None);
+    }
+    let host = guest_dt::HostFacts {
+        cpu_clock_hz: crate::board::GUEST_CPU_CLOCK_HZ,
+    };
+    guest_dt::build(vm, &host)
+        .map(Some)
+        .map_err(|e| format!("VM {}: device tree: {e}", vm.name))
 }
 
 /// Prints the statistics every guest scenario reports.
@@ -181,6 +234,8 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,
             balloon_target_mib: None,
+            cpu: CpuModel::default(),
+            device_tree: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;
@@ -195,7 +250,49 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
 }
 
 /// Forbidden attempts the hostile guest must at least make for `isolation` to pass.
-const MIN_HOSTILE_ATTEMPTS: u64 = 12;
+const MIN_HOSTILE_ATTEMPTS: u64 = 16;
+/// Machine checks the host must have refused at least (two duplicate-match writes in each
+/// of the hostile guest's four drill attempts).
+const MIN_MACHINE_CHECKS: u64 = 8;
+
+/// What the host itself must have seen of the hostile guest's attempts, whatever the guest
+/// reported: the refused hypercalls (attempt 1), the reflected exception storm (6000
+/// exceptions, attempt 6), open-bus accesses outside its memslots (attempts 7 and 8),
+/// ignored stores to its read-only memslot (attempt 9), and the final runaway loop stopped
+/// by the host's own rule.
+fn host_saw_the_attempts(hostile: &super::vm::Vm) -> Vec<String> {
+    use super::vm::{VmOutcome, VmStats};
+    let stats = &hostile.stats;
+    let mut problems = Vec::new();
+    let checks: [(&str, u64, u64); 4] = [
+        (
+            "refused hypercalls",
+            VmStats::get(&stats.hypercalls_refused),
+            4,
+        ),
+        ("reflected exceptions", VmStats::get(&stats.reflected), 6000),
+        ("open-bus accesses", VmStats::get(&stats.unbacked), 2),
+        (
+            "ignored read-only stores",
+            VmStats::get(&stats.rom_writes),
+            1,
+        ),
+    ];
+    for (what, seen, least) in checks {
+        if seen < least {
+            problems.push(format!(
+                "host saw {seen} {what} from the hostile VM, at least {least} expected"
+            ));
+        }
+    }
+    match hostile.outcome() {
+        Some(VmOutcome::Stopped(why)) if why.starts_with("runaway") => {}
+        other => problems.push(format!(
+            "hostile VM not stopped by the runaway rule (ended: {other:?})"
+        )),
+    }
+    problems
+}
 
 /// The `isolation` scenario: the hostile guest's attempts are all contained while the other
 /// VMs run to completion (see `isolation.rs`).
@@ -225,11 +322,46 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
         layout.vms[hostile_index].name
     );
     let specs = specs(info, &layout, cpus)?;
-    let (vms, vcpus) = super::build_vms(&specs)?;
+    let (mut vms, vcpus) = super::build_vms(&specs)?;
+    {
+        let hostile = &vms[hostile_index];
+        let rom = hostile.rom_slot.zip(hostile.rom.map(|r| r.2));
+        super::isolation::drill::DrillSlot::arm(hostile, rom)?;
+    }
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let hostile = &vms[hostile_index];
     super::report(&vms, &[hostile.name.as_str()]);
     print_stats(&vms, cpus);
+    let mut host_problems: Vec<String> = Vec::new();
+    let drill = super::isolation::drill::DrillSlot::finish(hostile);
+    match &drill {
+        Some(verdict) => {
+            verdict.print();
+            host_problems.extend(verdict.problems());
+        }
+        None => host_problems.push(String::from("the drill was not armed")),
+    }
+    let machine_checks = super::total(&vms, |s| &s.machine_checks);
+    let refused = super::total(&vms, |s| &s.hypercalls_refused);
+    crate::println!("STAT machine_checks={machine_checks}");
+    crate::println!(
+        "STAT hypercalls={} hypercalls_refused={refused}",
+        super::total(&vms, |s| &s.hypercalls)
+    );
+    if machine_checks < MIN_MACHINE_CHECKS {
+        host_problems.push(format!(
+            "the host refused {machine_checks} duplicate-match TLB writes, at least \
+             {MIN_MACHINE_CHECKS} expected"
+        ));
+    }
+    host_problems.extend(host_saw_the_attempts(hostile));
+    let groups: Vec<Option<u32>> = vms.iter().map(|_| None).collect();
+    let shared =
+        crate::services::dedup::cross_domain_frames(crate::services::host(), &vms, &groups);
+    crate::println!("STAT cross_vm_frames={shared}");
+    if shared != 0 {
+        host_problems.push(format!("{shared} frames mapped by more than one VM"));
+    }
     let tally = super::isolation::tally(hostile);
     crate::println!(
         "STAT attempted={} contained={}",
@@ -250,5 +382,44 @@ pub fn isolation(info: &BootInfo) -> Result<(), String> {
     if let Some(name) = &tally.stopped_during {
         crate::log!("hostile VM was stopped during attempt {name}");
     }
-    super::isolation::judge(&vms, hostile, &tally, MIN_HOSTILE_ATTEMPTS)
+    let judged = super::isolation::judge(&vms, hostile, &tally, MIN_HOSTILE_ATTEMPTS);
+    // VM teardown, the last trigger: the hostile VM's frames go back to the pool and a new
+    // VM, built after it, takes them (LIFO) and must verify all of its memory. Entries of
+    // the hostile VM left in any CPU's TLB are under host ASIDs no vCPU runs with again.
+    let hostile = vms.remove(hostile_index);
+    let (victim_index, _) = specs
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != hostile_index)
+        .ok_or_else(|| String::from("no victim spec"))?;
+    let mut after_spec = specs[victim_index].clone();
+    after_spec.name = String::from("after-teardown");
+    match alloc::sync::Arc::try_unwrap(hostile) {
+        Err(_) => host_problems.push(String::from(
+            "hostile VM still referenced: it could not be torn down",
+        )),
+        Ok(vm) => {
+            let free_before = crate::services::free_frames();
+            vm.teardown()
+                .map_err(|e| format!("hostile VM teardown: {e}"))?;
+            let returned = crate::services::free_frames() - free_before;
+            crate::log!("hostile VM torn down: {returned} frames back to the pool");
+            crate::println!("STAT teardown_frames_returned={returned}");
+            let (after, vcpus) = super::build_vms(core::slice::from_ref(&after_spec))?;
+            super::run(&after, vcpus, SCENARIO_TIMEOUT_TICKS);
+            super::report(&after, &[]);
+            if after[0].outcome() != Some(super::vm::VmOutcome::Exited(0)) {
+                host_problems.push(String::from(
+                    "the VM built after the hostile VM's teardown did not verify its memory",
+                ));
+            }
+        }
+    }
+    crate::println!("STAT host_problems={}", host_problems.len());
+    match (judged, host_problems.is_empty()) {
+        (Ok(()), true) => Ok(()),
+        (Ok(()), false) => Err(host_problems.join("; ")),
+        (Err(e), true) => Err(e),
+        (Err(e), false) => Err(format!("{e}; {}", host_problems.join("; "))),
+    }
 }

@@ -9,12 +9,20 @@
 //! `map_page` returns), for a guest virtual page translated the guest's own way (KSEG0
 //! window or guest TLB): D is set only if both the GPA entry is dirty and the guest
 //! allows writes, and G is never set. They live under the vCPU's host ASIDs (asid.rs).
+//!
+//! Each one is recorded, before it is written, in the vCPU's derived set
+//! (hv_emul::derived) with the guest frame and host frame it was built from, and removed only
+//! as the set says: a flush of a GFN range drops exactly the entries built from it, whatever
+//! the guest TLB says now; a guest TLB write drops the entries in the replaced entry's range
+//! and the new entry's; fresh host ASIDs empty the set. A guest TLB write that would create
+//! a duplicate match is a machine check for the guest (hv_emul::guest_tlb) and is logged.
 
 use super::asid::{self, AsidPair};
 use super::flush::{self, PendingFlush};
 use super::vm::{Vm, VmOutcome, VmStats};
 use crate::arch::guest::{self, GuestContext, EXIT_DEBUG, EXIT_REFILL};
 use crate::arch::timer;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -23,19 +31,21 @@ use hv_core::addr::{GfnRange, Gpa, Gva};
 use hv_core::fault::FaultError;
 use hv_emul::abi::{self, GuestTranslation};
 use hv_emul::cp0::{Cause, Cp0Config, Cp0Effect, Cp0Reg, ExcCode, GuestMode};
+use hv_emul::derived::{DerivedSet, DerivedSlot, DropPair, HostSpace, Source, DEFAULT_SLOTS};
+use hv_emul::emulate::Ignored;
 use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInfo};
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
+use hv_emul::regs::Gpr;
 use hv_emul::timer::GuestTimer;
 
 /// EntryLo.V.
 const ENTRY_LO_V: u64 = 1 << 1;
 /// EntryLo.D.
 const ENTRY_LO_D: u64 = 1 << 2;
-/// Largest guest TLB entry whose root-TLB copies are removed one pair at a time; bigger
-/// ones take fresh host ASIDs instead.
-const PRECISE_INVALIDATE_BYTES: u64 = 64 << 10;
+/// Guest machine checks (duplicate TLB matches) logged per VM; all are counted.
+const LOGGED_MACHINE_CHECKS: u64 = 4;
 /// Identical exits in a row (same PC, same cause) after which the VM is stopped as stuck in
 /// an exception storm.
 pub const STORM_LIMIT: u32 = 20_000;
@@ -89,6 +99,8 @@ pub struct Vcpu {
     timer: GuestTimer,
     last_timer_check: u32,
     asids: Option<AsidPair>,
+    /// Every root-TLB and refill-cache entry under `asids`, with what it was built from.
+    derived: DerivedSet<Box<[DerivedSlot]>>,
     local_generation: u64,
     /// Position in the VM's flush log up to which this vCPU has dropped entries.
     flush_seen: u64,
@@ -116,11 +128,17 @@ impl Vcpu {
         let config = Cp0Config {
             tlb_entries,
             cpu_num: index as u16,
-            ..Cp0Config::default()
+            model: vm.cpu,
         };
-        let cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        let mut cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        if index == 0 {
+            cpu.gprs.set(Gpr::A0, vm.boot_args[0]);
+            cpu.gprs.set(Gpr::A1, vm.boot_args[1]);
+        }
         let now = guest::host_count();
         let vm_flush_position = vm.memory.remote_flush().log_position();
+        let slots = alloc::vec![DerivedSlot::EMPTY; DEFAULT_SLOTS].into_boxed_slice();
+        let derived = DerivedSet::new(slots).map_err(|e| format!("derived set: {e}"))?;
         Ok(Self {
             ctx: GuestContext::new(vm.entry),
             vm,
@@ -130,6 +148,7 @@ impl Vcpu {
             timer: GuestTimer::new(now, 0),
             last_timer_check: now,
             asids: None,
+            derived,
             local_generation: 0,
             flush_seen: vm_flush_position,
             waiting: false,
@@ -217,11 +236,12 @@ impl Vcpu {
                 self.vm.memory.remote_flush().generation(),
                 self.local_generation,
             );
-            if let PendingFlush::Ranges(ranges) = pending {
+            if self.asids != Some(pair) {
+                // Entries under the old pair can never be matched again (asid.rs).
+                self.derived.clear();
+            } else if let PendingFlush::Ranges(ranges) = pending {
                 // A pair kept from before is the only one that can have entries to drop.
-                if self.asids == Some(pair) {
-                    self.drop_derived(pair, &ranges);
-                }
+                self.drop_derived(pair, &ranges);
             }
             self.asids = Some(pair);
             self.ctx.entry_hi = u64::from(self.host_asid(pair));
@@ -262,26 +282,29 @@ impl Vcpu {
         }
     }
 
-    /// Removes this CPU's root-TLB halves under `pair` whose guest page translates into one
-    /// of `ranges` (or no longer translates at all).
+    /// Removes this CPU's root-TLB and refill-cache halves under `pair` that were built from
+    /// a guest frame in one of `ranges`, as recorded when they were installed; what the guest
+    /// TLB translates now does not matter.
     fn drop_derived(&mut self, pair: AsidPair, ranges: &[GfnRange]) {
-        let cp0 = &self.cpu.cp0;
-        let tlb = &self.cpu.tlb;
-        let removed = guest::drop_guest_pages([pair.kernel, pair.user], |asid, page| {
-            let mode = if asid == pair.kernel {
-                GuestMode::Kernel
-            } else {
-                GuestMode::User
-            };
-            match abi::translate_access(Gva::new(page), mode, cp0.asid(), tlb, Access::Load) {
-                Ok(t) => ranges.iter().any(|range| range.contains(t.gpa.frame())),
-                Err(_) => true,
-            }
-        });
+        let mut removed = 0;
+        for range in ranges {
+            removed += self
+                .derived
+                .drop_gfns(range, |d| Self::drop_host_pair(pair, d));
+        }
         self.vm
             .stats
             .flushed_entries
             .fetch_add(removed as u64, core::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Executes one drop the derived set asked for, on this CPU (the pair is valid only here).
+    fn drop_host_pair(pair: AsidPair, d: DropPair) {
+        let asid = match d.space {
+            HostSpace::Kernel => pair.kernel,
+            HostSpace::User => pair.user,
+        };
+        guest::drop_guest_pair(asid, d.pair_va, d.halves);
     }
 
     fn host_asid(&self, pair: AsidPair) -> u8 {
@@ -524,7 +547,7 @@ impl Vcpu {
     /// `buddy` is the guest's translation of the other page of the pair, if valid;
     /// `known_absent` says the root TLB has no entry for the pair (a refill is being taken).
     fn install_derived(
-        &self,
+        &mut self,
         gva: u64,
         translation: &GuestTranslation,
         buddy: Option<GuestTranslation>,
@@ -551,8 +574,32 @@ impl Vcpu {
             }
             _ => None,
         };
-        let asid = self.asids.map_or(0, |pair| self.host_asid(pair));
-        guest::install_guest_page(gva, asid, lo, buddy_lo, known_absent);
+        let Some(pair) = self.asids else {
+            return false;
+        };
+        let space = match self.cpu.cp0.mode() {
+            GuestMode::Kernel => HostSpace::Kernel,
+            GuestMode::User => HostSpace::User,
+        };
+        // Recorded before the entry exists, so a flush can never miss it; a pair evicted
+        // from the set leaves the host first.
+        let Some(hfn) = pte.hfn() else {
+            return false;
+        };
+        let page = gva & !0xfff;
+        let mut record = |page: u64, gfn, hfn| {
+            if let Some(evicted) = self.derived.record(space, page, Source { gfn, hfn }) {
+                Self::drop_host_pair(pair, evicted);
+                VmStats::bump(&self.vm.stats.derived_evictions);
+            }
+        };
+        record(page, gfn, hfn);
+        let buddy_lo = buddy_lo.and_then(|lo| {
+            let hfn = buddy_pte.hfn()?;
+            record(page ^ 0x1000, gfn.buddy(), hfn);
+            Some(lo)
+        });
+        guest::install_guest_page(gva, self.host_asid(pair), lo, buddy_lo, known_absent);
         true
     }
 
@@ -584,6 +631,7 @@ impl Vcpu {
         else {
             return false;
         };
+        self.vm.drill.note_fault(translation.gpa);
         if !self.install_derived(gva, &translation, buddy, pair, refill) {
             return false;
         }
@@ -647,6 +695,9 @@ impl Vcpu {
                 if matches!(exception, GuestException::TlbRefill { .. }) {
                     VmStats::bump(&self.vm.stats.guest_tlb_refills);
                 }
+                if let GuestException::MachineCheck { index, conflict } = exception {
+                    self.machine_check(index, conflict);
+                }
                 VmStats::bump(&self.vm.stats.reflected);
                 Flow::Resume
             }
@@ -681,27 +732,44 @@ impl Vcpu {
                     .set_stopped(guest::host_count(), new.contains(Cause::DC));
             }
             HostAction::TlbWrite(write) => self.guest_tlb_written(write),
+            HostAction::Ignored(Ignored::Hypercall(_)) => {
+                // Refused calls count as hypercalls too (VmStats::hypercalls).
+                VmStats::bump(&self.vm.stats.hypercalls);
+                VmStats::bump(&self.vm.stats.hypercalls_refused);
+            }
             _ => {}
         }
         Flow::Resume
     }
 
-    /// Drops root-TLB entries derived from the guest TLB entry that was just replaced.
+    /// Drops the derived entries whose guest translation the write may have changed: those
+    /// in the replaced entry's range and in the new entry's.
     fn guest_tlb_written(&mut self, write: TlbWrite) {
-        let old = write.old;
-        if !old.present || (old.entry_lo[0] | old.entry_lo[1]) & ENTRY_LO_V == 0 {
-            return;
-        }
-        let (start, end) = old.va_range();
         let Some(pair) = self.asids else { return };
-        if end.wrapping_sub(start) > PRECISE_INVALIDATE_BYTES || end <= start {
-            self.local_generation += 1;
-            return;
+        // The pair is valid only on the CPU this vCPU runs on, so this CPU's TLB and refill
+        // cache are the only ones that can hold entries under it.
+        for (start, end) in write.changed_ranges().into_iter().flatten() {
+            let _ = self
+                .derived
+                .drop_va_range(start, end, |d| Self::drop_host_pair(pair, d));
         }
-        // The pair is valid only on the CPU this vCPU runs on, so this CPU's TLB is the
-        // only one that can hold entries under it.
-        guest::invalidate_guest_range(pair.kernel, start, end);
-        guest::invalidate_guest_range(pair.user, start, end);
+    }
+
+    /// The guest's TLB write would have duplicated entry `conflict`'s match at `index`: the
+    /// emulator refused it and reflected a machine check. Counted, the first few logged.
+    fn machine_check(&self, index: usize, conflict: usize) {
+        let stats = &self.vm.stats;
+        if VmStats::get(&stats.machine_checks) < LOGGED_MACHINE_CHECKS {
+            crate::log!(
+                "VM {}: vcpu{} pc={:#x}: guest TLB write to entry {index} would duplicate \
+                 entry {conflict}'s match (EntryHi {:#x}): refused, machine check reflected",
+                self.vm.name,
+                self.index,
+                self.ctx.pc,
+                self.cpu.cp0.get(Cp0Reg::ENTRY_HI)
+            );
+        }
+        VmStats::bump(&stats.machine_checks);
     }
 
     /// A device access (no memslot at the GPA, or a store to a read-only slot).

@@ -41,6 +41,14 @@
 //!
 //! Either way, when R's wait returns, no CPU can still use a translation derived before R's
 //! request, and R may free the frame.
+//!
+//! This holds only if "flushes its derived state" really removes every copy of the named
+//! frames. The tracker carries no scope, so that is the firmware's part: its vCPUs record
+//! each copy with the GFN and HFN it was built from (`hv_emul::derived`) before installing
+//! it, and drop by that record rather than by re-translating through the guest's current
+//! TLB, which a guest can change in between (issue 11). Copies under host ASIDs that no
+//! vCPU will run with again count as dropped: they can never be matched before the CPU's
+//! ASID rollover flushes them (the firmware's `src/vmm/flush.rs` gives the whole argument).
 
 use alloc::vec::Vec;
 use core::fmt;

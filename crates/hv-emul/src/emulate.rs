@@ -115,7 +115,8 @@ pub enum HostAction {
     None,
     /// A CP0 write with a host-visible effect.
     Cp0(Cp0Effect),
-    /// A guest TLB entry was replaced: drop mappings derived from the old one.
+    /// A guest TLB entry was replaced: drop mappings derived from the old one's range and the
+    /// new one's.
     TlbWrite(TlbWrite),
     /// A CACHE operation, done as a no-op for the guest; the host may perform the matching
     /// maintenance (e.g. SYNCI on the address) where real caches need it.
@@ -332,10 +333,14 @@ fn execute(word: u32, insn: Insn, cpu: &mut GuestCpu, trap: &TrapInfo, site: Fau
             } else {
                 cpu.tlb.write_random(&mut cpu.cp0)
             };
-            done(match written {
-                Ok(w) => HostAction::TlbWrite(w),
-                Err(e) => HostAction::Ignored(Ignored::TlbIndex(e)),
-            })
+            match written {
+                Ok(w) => done(HostAction::TlbWrite(w)),
+                // A duplicate match: the write did nothing; the guest takes a machine check.
+                Err(TlbOpError::MachineCheck { index, conflict }) => {
+                    Step::Raise(GuestException::MachineCheck { index, conflict })
+                }
+                Err(e) => done(HostAction::Ignored(Ignored::TlbIndex(e))),
+            }
         }
         // ERET in a delay slot is unpredictable; refuse it as the simplest safe choice.
         Insn::Eret if site.in_delay_slot => Step::Raise(GuestException::ReservedInstruction),

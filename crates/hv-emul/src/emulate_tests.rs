@@ -214,7 +214,9 @@ fn tlbwr_respects_wired_and_out_of_range_index_is_ignored() {
     .unwrap();
     cpu.cp0.set_status(Status::empty());
     let _ = cpu.cp0.mtc0(Cp0Reg::WIRED, 40);
-    for _ in 0..20 {
+    for n in 0..20u64 {
+        // A new pair each time: the same one twice would be a duplicate match.
+        let _ = cpu.cp0.dmtc0(Cp0Reg::ENTRY_HI, 0x10_0000 + (n << 13));
         let HostAction::TlbWrite(w) = run_done(&mut cpu, TLBWR) else {
             panic!("TLBWR must write");
         };
@@ -225,6 +227,51 @@ fn tlbwr_respects_wired_and_out_of_range_index_is_ignored() {
         run_done(&mut cpu, TLBWI),
         HostAction::Ignored(Ignored::TlbIndex(TlbOpError::IndexOutOfRange(50)))
     );
+}
+
+#[test]
+fn duplicate_tlb_match_is_a_machine_check_and_writes_nothing() {
+    let mut cpu = GuestCpu::new(
+        Cp0Config {
+            tlb_entries: 16,
+            ..Cp0Config::default()
+        },
+        PC,
+    )
+    .unwrap();
+    cpu.cp0.set_status(Status::empty());
+    let _ = cpu.cp0.mtc0(Cp0Reg::EBASE, 0x8000_1000);
+    let _ = cpu.cp0.dmtc0(Cp0Reg::ENTRY_HI, 0x6000_0000 | 3);
+    let _ = cpu.cp0.dmtc0(Cp0Reg::ENTRY_LO0, 0x100 << 6 | 0x1e);
+    let _ = cpu.cp0.mtc0(Cp0Reg::INDEX, 5);
+    let HostAction::TlbWrite(_) = run_done(&mut cpu, TLBWI) else {
+        panic!("the first write must be done");
+    };
+    // The same pair under the same ASID at another index: refused with a machine check.
+    cpu.pc = PC;
+    let _ = cpu.cp0.mtc0(Cp0Reg::INDEX, 2);
+    let _ = cpu.cp0.dmtc0(Cp0Reg::ENTRY_LO0, 0x200 << 6 | 0x1e);
+    let before = cpu.tlb.clone();
+    let out = emulate(TLBWI, &mut cpu, &TrapInfo::default());
+    assert_eq!(
+        out,
+        EmulOutcome::Injected(GuestException::MachineCheck {
+            index: 2,
+            conflict: 5
+        })
+    );
+    assert_eq!(cpu.tlb, before, "a refused write changes nothing");
+    assert_eq!(cpu.cp0.get(Cp0Reg::EPC), PC);
+    assert!(cpu.cp0.status().contains(Status::TS | Status::EXL));
+    assert_eq!(cpu.cp0.cause().exc_code(), Some(ExcCode::MCheck));
+    // Rewriting the same index is no duplicate.
+    cpu.cp0.set_status(Status::empty());
+    cpu.pc = PC;
+    let _ = cpu.cp0.mtc0(Cp0Reg::INDEX, 5);
+    let HostAction::TlbWrite(w) = run_done(&mut cpu, TLBWI) else {
+        panic!("rewriting entry 5 must be done");
+    };
+    assert_eq!(w.changed_ranges()[0], Some((0x6000_0000, 0x6000_2000)));
 }
 
 #[test]

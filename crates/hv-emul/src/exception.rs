@@ -73,6 +73,14 @@ pub enum GuestException {
         /// The coprocessor number (Cause.CE).
         unit: u8,
     },
+    /// Machine check: a TLBWI/TLBWR would have created a duplicate TLB match (the write
+    /// was not done). Delivery sets Status.TS.
+    MachineCheck {
+        /// The entry the write was aimed at (host-side report only).
+        index: usize,
+        /// The present entry it would have duplicated (host-side report only).
+        conflict: usize,
+    },
 }
 
 impl GuestException {
@@ -96,6 +104,7 @@ impl GuestException {
             GuestException::Trap => ExcCode::Tr,
             GuestException::Overflow => ExcCode::Ov,
             GuestException::CoprocessorUnusable { .. } => ExcCode::CpU,
+            GuestException::MachineCheck { .. } => ExcCode::MCheck,
         }
     }
 
@@ -190,7 +199,12 @@ pub fn deliver(exception: GuestException, cp0: &mut Cp0, site: FaultSite) -> u64
         _ => 0,
     };
     cp0.set_cause(cause.with_exception(exception.exc_code(), ce));
-    cp0.set_status(status | Status::EXL);
+    let ts = if matches!(exception, GuestException::MachineCheck { .. }) {
+        Status::TS
+    } else {
+        Status::empty()
+    };
+    cp0.set_status(status | Status::EXL | ts);
 
     if let Some(va) = exception.bad_vaddr() {
         cp0.set_raw(Cp0Reg::BAD_VADDR, va);

@@ -4,9 +4,19 @@
 //! PageMask, an ASID unless the entry is global, and one EntryLo per half. Matching follows
 //! MIPS64 Volume III, "TLB Address Translation": an entry matches a virtual address when the
 //! VPN2 bits not covered by its mask are equal and it is global or carries the current ASID.
-//! Several matching entries would be a machine check on hardware; here the lowest index wins,
-//! which harms nobody but the guest. Entries never written since reset are absent (they match
-//! nothing), so a guest that does not initialise its TLB sees refills rather than stale junk.
+//! Entries never written since reset are absent (they match nothing), so a guest that does
+//! not initialise its TLB sees refills rather than stale junk.
+//!
+//! **Overlapping entries.** Two entries that could match the same address (their VPN2
+//! ranges overlap under the larger of their page masks, and one is global or both carry the
+//! same ASID; valid halves or not, as the hardware compares them) are a machine check on
+//! real CPUs, raised by the TLBWI/TLBWR that would create the duplicate. This model does the
+//! same: such a write is refused with [`TlbOpError::MachineCheck`] and changes nothing (not
+//! the TLB, not Random), the emulator reflects a Machine Check exception (ExcCode 24, EPC at
+//! the TLB write) and sets Status.TS; the TLB keeps working (TS is a report here; the guest
+//! may clear it). So the TLB never holds two entries for one address, and [`GuestTlb::find`]
+//! (lowest index first) is unambiguous. The host's copies of guest translations do not rely
+//! on this: they are tracked by what they were built from (`derived.rs`).
 //!
 //! Nothing here reaches the host: translations found give guest *physical* addresses, which
 //! the memory core then resolves through the VM's memslots.
@@ -76,6 +86,16 @@ impl TlbEntry {
         ))
     }
 
+    /// Whether this entry and `other` could both match one address (see the module notes):
+    /// both present, VPN2 equal above the larger mask, and global or the same ASID.
+    pub fn overlaps(&self, other: &TlbEntry) -> bool {
+        let compare = VPN2_R_MASK & !(self.page_mask | other.page_mask);
+        self.present
+            && other.present
+            && (self.entry_hi & compare) == (other.entry_hi & compare)
+            && (self.global || other.global || self.asid() == other.asid())
+    }
+
     /// Whether this entry translates `va` for `asid`.
     pub fn matches(&self, va: u64, asid: u8) -> bool {
         let compare = VPN2_R_MASK & !self.page_mask;
@@ -135,17 +155,29 @@ impl core::fmt::Display for TlbFault {
 pub enum TlbOpError {
     /// Index (or the Random choice) is not below the TLB size; the operation did nothing.
     IndexOutOfRange(u64),
+    /// The write would have made entry `index` a duplicate match of entry `conflict`: a
+    /// machine check; the operation did nothing.
+    MachineCheck {
+        /// Index the write was aimed at.
+        index: usize,
+        /// The present entry it overlaps.
+        conflict: usize,
+    },
 }
 
 impl core::fmt::Display for TlbOpError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             TlbOpError::IndexOutOfRange(i) => write!(f, "guest TLB index {i} out of range"),
+            TlbOpError::MachineCheck { index, conflict } => write!(
+                f,
+                "guest TLB write to entry {index} would duplicate entry {conflict}'s match"
+            ),
         }
     }
 }
 
-/// The result of TLBWI/TLBWR: the caller drops any derived mapping of `old`.
+/// The result of TLBWI/TLBWR: the caller drops any derived mapping of `old` or `new`'s range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use]
 pub struct TlbWrite {
@@ -155,6 +187,17 @@ pub struct TlbWrite {
     pub old: TlbEntry,
     /// The entry now in place.
     pub new: TlbEntry,
+}
+
+impl TlbWrite {
+    /// The guest virtual ranges whose translation the write may have changed: the replaced
+    /// entry's (if it was present) and the new one's.
+    pub fn changed_ranges(&self) -> [Option<(u64, u64)>; 2] {
+        [
+            self.old.present.then(|| self.old.va_range()),
+            Some(self.new.va_range()),
+        ]
+    }
 }
 
 /// The software guest TLB.
@@ -251,7 +294,7 @@ impl GuestTlb {
     /// TLBWI: writes EntryHi, EntryLo0/1 and PageMask to the entry at Index.
     pub fn write_indexed(&mut self, cp0: &Cp0) -> Result<TlbWrite, TlbOpError> {
         let index = self.checked_index(cp0.get(Cp0Reg::INDEX) & cp0.tlb_index_mask())?;
-        Ok(self.write_at(index, cp0))
+        self.write_at(index, cp0)
     }
 
     /// TLBWR: writes the entry at Random, then moves Random on (downwards from size - 1 to
@@ -271,9 +314,10 @@ impl GuestTlb {
         } else {
             index - 1
         };
-        cp0.set_raw(Cp0Reg::RANDOM, next);
         let index = self.checked_index(index)?;
-        Ok(self.write_at(index, cp0))
+        let written = self.write_at(index, cp0)?;
+        cp0.set_raw(Cp0Reg::RANDOM, next);
+        Ok(written)
     }
 
     fn checked_index(&self, index: u64) -> Result<usize, TlbOpError> {
@@ -283,7 +327,7 @@ impl GuestTlb {
             .ok_or(TlbOpError::IndexOutOfRange(index))
     }
 
-    fn write_at(&mut self, index: usize, cp0: &Cp0) -> TlbWrite {
+    fn write_at(&mut self, index: usize, cp0: &Cp0) -> Result<TlbWrite, TlbOpError> {
         let page_mask = cp0.get(Cp0Reg::PAGE_MASK);
         let lo0 = cp0.get(Cp0Reg::ENTRY_LO0);
         let lo1 = cp0.get(Cp0Reg::ENTRY_LO1);
@@ -295,8 +339,13 @@ impl GuestTlb {
             global: lo0 & lo1 & ENTRY_LO_G != 0,
             present: true,
         };
+        if let Some(conflict) =
+            (0..self.size).find(|&i| i != index && self.entries[i].overlaps(&new))
+        {
+            return Err(TlbOpError::MachineCheck { index, conflict });
+        }
         let old = core::mem::replace(&mut self.entries[index], new);
-        TlbWrite { index, old, new }
+        Ok(TlbWrite { index, old, new })
     }
 }
 
@@ -559,6 +608,70 @@ mod tests {
         let w = tlb.write_random(&mut cp0).unwrap();
         assert!(w.old.present);
         assert_eq!(w.new.entry_hi, 0x7000_0000);
+    }
+
+    #[test]
+    fn duplicate_matches_are_refused_as_machine_checks() {
+        let (mut cp0, mut tlb) = setup(16);
+        write(
+            &mut cp0,
+            &mut tlb,
+            4,
+            0x6000_2000 | 1,
+            lo(1, true, true, false),
+            0,
+            0,
+        );
+        let try_write = |cp0: &mut Cp0, tlb: &mut GuestTlb, index, hi, g, mask| {
+            let _ = cp0.dmtc0(Cp0Reg::ENTRY_HI, hi);
+            let _ = cp0.dmtc0(Cp0Reg::ENTRY_LO0, lo(2, true, true, g));
+            let _ = cp0.dmtc0(Cp0Reg::ENTRY_LO1, lo(3, true, true, g));
+            let _ = cp0.mtc0(Cp0Reg::PAGE_MASK, mask);
+            let _ = cp0.mtc0(Cp0Reg::INDEX, index);
+            tlb.write_indexed(cp0).map(|w| w.index)
+        };
+        let mcheck = Err(TlbOpError::MachineCheck {
+            index: 7,
+            conflict: 4,
+        });
+        // Same pair, same ASID; a 16 KiB pair covering it under another ASID but global;
+        // the same pair under another ASID, one of them global.
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 7, 0x6000_2000 | 1, false, 0),
+            mcheck
+        );
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 7, 0x6000_0000 | 2, true, 0x6000),
+            mcheck
+        );
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 7, 0x6000_2000 | 2, true, 0),
+            mcheck
+        );
+        // Nothing was written, Random untouched by the refusals.
+        assert!(!tlb.entry(7).unwrap().present);
+        // Another ASID, neither global: no duplicate. The neighbouring pair: none either.
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 7, 0x6000_2000 | 2, false, 0),
+            Ok(7)
+        );
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 8, 0x6000_4000 | 1, false, 0),
+            Ok(8)
+        );
+        // Rewriting entry 4 itself is never a duplicate of itself.
+        assert_eq!(
+            try_write(&mut cp0, &mut tlb, 4, 0x6000_2000 | 1, false, 0),
+            Ok(4)
+        );
+        // TLBWR refused: Random stays where it was.
+        let _ = cp0.dmtc0(Cp0Reg::ENTRY_HI, 0x6000_4000 | 1);
+        let random = cp0.get(Cp0Reg::RANDOM);
+        assert!(matches!(
+            tlb.write_random(&mut cp0),
+            Err(TlbOpError::MachineCheck { conflict: 8, .. })
+        ));
+        assert_eq!(cp0.get(Cp0Reg::RANDOM), random);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`decode`]: instruction word to [`decode::Insn`].
 //! - [`emulate`]: the one entry point, [`emulate::emulate`], and the vCPU state it works on.
 //! - [`cp0`], [`guest_tlb`], [`timer`]: the guest's coprocessor 0, TLB and Count/Compare.
+//! - [`derived`]: the host's copies of a vCPU's translations, tracked by what they were
+//!   built from.
 //! - [`branch`]: finishing a branch whose delay-slot instruction trapped.
 //! - [`exception`]: delivering exceptions to the guest's own vectors.
 //! - [`exit`]: sorting a host exception taken from a guest into the next action.
@@ -19,6 +21,7 @@ pub mod abi;
 pub mod branch;
 pub mod cp0;
 pub mod decode;
+pub mod derived;
 pub mod emulate;
 pub mod exception;
 pub mod exit;

@@ -116,6 +116,8 @@ pub mod exc {
     pub const OV: u32 = 12;
     /// Trap.
     pub const TR: u32 = 13;
+    /// Machine check (a TLB write that would duplicate a match).
+    pub const MCHECK: u32 = 24;
 
     /// A short name for an exception code.
     pub fn name(code: u32) -> &'static str {
@@ -134,6 +136,7 @@ pub mod exc {
             CPU => "CpU",
             OV => "Ov",
             TR => "Tr",
+            MCHECK => "MCheck",
             _ => "other",
         }
     }

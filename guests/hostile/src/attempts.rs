@@ -28,7 +28,7 @@ pub struct Attempt {
 }
 
 /// Every attempt that returns, in order; the runaway loop comes after them.
-pub const ALL: [Attempt; 11] = [
+pub const ALL: [Attempt; 15] = [
     Attempt {
         name: "hypercall-unknown",
         run: hypercall_unknown,
@@ -72,6 +72,23 @@ pub const ALL: [Attempt; 11] = [
     Attempt {
         name: "console-forgery",
         run: console_forgery,
+    },
+    // The page drill (drill.rs): one host trigger per attempt, in the host's order.
+    Attempt {
+        name: "shadowed-tlb-then-balloon",
+        run: crate::drill::balloon,
+    },
+    Attempt {
+        name: "shadowed-tlb-then-swap-out",
+        run: crate::drill::swap_out,
+    },
+    Attempt {
+        name: "shadowed-tlb-then-dedup-merge",
+        run: crate::drill::merge,
+    },
+    Attempt {
+        name: "shadowed-tlb-then-memslot-removal",
+        run: crate::drill::memslot_removal,
     },
 ];
 

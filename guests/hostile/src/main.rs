@@ -10,6 +10,10 @@
 //! runaway loop with interrupts masked that never yields: the hypervisor must keep
 //! preempting it and, after its budget, stop this VM.
 //!
+//! Attempts 12 to 15 are the page drill (drill.rs, issue 11): mappings shadowed by
+//! duplicate TLB entries (a machine check each), then the page taken away by the host at
+//! the next yield.
+//!
 //! Everything is deterministic; nothing depends on timing.
 
 #![no_std]
@@ -17,6 +21,7 @@
 #![feature(asm_experimental_arch)]
 
 mod attempts;
+mod drill;
 mod probe;
 
 use guest_rt::{cp0, println, trap};

@@ -196,3 +196,15 @@ pub fn debug_breakpoint_in_delay_slot() -> Probe {
     }
     outcome(before, 0)
 }
+
+/// TLBWI of `entry` at `index`: `Completed(0)` if written, `Trapped` if the write raised an
+/// exception (a machine check for a duplicate match; the handler steps over the TLBWI).
+///
+/// # Safety
+/// As for `guest_rt::tlb::write_indexed`: the entry must not remap memory in use.
+pub unsafe fn tlb_write(index: u32, entry: &guest_rt::tlb::TlbEntry) -> Probe {
+    let before = exceptions();
+    // SAFETY: the caller's contract.
+    unsafe { guest_rt::tlb::write_indexed(index, entry) };
+    outcome(before, 0)
+}

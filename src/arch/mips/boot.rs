@@ -6,8 +6,11 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicU32, Ordering};
 use hv_core::addr::Hpa;
 
-/// log2 of the boot stack size of each CPU (32 KiB).
-const STACK_SHIFT: u32 = 15;
+/// log2 of the boot stack size of each CPU (64 KiB). 32 KiB was too little: building a VM
+/// and its vCPUs on CPU 0 (build_vms, Vcpu::new, GuestCpu::new) takes about 29 KiB of stack
+/// alone, and CPU 0's stack sits right above the firmware's statics, which an overflow
+/// silently overwrote (the shared guest pool was created twice).
+const STACK_SHIFT: u32 = 16;
 
 /// Status at entry: CU0 | BEV | KX | UX; everything else (IE, EXL, ERL, KSU, IM) clear.
 const STATUS_BOOT: u32 = (1 << 28) | (1 << 22) | (1 << 7) | (1 << 5);

@@ -232,72 +232,27 @@ pub fn install_guest_page(gva: u64, asid: u8, lo: u64, buddy: Option<u64>, known
     percpu::refill_cache_insert(entry_hi, lo0.bits(), lo1.bits());
 }
 
-/// Removes root-TLB entries of `asid` covering `[start, end)` (guest virtual, any size).
-pub fn invalidate_guest_range(asid: u8, start: u64, end: u64) {
+/// Removes the marked halves (`[even, odd]`) of the root-TLB pair for guest virtual
+/// `pair_va` under `asid` from this CPU's root TLB and refill cache, wherever either holds
+/// it. The caller decides which (hv_emul::derived); this only executes the drop. Returns
+/// whether the root TLB held the pair.
+pub fn drop_guest_pair(asid: u8, pair_va: u64, halves: [bool; 2]) -> bool {
+    let entry_hi = (pair_va & PAIR_MASK) | u64::from(asid);
     let mut window = TlbWindow::open();
-    let mut pair = start & PAIR_MASK;
-    while pair < end {
-        let entry_hi = pair | u64::from(asid);
-        if let Some(index) = window.probe(entry_hi) {
-            window.invalidate_indexed(index);
-        }
-        percpu::refill_cache_remove(entry_hi);
-        pair += 0x2000;
-    }
-}
-
-/// Walks every root-TLB entry of this CPU under one of `asids` and removes each valid half
-/// for which `drop_page(asid, guest page address)` says so. Returns the halves removed.
-pub fn drop_guest_pages(asids: [u8; 2], mut drop_page: impl FnMut(u8, u64) -> bool) -> usize {
-    /// EntryHi.VPN2 for 40-bit user addresses.
-    const VPN2: u64 = 0xff_ffff_e000;
-    let mut removed = 0;
-    let mut window = TlbWindow::open();
-    for index in 0..super::tlb::entries() {
-        let (entry_hi, lo0, lo1) = window.read_entry(index);
-        let asid = entry_hi as u8;
-        if !asids.contains(&asid) || lo0.union(lo1).contains(EntryLo::G) {
-            continue;
-        }
-        let pair = entry_hi & VPN2;
-        let mut halves = [lo0, lo1];
-        let mut changed = false;
-        for (half, lo) in halves.iter_mut().enumerate() {
-            if lo.contains(EntryLo::V) && drop_page(asid, pair + 0x1000 * half as u64) {
-                *lo = EntryLo::empty();
-                changed = true;
-                removed += 1;
-            }
-        }
-        if !changed {
-            continue;
-        }
-        if halves.iter().all(|lo| !lo.contains(EntryLo::V)) {
+    let found = window.probe(entry_hi);
+    if let Some(index) = found {
+        let (lo0, lo1) = window.read_indexed(index);
+        let kept = [lo0, lo1].map(|lo| lo.difference(EntryLo::G));
+        let kept = [0, 1].map(|h| if halves[h] { EntryLo::empty() } else { kept[h] });
+        if kept.iter().all(|lo| !lo.contains(EntryLo::V)) {
             window.invalidate_indexed(index);
         } else {
-            window.write_indexed(index, entry_hi, halves[0], halves[1]);
+            window.write_indexed(index, entry_hi, kept[0], kept[1]);
         }
     }
     drop(window);
-    // The refill cache may still hold entries the TLB has since evicted: same treatment.
-    percpu::refill_cache_edit(|entry_hi, lo0, lo1| {
-        let asid = entry_hi as u8;
-        if !asids.contains(&asid) {
-            return None;
-        }
-        let pair = entry_hi & VPN2;
-        let mut halves = [lo0, lo1];
-        let mut changed = false;
-        for (half, lo) in halves.iter_mut().enumerate() {
-            if *lo & EntryLo::V.bits() != 0 && drop_page(asid, pair + 0x1000 * half as u64) {
-                *lo = 0;
-                changed = true;
-                removed += 1;
-            }
-        }
-        changed.then_some((halves[0], halves[1]))
-    });
-    removed
+    percpu::refill_cache_drop_halves(entry_hi, halves);
+    found.is_some()
 }
 
 /// Copies a guest register file (32 doublewords) with straight-line loads and stores; the

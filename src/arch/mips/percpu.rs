@@ -125,14 +125,6 @@ pub fn refill_cache_insert(entry_hi: u64, lo0: u64, lo1: u64) {
     }
 }
 
-/// Forgets the refill-cache slot of `entry_hi`, if it holds that entry.
-pub fn refill_cache_remove(entry_hi: u64) {
-    let slot = slot_of(entry_hi);
-    if slot[0].load(Ordering::Relaxed) == entry_hi {
-        slot[0].store(0, Ordering::Relaxed);
-    }
-}
-
 /// Empties this CPU's refill cache (with a whole-TLB flush).
 pub fn refill_cache_clear() {
     for slot in &local().slots {
@@ -140,22 +132,25 @@ pub fn refill_cache_clear() {
     }
 }
 
-/// Calls `edit(tag, lo0, lo1)` for every filled slot of this CPU's refill cache; a returned
-/// `Some((lo0, lo1))` replaces the slot's values (both invalid: the slot is emptied).
-pub fn refill_cache_edit(mut edit: impl FnMut(u64, u64, u64) -> Option<(u64, u64)>) {
-    for slot in &local().slots {
-        let tag = slot[0].load(Ordering::Relaxed);
-        if tag == 0 {
-            continue;
+/// Clears the marked halves (`[even, odd]`) of the refill-cache slot of `entry_hi`, if it
+/// holds that entry (emptied when no valid half is left).
+pub fn refill_cache_drop_halves(entry_hi: u64, halves: [bool; 2]) {
+    let slot = slot_of(entry_hi);
+    if slot[0].load(Ordering::Relaxed) != entry_hi {
+        return;
+    }
+    let los = slot[1].load(Ordering::Relaxed);
+    let mut lo = [los & 0xffff_ffff, los >> 32];
+    for (half, drop) in halves.iter().enumerate() {
+        if *drop {
+            lo[half] = 0;
         }
-        let los = slot[1].load(Ordering::Relaxed);
-        if let Some((lo0, lo1)) = edit(tag, los & 0xffff_ffff, los >> 32) {
-            slot[0].store(0, Ordering::Relaxed);
-            if (lo0 | lo1) & EntryLo::V.bits() != 0 && fits_slot(lo0) && fits_slot(lo1) {
-                slot[1].store(lo0 | lo1 << 32, Ordering::Relaxed);
-                slot[0].store(tag, Ordering::Relaxed);
-            }
-        }
+    }
+    // Tag first: the slot is never seen half-updated (see refill_cache_insert).
+    slot[0].store(0, Ordering::Relaxed);
+    if (lo[0] | lo[1]) & EntryLo::V.bits() != 0 {
+        slot[1].store(lo[0] | lo[1] << 32, Ordering::Relaxed);
+        slot[0].store(entry_hi, Ordering::Relaxed);
     }
 }
 

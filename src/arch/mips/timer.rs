@@ -56,6 +56,28 @@ pub fn handle_interrupt(cause: TrapCause) -> bool {
     true
 }
 
+/// One step of a polling wait: sleeps in WAIT until the next interrupt when one can end the
+/// sleep (IE set, EXL and ERL clear, the timer line unmasked), else one spin-loop hint.
+///
+/// A CPU that waits for other CPUs must not spin where it can sleep. QEMU 7.2 (Debian 12)
+/// with `-icount` runs all vCPUs on one thread in turn and gives each turn the whole
+/// instruction budget up to the next timer deadline: a spinning CPU uses it all, and the
+/// vCPU after it in QEMU's order starts every turn with a budget of zero, so it can take
+/// its timer interrupt but never runs the handler (QEMU 8.1 splits the budget). Sleeping
+/// ends this CPU's turn early and hands the rest of the budget on. The wake-up comes at
+/// the latest with this CPU's next tick, one [`INTERVAL_TICKS`] later.
+pub fn poll_pause() {
+    let status = Status::read();
+    let timer_line = Status::from_bits_retain(1 << (8 + u32::from(cp0::timer_ip_line())));
+    let can_wake = status.contains(Status::IE.union(timer_line))
+        && !status.intersects(Status::EXL.union(Status::ERL));
+    if can_wake {
+        super::wait_for_interrupt();
+    } else {
+        core::hint::spin_loop();
+    }
+}
+
 /// Timer interrupts `cpu` has taken so far.
 pub fn ticks(cpu: usize) -> u64 {
     TICKS[cpu].load(Ordering::Relaxed)

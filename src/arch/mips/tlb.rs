@@ -82,12 +82,6 @@ impl TlbWindow {
         cp0::ehb();
     }
 
-    /// Reads entry `index` (TLBR) and returns its EntryHi, EntryLo0 and EntryLo1.
-    pub fn read_entry(&mut self, index: usize) -> (u64, EntryLo, EntryLo) {
-        let (lo0, lo1) = self.read_indexed(index);
-        (cp0::entry_hi(), lo0, lo1)
-    }
-
     /// Reads entry `index` (TLBR) and returns its EntryLo0 and EntryLo1.
     pub fn read_indexed(&mut self, index: usize) -> (EntryLo, EntryLo) {
         // SAFETY: TLBR only loads the staging registers (EntryHi, EntryLo0/1, PageMask) from
