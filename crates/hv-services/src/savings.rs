@@ -147,7 +147,9 @@ impl SampleLog {
     pub fn record(&mut self, sample: Sample, changed: bool) -> ToPrint {
         let mut out = ToPrint::default();
         self.keep_peak(&sample.saved, &mut out);
-        self.unprinted_change |= changed || self.printed.is_some_and(|p| p.saved != sample.saved);
+        // Figures moved since the last line (or from nothing, before the first one).
+        let before = self.printed.map_or(Savings::default(), |p| p.saved);
+        self.unprinted_change |= changed || sample.saved != before;
         let spaced = self
             .printed
             .is_none_or(|p| sample.round >= p.round + SAMPLE_EVERY_ROUNDS);
@@ -353,6 +355,15 @@ mod tests {
         let (out, summary) = empty.finish(sample(0, 0, 0, -2));
         assert_eq!(rounds(out), [0]);
         assert_eq!((summary.peak.swap, summary.end.swap), (-2, -2));
+    }
+
+    #[test]
+    fn figures_that_move_print_without_a_reported_change() {
+        let mut log = SampleLog::default();
+        assert_eq!(rounds(log.record(sample(1, 0, 0, 0), false)), [0; 0]);
+        assert_eq!(rounds(log.record(sample(2, 0, 64, 0), false)), [2]);
+        assert_eq!(rounds(log.record(sample(12, 0, 64, 0), false)), [0; 0]);
+        assert_eq!(rounds(log.record(sample(13, 0, 0, 0), false)), [13]);
     }
 
     #[test]
