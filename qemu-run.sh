@@ -2,7 +2,7 @@
 # Build mipsvisor and boot it on QEMU's Malta board; exits with the firmware's own status.
 #
 #   ./qemu-run.sh [--scenario NAME] [--cpu MODEL] [--smp N] [--mem MiB] [--icount] [--gdb]
-#                 [--config NAME] [--initrd FILE] [--bundle FILE] [--no-build]
+#                 [--config NAME] [--initrd FILE] [--bundle FILE] [--linux] [--no-build]
 #                 [-- extra QEMU arguments]
 #
 # Defaults: scenario demo (every memory service, ending in a table of memory saved), CPU
@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tools/deps.sh
 . "$ROOT/tools/deps.sh"
 
-SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench svc-bench balloon dedup swap idle stress demo)
+SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench sidebyside svc-bench balloon dedup swap idle stress demo)
 CPUS=(MIPS64R2-generic 5KEc Loongson-3A4000 Octeon68XX)
 
 usage() {
@@ -31,7 +31,10 @@ usage: ./qemu-run.sh [options] [-- extra QEMU arguments]
   --mem MiB         RAM in MiB, 64..2048 (default 512)
   --icount          deterministic instruction counting (-icount shift=0)
   --config NAME     VM layout configs/NAME.dts for the guest scenarios (config=NAME)
-  --initrd FILE     run the guest ELF FILE (passed with -initrd) in every VM of the layout
+  --initrd FILE     run the guest ELF FILE (passed with -initrd) in the layout's VMs whose
+                    image is "initrd" or, if none is, in every VM of the layout
+  --linux           boot the Linux guest (tools/build-linux-guest.sh, cached): scenario
+                    guests, layout linux unless --scenario/--config say otherwise
   --bundle FILE     run the VMs of a bundle (tools/mkbundle: a FIT image of a layout and
                     its guest images, passed with -initrd); scenario guests unless given
   --gdb             wait for gdb-multiarch on localhost:1234 before starting
@@ -53,7 +56,7 @@ contains() { # $1 = needle, rest = haystack
     return 1
 }
 
-SCENARIO="" CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD="" BUNDLE=""
+SCENARIO="" CPU=MIPS64R2-generic SMP=2 MEM=512 ICOUNT=0 GDB=0 BUILD=1 CONFIG="" INITRD="" BUNDLE="" LINUX=0
 EXTRA=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +74,7 @@ while [ $# -gt 0 ]; do
         shift 2
         ;;
     --icount) ICOUNT=1; shift ;;
+    --linux) LINUX=1; shift ;;
     --gdb) GDB=1; shift ;;
     --no-build) BUILD=0; shift ;;
     -h | --help) usage; exit 0 ;;
@@ -79,6 +83,12 @@ while [ $# -gt 0 ]; do
     esac
 done
 
+# The Linux guest runs in the guests scenario on its own layout unless told otherwise.
+if [ $LINUX -eq 1 ]; then
+    [ -z "$BUNDLE" ] || die_usage "--linux and --bundle both use the initrd: give one"
+    SCENARIO=${SCENARIO:-guests}
+    CONFIG=${CONFIG:-linux}
+fi
 # A bundle's VMs run to completion by default; otherwise the demo of every service.
 [ -n "$SCENARIO" ] || { [ -n "$BUNDLE" ] && SCENARIO=guests; } || SCENARIO=demo
 contains "$SCENARIO" "${SCENARIOS[@]}" \
@@ -112,12 +122,28 @@ if [ $BUILD -eq 1 ]; then
 fi
 [ -f "$OUT/mipsvisor.elf" ] || { echo "qemu-run.sh: $OUT/mipsvisor.elf missing (build first)" >&2; exit 5; }
 
+# A layout whose VMs name image "initrd" (configs/linux*.dts) takes the initrd for those VMs
+# only; without --initrd such a layout gets the Linux guest, built or taken from its cache.
+LAYOUT_WANTS_INITRD=0
+if [ -n "$CONFIG" ] && [ -f "$ROOT/configs/$CONFIG.dts" ] \
+    && grep -Eq '^[[:space:]]*image = "initrd";' "$ROOT/configs/$CONFIG.dts"; then
+    LAYOUT_WANTS_INITRD=1
+fi
+if [ -z "$INITRD" ] && [ -z "$BUNDLE" ] && { [ $LINUX -eq 1 ] || [ $LAYOUT_WANTS_INITRD -eq 1 ]; }; then
+    INITRD=$("$ROOT/tools/build-linux-guest.sh") \
+        || { echo "qemu-run.sh: building the Linux guest failed (above): status 5" >&2; exit 5; }
+    LAYOUT_WANTS_INITRD=1
+fi
+APPEND="scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}"
+# Without VMs of its own for the initrd, the layout runs it in every VM.
+if [ -n "$INITRD" ] && [ $LAYOUT_WANTS_INITRD -eq 0 ]; then APPEND+=" image=initrd"; fi
+
 # No NIC and no VGA: the firmware uses neither, and without them QEMU needs no ROM files
 # (Malta's defaults want efi-pcnet.rom and vgabios-cirrus.bin, packages a minimal Debian lacks).
 QEMU=(qemu-system-mips64el -M malta -cpu "$CPU" -smp "$SMP" -m "$MEM" -nographic -no-reboot
       -nic none -vga none
       -semihosting -kernel "$OUT/mipsvisor.elf"
-      -append "scenario=$SCENARIO cpus=$SMP mem=$MEM${CONFIG:+ config=$CONFIG}${INITRD:+ image=initrd}")
+      -append "$APPEND")
 # The firmware's EJTAG debug stub goes to the debug vector in the boot ROM (physical
 # 0x1fc00480), so that a guest's SDBBP comes back to the hypervisor as a guest exit.
 if [ -f "$OUT/ejtag-vector.bin" ]; then

@@ -18,6 +18,11 @@ pub const UART0: Hpa = Hpa::new(0x1800_03f8);
 /// Distance between UART registers in bytes.
 pub const UART_STRIDE: usize = 1;
 
+/// CPU clock a guest's device tree names: QEMU's Malta CPU ticks Count at 100 MHz (of
+/// virtual time), guests read the host's Count rate, and Linux takes Count as half the CPU
+/// clock.
+pub const GUEST_CPU_CLOCK_HZ: u32 = 200_000_000;
+
 /// RAM visible below the I/O hole at most.
 pub const LOW_RAM_LIMIT_BYTES: u64 = 256 << 20;
 /// Where the whole of RAM appears a second time (offset 0 of RAM).

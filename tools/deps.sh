@@ -5,6 +5,8 @@
 #   mipsvisor_ensure_deps firmware   toolchain + QEMU (qemu-run.sh)
 #   mipsvisor_ensure_deps test       the above plus clippy and rustfmt (tools/test.sh)
 #   mipsvisor_ensure_deps gdb        gdb-multiarch (qemu-run.sh --gdb)
+#   mipsvisor_ensure_deps linux      what tools/build-linux-guest.sh needs (kernel source,
+#                                    mipsel cross compiler, kernel build tools)
 
 mipsvisor_has_rust_src() { # $1 = rustc
     local sysroot
@@ -50,6 +52,20 @@ mipsvisor_ensure_deps() {
             ;;
         gdb)
             command -v gdb-multiarch >/dev/null 2>&1 || need+=(gdb-multiarch)
+            ;;
+        linux)
+            [ -f /usr/src/linux-source-6.1.tar.xz ] || need+=(linux-source-6.1)
+            command -v mipsel-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-mipsel-linux-gnu)
+            # The kernel's host programs (Kconfig, dtc, gen_init_cpio) and build scripts.
+            command -v gcc >/dev/null 2>&1 || need+=(gcc)
+            [ -f /usr/include/stdio.h ] || need+=(libc6-dev)
+            command -v make >/dev/null 2>&1 || need+=(make)
+            command -v flex >/dev/null 2>&1 || need+=(flex)
+            command -v bison >/dev/null 2>&1 || need+=(bison)
+            command -v bc >/dev/null 2>&1 || need+=(bc)
+            command -v xz >/dev/null 2>&1 || need+=(xz-utils)
+            command -v patch >/dev/null 2>&1 || need+=(patch)
+            command -v flock >/dev/null 2>&1 || need+=(util-linux)
             ;;
         esac
     done

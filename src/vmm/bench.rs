@@ -89,6 +89,8 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         swap_on_yield: None,
         workload: None,
         balloon_target_mib: None,
+        cpu: hv_devices::vmconfig::CpuModel::default(),
+        device_tree: None,
     }];
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, BENCH_TIMEOUT_TICKS);

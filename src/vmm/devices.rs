@@ -12,15 +12,37 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 use hv_core::addr::{Gpa, PAGE_SIZE};
 use hv_core::memslot::BackingId;
 use hv_devices::bus::{MmioBus, MmioDevice};
+use hv_devices::irq::IrqLine;
 use hv_devices::uart16550::{LinePrefixer, LineWriter, Uart16550, UartSink};
 use hv_devices::virtqueue::{self, MemError};
 use hv_devices::vmconfig::{DeviceKind, DeviceSpec, VirtioKind};
 
 /// A device on a VM's bus.
 pub type BusDevice = Box<dyn MmioDevice + Send>;
+
+/// A console's interrupt line: its level, for the vCPUs to sample before each entry (as
+/// for the balloon's line). Shared by every UART of the VM (one Cause.IP line).
+#[derive(Debug, Clone, Default)]
+pub struct UartIrq {
+    level: Arc<AtomicBool>,
+}
+
+impl UartIrq {
+    /// Whether a UART wants attention now.
+    pub fn asserted(&self) -> bool {
+        self.level.load(Ordering::Acquire)
+    }
+}
+
+impl IrqLine for UartIrq {
+    fn set_level(&mut self, asserted: bool) {
+        self.level.store(asserted, Ordering::Release);
+    }
+}
 
 /// Longest console line before it is cut.
 const CONSOLE_LINE_BYTES: usize = 160;
@@ -145,6 +167,8 @@ pub struct Devices {
     pub bus: MmioBus<BusDevice>,
     /// The balloons (also reachable by VM name through `balloon::find`).
     pub balloons: Vec<Arc<Balloon>>,
+    /// The consoles' interrupt line.
+    pub uart_irq: UartIrq,
 }
 
 /// Builds the devices of a VM from its configuration; `balloon_target_mib` is the initial
@@ -157,12 +181,13 @@ pub fn build_bus(
 ) -> Result<Devices, String> {
     let mut bus: MmioBus<BusDevice> = MmioBus::new();
     let mut balloons = Vec::new();
+    let uart_irq = UartIrq::default();
     for spec in specs {
         let device: BusDevice = match spec.kind {
             DeviceKind::Uart16550 { stride } => {
                 let sink = ConsoleSink(LinePrefixer::new(name, CONSOLE_LINE_BYTES, HostConsole));
                 Box::new(
-                    Uart16550::new(stride, sink, ())
+                    Uart16550::new(stride, sink, uart_irq.clone())
                         .map_err(|e| alloc::format!("VM {name}: UART: {e}"))?,
                 )
             }
@@ -177,5 +202,9 @@ pub fn build_bus(
         bus.insert(spec.window, device)
             .map_err(|e| alloc::format!("VM {name}: device window: {e:?}"))?;
     }
-    Ok(Devices { bus, balloons })
+    Ok(Devices {
+        bus,
+        balloons,
+        uart_irq,
+    })
 }

@@ -9,7 +9,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hv_core::addr::Gpa;
 use hv_devices::bundle::{self, Bundle};
-use hv_devices::vmconfig::VmLayout;
+use hv_devices::guest_dt;
+use hv_devices::vmconfig::{BootProtocol, CpuModel, VmLayout};
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 pub(crate) const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
@@ -142,9 +143,24 @@ pub(crate) fn specs(
             swap_on_yield: None,
             workload: vm.workload,
             balloon_target_mib: vm.balloon_target_mib,
+            cpu: vm.cpu,
+            device_tree: device_tree(vm)?,
         });
     }
     Ok(specs)
+}
+
+/// The device tree describing `vm` to its guest, for a VM booted by the UHI convention.
+fn device_tree(vm: &hv_devices::vmconfig::VmSpec) -> Result<Option<Vec<u8>>, String> {
+    if vm.boot != BootProtocol::Uhi {
+        return Ok(None);
+    }
+    let host = guest_dt::HostFacts {
+        cpu_clock_hz: crate::board::GUEST_CPU_CLOCK_HZ,
+    };
+    guest_dt::build(vm, &host)
+        .map(Some)
+        .map_err(|e| format!("VM {}: device tree: {e}", vm.name))
 }
 
 /// Prints the statistics every guest scenario reports.
@@ -218,6 +234,8 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,
             balloon_target_mib: None,
+            cpu: CpuModel::default(),
+            device_tree: None,
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;

@@ -37,6 +37,7 @@ use hv_emul::emulate::{self, EmulOutcome, GuestCpu, HostAction, MmioReq, TrapInf
 use hv_emul::exception::{self, FaultSite, GuestException};
 use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
+use hv_emul::regs::Gpr;
 use hv_emul::timer::GuestTimer;
 
 /// EntryLo.V.
@@ -127,9 +128,13 @@ impl Vcpu {
         let config = Cp0Config {
             tlb_entries,
             cpu_num: index as u16,
-            ..Cp0Config::default()
+            model: vm.cpu,
         };
-        let cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        let mut cpu = GuestCpu::new(config, vm.entry).map_err(|e| format!("guest CP0: {e}"))?;
+        if index == 0 {
+            cpu.gprs.set(Gpr::A0, vm.boot_args[0]);
+            cpu.gprs.set(Gpr::A1, vm.boot_args[1]);
+        }
         let now = guest::host_count();
         let vm_flush_position = vm.memory.remote_flush().log_position();
         let slots = alloc::vec![DerivedSlot::EMPTY; DEFAULT_SLOTS].into_boxed_slice();

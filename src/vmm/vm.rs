@@ -17,7 +17,8 @@ use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::memslot::{BackingId, SlotFlags, SlotId};
 use hv_devices::bus::{BusError, MmioBus};
 use hv_devices::console_log::Transcript;
-use hv_devices::vmconfig::{self, DeviceSpec, WorkloadSpec};
+use hv_devices::guest_dt;
+use hv_devices::vmconfig::{self, CpuModel, DeviceSpec, WorkloadSpec};
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
 use spin::Mutex;
@@ -40,8 +41,11 @@ const RECORDED_WORDS: &[&str] = &[
     "BALLOON",
     "memguest:",
 ];
-/// Hardware interrupt line of the virtio balloon (Cause.IP3; IP2 is left for a console).
-pub const BALLOON_IRQ_LINE: u8 = 1;
+/// Hardware interrupt line of the virtio balloon (Cause.IP3), as the guest's device tree
+/// names it.
+pub const BALLOON_IRQ_LINE: u8 = (guest_dt::VIRTIO_CPU_IRQ - 2) as u8;
+/// Hardware interrupt line of the consoles (Cause.IP2).
+pub const UART_IRQ_LINE: u8 = (guest_dt::UART_CPU_IRQ - 2) as u8;
 
 /// How a VM is built.
 #[derive(Debug, Clone)]
@@ -68,6 +72,11 @@ pub struct VmSpec<'a> {
     pub workload: Option<WorkloadSpec>,
     /// Initial target of the VM's balloon in MiB (layout `balloon-target-mib`).
     pub balloon_target_mib: Option<u32>,
+    /// The virtual CPU model every vCPU of the VM reports (layout `cpu`).
+    pub cpu: CpuModel,
+    /// A device tree to hand the guest by the UHI convention (layout `boot-protocol =
+    /// "uhi"`): placed at the top of RAM, vCPU 0 starts with a0 = -2, a1 = its address.
+    pub device_tree: Option<Vec<u8>>,
 }
 
 /// Where a VM's image comes from.
@@ -97,6 +106,8 @@ pub enum VmBuildError {
     Image(ImageError),
     /// Copying the image into guest RAM failed.
     Load(FaultError),
+    /// The device tree does not fit in RAM above the image (its size in bytes).
+    DeviceTreeDoesNotFit(usize),
     /// The devices could not be set up.
     Devices(String),
 }
@@ -109,6 +120,10 @@ impl fmt::Display for VmBuildError {
             Self::Memory(e) => write!(f, "memory core: {e}"),
             Self::Image(e) => write!(f, "guest image: {e}"),
             Self::Load(e) => write!(f, "loading the image: {e}"),
+            Self::DeviceTreeDoesNotFit(len) => write!(
+                f,
+                "the {len}-byte device tree does not fit in guest RAM above the image"
+            ),
             Self::Devices(e) => write!(f, "devices: {e}"),
         }
     }
@@ -179,6 +194,8 @@ pub struct Mark {
     pub gpa_faults: u64,
     /// Refills the vector served or tried from this CPU's refill cache so far.
     pub cached_refills: u64,
+    /// TLB refills delivered to the guest so far.
+    pub guest_tlb_refills: u64,
 }
 
 /// How a VM ended.
@@ -212,8 +229,13 @@ pub struct Vm {
     devices: Mutex<MmioBus<BusDevice>>,
     /// The VM's virtio balloons (usually one).
     pub balloons: Vec<Arc<Balloon>>,
+    uart_irq: devices::UartIrq,
     /// Guest entry point.
     pub entry: u64,
+    /// The virtual CPU model of the VM's vCPUs.
+    pub cpu: CpuModel,
+    /// a0 and a1 for vCPU 0 at reset (UHI: -2 and the device tree's address); zero without.
+    pub boot_args: [u64; 2],
     /// First guest physical address above every loaded segment.
     pub image_end: u64,
     /// Number of vCPUs.
@@ -274,9 +296,9 @@ impl Vm {
         guest
             .add_memslot(range, backing, 0, SlotFlags::empty())
             .map_err(VmBuildError::Memory)?;
-        for segment in &image.segments {
-            let mut gpa = segment.gpa;
-            let mut rest = segment.file;
+        let write = |gpa: u64, bytes: &[u8]| -> Result<(), VmBuildError> {
+            let mut gpa = gpa;
+            let mut rest = bytes;
             while !rest.is_empty() {
                 let offset = (gpa % PAGE_SIZE) as usize;
                 let take = rest.len().min(PAGE_SIZE as usize - offset);
@@ -286,6 +308,10 @@ impl Vm {
                 gpa += take as u64;
                 rest = &rest[take..];
             }
+            Ok(())
+        };
+        for segment in &image.segments {
+            write(segment.gpa, segment.file)?;
         }
         let image_end = image
             .segments
@@ -293,6 +319,23 @@ impl Vm {
             .map(|s| s.gpa + s.mem_bytes)
             .max()
             .unwrap_or(0);
+        let boot_args = match &spec.device_tree {
+            None => [0, 0],
+            Some(blob) => {
+                let at = guest_dt::placement(ram_bytes, image_end, blob.len())
+                    .ok_or(VmBuildError::DeviceTreeDoesNotFit(blob.len()))?;
+                write(at.raw(), blob)?;
+                crate::log!(
+                    "VM {}: device tree ({} bytes) at GPA {:#x}, passed by UHI",
+                    spec.name,
+                    blob.len(),
+                    at.raw()
+                );
+                // UHI: a0 = -2 (sign-extended, as a 32-bit kernel reads it), a1 = the
+                // tree's kernel virtual address in the guest's KSEG0 window.
+                [(-2i64) as u64, GUEST_KSEG0_BASE | at.raw()]
+            }
+        };
         let rom = match spec.rom {
             None => None,
             Some((base, bytes)) => {
@@ -332,7 +375,10 @@ impl Vm {
             drill: Default::default(),
             devices: Mutex::new(devices.bus),
             balloons: devices.balloons,
+            uart_irq: devices.uart_irq,
             entry,
+            cpu: spec.cpu,
+            boot_args,
             image_end,
             vcpus: spec.vcpus.max(1),
             affinity: spec.affinity,
@@ -351,10 +397,11 @@ impl Vm {
     }
 
     /// Levels of the VM's device interrupt lines, bit n = hardware interrupt n (Cause.IP2
-    /// + n): the balloon drives [`BALLOON_IRQ_LINE`].
+    /// + n): the balloon drives [`BALLOON_IRQ_LINE`], the consoles [`UART_IRQ_LINE`].
     pub fn device_irq_lines(&self) -> u8 {
         let balloon = self.balloons.iter().any(|b| b.irq().asserted());
-        u8::from(balloon) << BALLOON_IRQ_LINE
+        (u8::from(balloon) << BALLOON_IRQ_LINE)
+            | (u8::from(self.uart_irq.asserted()) << UART_IRQ_LINE)
     }
 
     /// Resolves a guest access to `gpa` through the memory core (counted as a GPA fault).
@@ -464,6 +511,7 @@ impl Vm {
             refill_exits: VmStats::get(&self.stats.refill_exits),
             gpa_faults: VmStats::get(&self.stats.gpa_faults),
             cached_refills: crate::arch::guest::refill_cache_attempts(crate::arch::cpu_id()),
+            guest_tlb_refills: VmStats::get(&self.stats.guest_tlb_refills),
         };
         {
             let mut marks = self.marks.lock();

@@ -14,6 +14,8 @@
 //!   to the firmware ([`virtio_balloon::BalloonHooks`]).
 //!
 //! [`vmconfig`] parses and validates the VM layout from a flattened device tree;
+//! [`fdt_writer`] writes flattened device trees and [`guest_dt`] uses it to describe a VM to
+//! its guest kernel (memory, CPU, interrupt controller, devices) for the UHI boot protocol.
 //! [`bundle`] reads a layout and its guest images packed as one FIT image.
 //! [`console_log`] keeps a VM's hypercall console transcript (display pieces, recorded
 //! lines, the isolation tally).
@@ -26,6 +28,8 @@ extern crate alloc;
 pub mod bundle;
 pub mod bus;
 pub mod console_log;
+pub mod fdt_writer;
+pub mod guest_dt;
 pub mod irq;
 #[cfg(any(test, feature = "test-driver"))]
 pub mod test_driver;

@@ -24,6 +24,7 @@ use hv_core::addr::{Gpa, PAGE_SIZE};
 pub use hv_emul::hypercall::Workload;
 
 use crate::bus::MmioWindow;
+pub use hv_emul::cp0::CpuModel;
 
 /// Root `compatible` string of a configuration blob.
 pub const COMPATIBLE: &str = "mipsvisor,vm-config-v1";
@@ -302,6 +303,21 @@ pub enum ConfigError {
         /// VM index.
         vm: usize,
     },
+    /// A `cpu` that is not one of the known models.
+    UnknownCpuModel {
+        /// VM index.
+        vm: usize,
+    },
+    /// A `boot-protocol` that is not one of the known ones.
+    UnknownBootProtocol {
+        /// VM index.
+        vm: usize,
+    },
+    /// `bootargs` on a VM that is not given a device tree (`boot-protocol = "uhi"`).
+    BootargsWithoutDeviceTree {
+        /// VM index.
+        vm: usize,
+    },
     /// The affinity names a CPU that was not found at boot.
     AffinityToMissingCpu {
         /// VM index.
@@ -378,6 +394,16 @@ impl fmt::Display for ConfigError {
             ConfigError::WorkloadArgWithoutWorkload { vm } => {
                 write!(f, "vm {vm}: workload-arg is set but workload is not")
             }
+            ConfigError::UnknownCpuModel { vm } => {
+                write!(f, "vm {vm}: cpu must be \"mips64r2\" or \"mips32r2\"")
+            }
+            ConfigError::UnknownBootProtocol { vm } => {
+                write!(f, "vm {vm}: boot-protocol must be \"none\" or \"uhi\"")
+            }
+            ConfigError::BootargsWithoutDeviceTree { vm } => write!(
+                f,
+                "vm {vm}: bootargs is set but the VM gets no device tree (boot-protocol = \"uhi\")"
+            ),
             ConfigError::AffinityToMissingCpu { vm, cpu, cpu_count } => write!(
                 f,
                 "vm {vm}: cpu-affinity names CPU {cpu}, but only {cpu_count} CPUs are present"
@@ -407,6 +433,9 @@ impl ConfigError {
             | ConfigError::BalloonTargetWithoutBalloon { vm }
             | ConfigError::UnknownWorkload { vm }
             | ConfigError::WorkloadArgWithoutWorkload { vm }
+            | ConfigError::UnknownCpuModel { vm }
+            | ConfigError::UnknownBootProtocol { vm }
+            | ConfigError::BootargsWithoutDeviceTree { vm }
             | ConfigError::AffinityToMissingCpu { vm, .. } => Some(vm),
             ConfigError::DuplicateName { second, .. } => Some(second),
             ConfigError::Blob(_)
@@ -486,6 +515,9 @@ impl MemRange {
     }
 }
 
+/// Longest kernel command line (`bootargs`) accepted; Linux/MIPS keeps 4096 bytes.
+pub const MAX_BOOTARGS_BYTES: usize = 1024;
+
 /// Virtio device types the firmware knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VirtioKind {
@@ -554,6 +586,24 @@ pub struct VmSpec {
     pub balloon_target_mib: Option<u32>,
     /// The workload a memory-services test guest should run, if any.
     pub workload: Option<WorkloadSpec>,
+    /// The virtual CPU the guest sees (`cpu`: `"mips64r2"`, the default, or `"mips32r2"`).
+    pub cpu: CpuModel,
+    /// How the guest is started (`boot-protocol`).
+    pub boot: BootProtocol,
+    /// Kernel command line for the device tree's `/chosen` node (`bootargs`; UHI only).
+    pub bootargs: Option<String>,
+}
+
+/// How a VM's first vCPU is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BootProtocol {
+    /// `"none"`, the default: at the image's entry with every register zero.
+    #[default]
+    None,
+    /// `"uhi"`: the hypervisor writes a device tree describing the VM (`guest_dt`) at the
+    /// top of its RAM and starts vCPU 0 with `a0 = -2` and `a1` = the tree's address in the
+    /// guest KSEG0 window (the MIPS UHI boot convention Linux's generic kernel reads).
+    Uhi,
 }
 
 impl VmSpec {
@@ -642,6 +692,17 @@ impl VmSpec {
                 return Err(ConfigError::BalloonTargetTooLarge { vm });
             }
         }
+        if let Some(bootargs) = &self.bootargs {
+            if self.boot != BootProtocol::Uhi {
+                return Err(ConfigError::BootargsWithoutDeviceTree { vm });
+            }
+            if bootargs.len() > MAX_BOOTARGS_BYTES {
+                return Err(ConfigError::BadProperty {
+                    vm,
+                    property: "bootargs",
+                });
+            }
+        }
         let regions: Vec<_> = self.regions().collect();
         for (i, &(first, a_start, a_end)) in regions.iter().enumerate() {
             for &(second, b_start, b_end) in &regions[i + 1..] {
@@ -704,6 +765,9 @@ impl VmLayout {
                 ],
                 balloon_target_mib: None,
                 workload: None,
+                cpu: CpuModel::default(),
+                boot: BootProtocol::None,
+                bootargs: None,
             })
             .collect();
         Self {
@@ -1030,6 +1094,24 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         Some(p) => Some(be32_exact(p.value).ok_or(bad("balloon-target-mib"))?),
     };
     let workload = parse_workload(vm, node)?;
+    let cpu = match prop_str(node, "cpu") {
+        None => CpuModel::default(),
+        Some(None) => return Err(bad("cpu")),
+        Some(Some("mips64r2")) => CpuModel::Mips64R2,
+        Some(Some("mips32r2")) => CpuModel::Mips32R2,
+        Some(Some(_)) => return Err(ConfigError::UnknownCpuModel { vm }),
+    };
+    let boot = match prop_str(node, "boot-protocol") {
+        None | Some(Some("none")) => BootProtocol::None,
+        Some(None) => return Err(bad("boot-protocol")),
+        Some(Some("uhi")) => BootProtocol::Uhi,
+        Some(Some(_)) => return Err(ConfigError::UnknownBootProtocol { vm }),
+    };
+    let bootargs = match prop_str(node, "bootargs") {
+        None => None,
+        Some(None) => return Err(bad("bootargs")),
+        Some(Some(text)) => Some(String::from(text)),
+    };
     let mut devices = Vec::new();
     for (device, child) in node.children().enumerate() {
         if device == MAX_DEVICES {
@@ -1048,6 +1130,9 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         devices,
         balloon_target_mib,
         workload,
+        cpu,
+        boot,
+        bootargs,
     })
 }
 
@@ -1313,6 +1398,71 @@ mod tests {
             .u64s("reg", &[0x1f00_1000, 0x200])
             .str("virtio-device", "balloon")
             .end();
+    }
+
+    #[test]
+    fn cpu_model_boot_protocol_and_bootargs() {
+        let with =
+            |cpu: Option<&'static str>, boot: Option<&'static str>, args: Option<&'static str>| {
+                config(&["a"], move |b, _| {
+                    plain_vm(b, 0);
+                    if let Some(cpu) = cpu {
+                        b.str("cpu", cpu);
+                    }
+                    if let Some(boot) = boot {
+                        b.str("boot-protocol", boot);
+                    }
+                    if let Some(args) = args {
+                        b.str("bootargs", args);
+                    }
+                })
+            };
+        let vm = &VmLayout::parse(&with(None, None, None)).unwrap().vms[0];
+        assert_eq!(
+            (vm.cpu, vm.boot, vm.bootargs.as_deref()),
+            (CpuModel::Mips64R2, BootProtocol::None, None)
+        );
+        let vm = &VmLayout::parse(&with(Some("mips32r2"), Some("uhi"), Some("console=ttyS0")))
+            .unwrap()
+            .vms[0];
+        assert_eq!(vm.cpu, CpuModel::Mips32R2);
+        assert_eq!(vm.boot, BootProtocol::Uhi);
+        assert_eq!(vm.bootargs.as_deref(), Some("console=ttyS0"));
+        let vm = &VmLayout::parse(&with(Some("mips64r2"), Some("none"), None))
+            .unwrap()
+            .vms[0];
+        assert_eq!((vm.cpu, vm.boot), (CpuModel::Mips64R2, BootProtocol::None));
+        assert_eq!(
+            VmLayout::parse(&with(Some("r4000"), None, None)),
+            Err(ConfigError::UnknownCpuModel { vm: 0 })
+        );
+        assert_eq!(
+            VmLayout::parse(&with(None, Some("yamon"), None)),
+            Err(ConfigError::UnknownBootProtocol { vm: 0 })
+        );
+        let e = VmLayout::parse(&with(None, None, Some("quiet"))).unwrap_err();
+        assert_eq!(e, ConfigError::BootargsWithoutDeviceTree { vm: 0 });
+        assert!(e.to_string().contains("boot-protocol"));
+        let long: &'static str =
+            alloc::boxed::Box::leak("x".repeat(MAX_BOOTARGS_BYTES + 1).into_boxed_str());
+        assert_eq!(
+            VmLayout::parse(&with(None, Some("uhi"), Some(long))),
+            Err(ConfigError::BadProperty {
+                vm: 0,
+                property: "bootargs"
+            })
+        );
+        let bad_cpu = config(&["a"], |b, _| {
+            plain_vm(b, 0);
+            b.u32s("cpu", &[32]);
+        });
+        assert_eq!(
+            VmLayout::parse(&bad_cpu),
+            Err(ConfigError::BadProperty {
+                vm: 0,
+                property: "cpu"
+            })
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hv_devices::vmconfig::{DeviceKind, VirtioKind, VmLayout};
+use hv_devices::vmconfig::{BootProtocol, CpuModel, DeviceKind, VirtioKind, VmLayout};
 
 const DEFAULT: &[u8] = include_bytes!("fixtures/default.dtb");
 const GUESTS: &[u8] = include_bytes!("fixtures/guests.dtb");
@@ -19,6 +19,8 @@ const MEMGUEST: &[u8] = include_bytes!("fixtures/memguest.dtb");
 const MEMGUEST_SMOKE: &[u8] = include_bytes!("fixtures/memguest-smoke.dtb");
 const GUESTS_VCPUS: &[u8] = include_bytes!("fixtures/guests-vcpus.dtb");
 const DEDUP_VCPUS: &[u8] = include_bytes!("fixtures/dedup-vcpus.dtb");
+const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
+const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -35,10 +37,12 @@ const ALL: &[(&str, &[u8])] = &[
     ("memguest-smoke", MEMGUEST_SMOKE),
     ("guests-vcpus", GUESTS_VCPUS),
     ("dedup-vcpus", DEDUP_VCPUS),
+    ("linux", LINUX),
+    ("linux-mixed", LINUX_MIXED),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
-const IMAGES: &[&str] = &["testguest", "hostile", "memguest", "balloonguest"];
+const IMAGES: &[&str] = &["testguest", "hostile", "memguest", "balloonguest", "initrd"];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -160,6 +164,26 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
             .iter()
             .any(|d| d.kind == DeviceKind::VirtioMmio(VirtioKind::Balloon)));
     }
+}
+
+/// The Linux layouts: the VM `linux` sees a MIPS32 CPU, boots by UHI with a console on the
+/// command line, and takes its kernel from the initrd; the mixed one adds three test guests
+/// that keep the default CPU and boot protocol.
+#[test]
+fn linux_layouts_describe_a_mips32_uhi_guest() {
+    for blob in [LINUX, LINUX_MIXED] {
+        let layout = VmLayout::parse(blob).unwrap();
+        let linux = &layout.vms[layout.find("linux").unwrap()];
+        assert_eq!(linux.image, "initrd");
+        assert_eq!(linux.cpu, CpuModel::Mips32R2);
+        assert_eq!(linux.boot, BootProtocol::Uhi);
+        assert_eq!(linux.bootargs.as_deref(), Some("console=ttyS0"));
+        for vm in layout.vms.iter().filter(|vm| vm.name != "linux") {
+            assert_eq!((vm.cpu, vm.boot), (CpuModel::Mips64R2, BootProtocol::None));
+            assert_eq!(vm.image, "testguest");
+        }
+    }
+    assert_eq!(VmLayout::parse(LINUX_MIXED).unwrap().vms.len(), 4);
 }
 
 #[test]

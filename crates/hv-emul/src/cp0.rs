@@ -383,13 +383,88 @@ impl core::fmt::Display for Cp0Error {
     }
 }
 
+/// The virtual CPU a guest sees: which architecture its identity registers (PRId, Config0-5)
+/// describe. Chosen per VM (layout property `cpu`), so a guest kernel built for MIPS32 sees a
+/// MIPS32 CPU while the 64-bit test guests keep theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CpuModel {
+    /// A MIPS64 Release 2 CPU with 32-bit compatibility segments only (Config0.AT = 1),
+    /// 32 KiB 4-way L1 caches.
+    #[default]
+    Mips64R2,
+    /// A MIPS32 Release 2 CPU (Config0.AT = 0) with the PRId of a MIPS 24Kc and 16 KiB
+    /// 4-way L1 caches: 4 KiB per way, so neither cache aliases with 4 KiB pages and a
+    /// guest kernel needs no cache flushing for aliases (every CACHE op is a trap).
+    Mips32R2,
+}
+
+impl CpuModel {
+    /// The PRId value the guest reads: company 1 (MIPS Technologies), implementation
+    /// 0x89 (a MIPS64 R2 class core) or 0x93 (24K), revision 0.
+    pub fn prid(self) -> u32 {
+        match self {
+            CpuModel::Mips64R2 => 0x0001_8900,
+            CpuModel::Mips32R2 => 0x0001_9300,
+        }
+    }
+
+    /// Config0.AT: 1 = MIPS64 with 32-bit segments only, 0 = MIPS32.
+    pub fn architecture_type(self) -> u32 {
+        match self {
+            CpuModel::Mips64R2 => 1,
+            CpuModel::Mips32R2 => 0,
+        }
+    }
+
+    /// The cache fields of Config1 (IS, IL, IA, DS, DL, DA), the same for both caches.
+    fn config1_caches(self) -> u32 {
+        let (sets_code, line_code, ways_minus_1) = match self {
+            // 256 sets, 32-byte lines, 4 ways: 32 KiB.
+            CpuModel::Mips64R2 => (2, 4, 3),
+            // 128 sets, 32-byte lines, 4 ways: 16 KiB, 4 KiB per way.
+            CpuModel::Mips32R2 => (1, 4, 3),
+        };
+        let one = (sets_code << 6) | (line_code << 3) | ways_minus_1;
+        (one << 16) | (one << 7)
+    }
+}
+
+/// Geometry of one L1 cache as Config1 reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheGeometry {
+    /// Sets per way.
+    pub sets: u32,
+    /// Line size in bytes (0 = no cache).
+    pub line_bytes: u32,
+    /// Associativity.
+    pub ways: u32,
+}
+
+impl CacheGeometry {
+    /// Bytes of one way: more than the page size means virtual aliases.
+    pub fn way_bytes(&self) -> u32 {
+        self.sets * self.line_bytes
+    }
+
+    /// Decodes the instruction (`data` = false) or data cache fields of a Config1 value.
+    pub fn from_config1(config1: u32, data: bool) -> Self {
+        let field = (config1 >> if data { 7 } else { 16 }) & 0x1ff;
+        let line = (field >> 3) & 7;
+        CacheGeometry {
+            sets: 64 << ((field >> 6) & 7),
+            line_bytes: if line == 0 { 0 } else { 2 << line },
+            ways: (field & 7) + 1,
+        }
+    }
+}
+
 /// What the guest's CPU reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cp0Config {
     /// Number of guest TLB entries, 1..=64, reported in Config1.MMUSize-1.
     pub tlb_entries: usize,
-    /// The PRId value the guest reads.
-    pub prid: u32,
+    /// The CPU model: PRId, Config0.AT and the cache geometry.
+    pub model: CpuModel,
     /// The virtual CPU number reported in EBase.CPUNum (10 bits).
     pub cpu_num: u16,
 }
@@ -398,8 +473,7 @@ impl Default for Cp0Config {
     fn default() -> Self {
         Cp0Config {
             tlb_entries: MAX_TLB_ENTRIES,
-            // Company ID 1 (MIPS Technologies), a MIPS64 R2 class implementation number.
-            prid: 0x0001_8900,
+            model: CpuModel::default(),
             cpu_num: 0,
         }
     }
@@ -429,8 +503,6 @@ pub const XCONTEXT_WRITABLE: u64 = !0x1_ffff_ffff;
 /// Config.K0, the only writable Config field.
 pub const CONFIG0_WRITABLE: u64 = 0x7;
 
-/// Cache geometry reported in Config1: 256 sets, 32-byte lines, 4 ways (32 KiB) for both.
-const CONFIG1_CACHES: u32 = (2 << 22) | (4 << 19) | (3 << 16) | (2 << 13) | (4 << 10) | (3 << 7);
 /// Guest cache line size, reported by RDHWR SYNCI_Step.
 pub const CACHE_LINE_BYTES: u64 = 32;
 /// Config.M (next Config register present).
@@ -470,20 +542,21 @@ impl Cp0 {
             values: [0; 256],
             tlb_entries: entries as u8,
         };
-        let config0 = CONFIG_M | (1 << 13) | (1 << 10) | (1 << 7) | 3;
-        let config1 = CONFIG_M | ((entries - 1) << 25) | CONFIG1_CACHES;
+        let config0 =
+            CONFIG_M | (config.model.architecture_type() << 13) | (1 << 10) | (1 << 7) | 3;
+        let config1 = CONFIG_M | ((entries - 1) << 25) | config.model.config1_caches();
         let init: [(Cp0Reg, u32); 12] = [
             (Cp0Reg::RANDOM, entries - 1),
             (Cp0Reg::STATUS, (Status::BEV | Status::ERL).bits()),
             // Timer interrupt on IP7 (IPTI = 7).
             (Cp0Reg::INTCTL, 7 << 29),
-            (Cp0Reg::PRID, config.prid),
+            (Cp0Reg::PRID, config.model.prid()),
             (
                 Cp0Reg::EBASE,
                 0x8000_0000 | u32::from(config.cpu_num & 0x3ff),
             ),
-            // M, AT = 1 (MIPS64, 32-bit compatibility segments only), AR = 1 (Release 2),
-            // MT = 1 (standard TLB), K0 = 3 (cacheable).
+            // M, AT (the model's: 1 = MIPS64 with 32-bit compatibility segments only,
+            // 0 = MIPS32), AR = 1 (Release 2), MT = 1 (standard TLB), K0 = 3 (cacheable).
             (Cp0Reg::CONFIG0, config0),
             (Cp0Reg::CONFIG1, config1),
             (Cp0Reg::CONFIG2, CONFIG_M),
@@ -729,6 +802,78 @@ mod tests {
         assert_eq!((small.get(Cp0Reg::CONFIG1) >> 25) & 0x3f, 15);
         assert_eq!(small.cpu_num(), 3);
         assert_eq!(small.tlb_index_mask(), 15);
+    }
+
+    #[test]
+    fn cpu_models_identify_themselves() {
+        let m64 = cp0();
+        let m32 = Cp0::new(Cp0Config {
+            model: CpuModel::Mips32R2,
+            ..Cp0Config::default()
+        })
+        .unwrap();
+        let at = |c: &Cp0| (c.get(Cp0Reg::CONFIG0) >> 13) & 3;
+        let ar = |c: &Cp0| (c.get(Cp0Reg::CONFIG0) >> 10) & 7;
+        assert_eq!(at(&m64), 1);
+        assert_eq!(at(&m32), 0);
+        assert_eq!((ar(&m64), ar(&m32)), (1, 1));
+        // PRId: company MIPS Technologies; 24K for the MIPS32 model.
+        assert_eq!(m32.get(Cp0Reg::PRID), 0x0001_9300);
+        assert_eq!(m64.get(Cp0Reg::PRID), 0x0001_8900);
+        assert_eq!((m32.get(Cp0Reg::PRID) >> 16) & 0xff, 1);
+        for c in [&m64, &m32] {
+            // Config1-4 chain with M; Config5 ends it. KScratch and UserLocal present.
+            for reg in [
+                Cp0Reg::CONFIG0,
+                Cp0Reg::CONFIG1,
+                Cp0Reg::CONFIG2,
+                Cp0Reg::CONFIG3,
+            ] {
+                assert_ne!(c.get(reg) & (1 << 31), 0, "{reg:?}");
+            }
+            assert_ne!(c.get(Cp0Reg::CONFIG4) & (1 << 31), 0);
+            assert_eq!(c.get(Cp0Reg::CONFIG5), 0);
+            assert_ne!(c.get(Cp0Reg::CONFIG3) & (1 << 13), 0);
+            // No FPU, EJTAG, watch or performance counters in Config1.
+            assert_eq!(c.get(Cp0Reg::CONFIG1) & 0x1f, 0);
+        }
+        // MIPS32 caches: 16 KiB, 4 ways of 4 KiB (no aliases with 4 KiB pages); the line
+        // size is what RDHWR SYNCI_Step reports.
+        let config1 = m32.get(Cp0Reg::CONFIG1) as u32;
+        for data in [false, true] {
+            let cache = CacheGeometry::from_config1(config1, data);
+            assert_eq!(
+                cache,
+                CacheGeometry {
+                    sets: 128,
+                    line_bytes: 32,
+                    ways: 4
+                }
+            );
+            assert!(cache.way_bytes() <= 4096);
+            assert_eq!(u64::from(cache.line_bytes), CACHE_LINE_BYTES);
+        }
+        // The 64-bit model keeps its 32 KiB caches (8 KiB ways).
+        let config1 = m64.get(Cp0Reg::CONFIG1) as u32;
+        let cache = CacheGeometry::from_config1(config1, true);
+        assert_eq!(
+            cache,
+            CacheGeometry {
+                sets: 256,
+                line_bytes: 32,
+                ways: 4
+            }
+        );
+        assert_eq!(CacheGeometry::from_config1(config1, false), cache);
+        // Identity registers are read-only to the guest (Config0 only K0).
+        let mut m = m32.clone();
+        let _ = m.mtc0(Cp0Reg::PRID, 0);
+        let _ = m.mtc0(Cp0Reg::CONFIG0, 0);
+        let _ = m.mtc0(Cp0Reg::CONFIG1, 0);
+        assert_eq!(m.get(Cp0Reg::PRID), 0x0001_9300);
+        assert_eq!(at(&m), 0);
+        assert_eq!(m.get(Cp0Reg::CONFIG0) & 7, 0);
+        assert_eq!(m.get(Cp0Reg::CONFIG1), m32.get(Cp0Reg::CONFIG1));
     }
 
     #[test]
