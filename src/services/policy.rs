@@ -15,7 +15,7 @@
 //! end with the usual teardown: every pool frame must come back.
 
 use super::verdict::{check, verdict};
-use super::{Hook, HookOutcome, RoundContext, Service};
+use super::{Hook, HookOutcome, RoundContext};
 use crate::scenario::BootInfo;
 use crate::vmm::scenarios::{layout, print_stats, specs, SCENARIO_TIMEOUT_TICKS};
 use crate::vmm::vm::{VmOutcome, VmStats};
@@ -91,7 +91,6 @@ fn run(info: &BootInfo, expect: &Expectation) -> Result<(), String> {
     if expect.scenario == "watchdog" {
         super::register(Hook {
             name: "stuck-view",
-            service: Service::Other,
             round: show_first_stuck,
             stop: no_frames,
         });
@@ -152,7 +151,7 @@ fn run(info: &BootInfo, expect: &Expectation) -> Result<(), String> {
             String::from("no VM was ever shown as stuck in the console view"),
         );
     }
-    let leaked = super::finish(vms, "")?;
+    let leaked = super::finish(vms, "")?.frames_leaked;
     check(
         &mut failures,
         leaked == 0,

@@ -171,7 +171,8 @@ pub struct VmStats {
     pub refill_exits: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
-    /// Root-TLB halves removed because a flush token named their guest page.
+    /// Derived halves (root TLB and refill cache, as the vCPUs' derived sets recorded them)
+    /// dropped because a flush named the guest frame they were built from.
     pub flushed_entries: AtomicU64,
     /// Frames the memory core refused the VM (limit or committed pool).
     pub mem_refusals: AtomicU64,
@@ -209,6 +210,8 @@ pub struct Mark {
     pub gpa_faults: u64,
     /// Refills the vector served or tried from this CPU's refill cache so far.
     pub cached_refills: u64,
+    /// TLB refills delivered to the guest so far.
+    pub guest_tlb_refills: u64,
 }
 
 /// How a VM ended.
@@ -611,6 +614,7 @@ impl Vm {
             refill_exits: VmStats::get(&self.stats.refill_exits),
             gpa_faults: VmStats::get(&self.stats.gpa_faults),
             cached_refills: crate::arch::guest::refill_cache_attempts(crate::arch::cpu_id()),
+            guest_tlb_refills: VmStats::get(&self.stats.guest_tlb_refills),
         };
         {
             let mut marks = self.marks.lock();
