@@ -528,6 +528,13 @@ run_qemu() {
     LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
     linux_case "linux-smp1" --smp 1 --config linux
     linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
+    # The guest's reboot restarts the VM: image and device tree loaded again, vCPU 0 reset;
+    # the second boot reads boot-count 2 from its device tree and passes the same checks.
+    linux_case "linux-reboot-smp1" --smp 1 --config linux-reboot
+    log_case "linux: reboot restarts the VM" linux-reboot-smp1 \
+        '^\[linux\] linux-guest: boot 00000001$' '^\[linux\] linux-guest: rebooting$' \
+        '^\[cpu0\] VM linux: guest restart 1$' '^\[linux\] linux-guest: boot 00000002$' \
+        '^\[cpu0\] VM linux: exits=.* restarts=1$'
     log_case "linux: MIPS32 CPU and the device tree's devices" linux-smp1 \
         '^\[linux\] .*CPU0 revision is: 00019300 \(MIPS 24Kc\)' \
         '^\[linux\] .*1f000000.serial: ttyS0 at MMIO 0x1f000000 \(irq = [0-9]+, base_baud = [0-9]+\) is a 16550A' \
