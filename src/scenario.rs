@@ -96,6 +96,11 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::vmm::bench::bench,
     },
     Scenario {
+        name: "sidebyside",
+        about: "the same workloads bare-metal and as a guest (run under --icount --mem 1024; tools/bench.sh)",
+        run: crate::vmm::sidebyside::sidebyside,
+    },
+    Scenario {
         name: "svc-bench",
         about: "instruction cost of the memory services (run under --icount; tools/bench.sh)",
         run: crate::vmm::svc_bench::svc_bench,

@@ -363,21 +363,26 @@ console_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
-# bench_case NAME SCENARIO FIGURE...: runs SCENARIO under --icount on one CPU; it must pass
-# and print "BENCH FIGURE=N" with N > 0 for every FIGURE (no timing thresholds).
+# bench_case NAME SCENARIO [--mem MiB] FIGURE...: runs SCENARIO under --icount on one CPU;
+# it must pass and print "BENCH FIGURE=N" with N > 0 (an integer or a decimal) for every
+# FIGURE (no timing thresholds).
 bench_case() {
-    local name=$1 scenario=$2 log rc figure
+    local name=$1 scenario=$2 log rc figure mem=512
     shift 2
+    if [ "${1-}" = --mem ]; then
+        mem=$2
+        shift 2
+    fi
     log=$LOGS/qemu-$name.log
     local start=$SECONDS
     qemu_capture "$log" ./qemu-run.sh --no-build --scenario "$scenario" --smp 1 --icount \
-        </dev/null
+        --mem "$mem" </dev/null
     rc=$?
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
     for figure in "$@"; do
-        grep -Eq "^BENCH $figure=[1-9][0-9]* " "$log" ||
+        grep -Eq "^BENCH $figure=([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*) " "$log" ||
             why="${why:+$why, }no positive BENCH $figure"
     done
     qemu_verdict "$name" "$log" "$start" "$why"
@@ -606,6 +611,9 @@ run_qemu() {
     bench_case "svc-bench-icount" svc-bench dedup_checksum_insns_per_page dedup_merge_insns \
         cow_break_insns balloon_inflate_insns_per_page swap_out_insns swap_in_insns \
         dedup_metadata_bytes_per_page
+    bench_case "sidebyside-icount" sidebyside --mem 1024 ratio_compute ratio_read_32mib \
+        ratio_read_256mib ratio_first_touch ratio_guest_tlb_miss guest_tlb_refill_insns \
+        bare_tlb_refill_insns
     fail_case "panic-selftest" \
         '^PANIC on cpu0 at src/.*deliberate panic' \
         ./qemu-run.sh --no-build --scenario panic-selftest

@@ -7,7 +7,7 @@
 //! - [`loader`], [`images`]: guest images (embedded at build time, or from an initrd).
 //! - [`devices`]: guest accesses to guest-physical addresses without RAM.
 //! - [`bench`], [`svc_bench`]: instruction-cost benchmarks of guest exits and of the memory
-//!   services (tools/bench.sh).
+//!   services; [`sidebyside`]: the same workloads bare-metal and as a guest (tools/bench.sh).
 
 pub mod asid;
 pub mod bench;
@@ -18,6 +18,7 @@ pub mod isolation;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
+pub mod sidebyside;
 pub mod svc_bench;
 pub mod vcpu;
 pub mod vm;

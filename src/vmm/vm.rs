@@ -236,6 +236,8 @@ pub struct Mark {
     pub gpa_faults: u64,
     /// Refills the vector served or tried from this CPU's refill cache so far.
     pub cached_refills: u64,
+    /// TLB refills delivered to the guest so far.
+    pub guest_tlb_refills: u64,
 }
 
 /// How a VM ended.
@@ -582,6 +584,7 @@ impl Vm {
             refill_exits: VmStats::get(&self.stats.refill_exits),
             gpa_faults: VmStats::get(&self.stats.gpa_faults),
             cached_refills: crate::arch::guest::refill_cache_attempts(crate::arch::cpu_id()),
+            guest_tlb_refills: VmStats::get(&self.stats.guest_tlb_refills),
         };
         {
             let mut marks = self.marks.lock();

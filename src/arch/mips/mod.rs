@@ -16,6 +16,7 @@ pub mod irq;
 pub mod percpu;
 pub mod probe;
 pub mod semihost;
+pub mod sidebyside;
 pub mod timer;
 pub mod tlb;
 pub mod trap;
