@@ -586,19 +586,20 @@ impl Vcpu {
         let Some(hfn) = pte.hfn() else {
             return false;
         };
-        let page = gva & !0xfff;
-        let mut record = |page: u64, gfn, hfn| {
-            if let Some(evicted) = self.derived.record(space, page, Source { gfn, hfn }) {
-                Self::drop_host_pair(pair, evicted);
-                VmStats::bump(&self.vm.stats.derived_evictions);
-            }
-        };
-        record(page, gfn, hfn);
-        let buddy_lo = buddy_lo.and_then(|lo| {
-            let hfn = buddy_pte.hfn()?;
-            record(page ^ 0x1000, gfn.buddy(), hfn);
-            Some(lo)
+        let buddy_source = buddy_lo.and_then(|_| buddy_pte.hfn()).map(|hfn| Source {
+            gfn: gfn.buddy(),
+            hfn,
         });
+        let buddy_lo = buddy_lo.filter(|_| buddy_source.is_some());
+        // Halves of the root pair by guest page: this page's, and its buddy's if installed.
+        let odd = usize::from(gva & 0x1000 != 0);
+        let mut halves = [None; 2];
+        halves[odd] = Some(Source { gfn, hfn });
+        halves[1 - odd] = buddy_source;
+        if let Some(evicted) = self.derived.record_pair(space, gva, halves) {
+            Self::drop_host_pair(pair, evicted);
+            VmStats::bump(&self.vm.stats.derived_evictions);
+        }
         guest::install_guest_page(gva, self.host_asid(pair), lo, buddy_lo, known_absent);
         true
     }

@@ -22,7 +22,9 @@
 //!   the entry replaced *and* of the entry written (an entry that now shadows another, or a
 //!   new match for a page, changes what the guest would translate);
 //! - fresh host ASIDs empty the set ([`DerivedSet::clear`]): entries under the old ones can
-//!   never be matched again (asid.rs flushes the whole TLB before an ASID is reused).
+//!   never be matched again (asid.rs flushes the whole TLB before an ASID is reused). This
+//!   happens on every migration and guest ASID change, so it costs O(1): a generation
+//!   number moves on and slots of older generations count as empty.
 //!
 //! The set is 4-way set-associative over a caller-provided slot array (no allocation, so the
 //! fast lane can record on the exception path), sized a power of two. Four ways, because a
@@ -69,6 +71,8 @@ pub struct Source {
 pub struct DerivedSlot {
     /// Pair address | space | which halves are recorded | used.
     tag: u64,
+    /// The set's generation when the slot was filled (an older one: the slot is empty).
+    generation: u32,
     halves: [Source; 2],
 }
 
@@ -76,15 +80,12 @@ impl DerivedSlot {
     /// An unused slot.
     pub const EMPTY: DerivedSlot = DerivedSlot {
         tag: 0,
+        generation: 0,
         halves: [Source {
             gfn: Gfn::new(0),
             hfn: Hfn::new(0),
         }; 2],
     };
-
-    fn used(&self) -> bool {
-        self.tag & TAG_USED != 0
-    }
 
     fn space(&self) -> HostSpace {
         if self.tag & TAG_USER != 0 {
@@ -161,6 +162,11 @@ pub struct DerivedSet<S> {
     pairs: usize,
     /// Picks the way a full set gives up (turns over on every eviction).
     victim: usize,
+    /// Slots of this generation are live; [`DerivedSet::clear`] moves it on.
+    generation: u32,
+    /// log2 of the number of sets, and that number minus one.
+    set_bits: u32,
+    set_mask: usize,
 }
 
 impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
@@ -171,19 +177,32 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
         if n < 2 * WAYS || !n.is_power_of_two() {
             return Err(BadSlotCount(n));
         }
+        let sets = n / WAYS;
         let mut set = DerivedSet {
             slots,
             pairs: 0,
             victim: 0,
+            generation: 1,
+            set_bits: sets.trailing_zeros(),
+            set_mask: sets - 1,
         };
-        set.clear();
+        set.slots.as_mut().fill(DerivedSlot::EMPTY);
         Ok(set)
     }
 
-    /// Forgets every record (the vCPU took fresh host ASIDs).
+    /// Forgets every record (the vCPU took fresh host ASIDs): O(1), except once every 2^32
+    /// calls, when the generation wraps and the slots are really emptied.
     pub fn clear(&mut self) {
-        self.slots.as_mut().fill(DerivedSlot::EMPTY);
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.slots.as_mut().fill(DerivedSlot::EMPTY);
+            self.generation = 1;
+        }
         self.pairs = 0;
+    }
+
+    fn live(&self, slot: &DerivedSlot) -> bool {
+        slot.generation == self.generation && slot.tag & TAG_USED != 0
     }
 
     /// Pairs recorded.
@@ -201,26 +220,36 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     /// (the guest's KSEG0 window and KSEG2 aliases of a frame) are spread differently.
     /// User-space pairs are spread by half.
     fn set_base(&self, space: HostSpace, pair_va: u64) -> usize {
-        let sets = self.capacity() / WAYS;
-        let bits = sets.trailing_zeros();
+        let bits = self.set_bits;
         let vpn2 = pair_va / PAIR_BYTES;
         let folded = (vpn2 ^ (vpn2 >> bits) ^ (vpn2 >> (2 * bits))) as usize;
         let spread = if space == HostSpace::User {
-            sets / 2
+            self.set_mask.div_ceil(2)
         } else {
             0
         };
-        ((folded ^ spread) & (sets - 1)) * WAYS
+        ((folded ^ spread) & self.set_mask) * WAYS
+    }
+
+    /// The slot holding the pair if recorded (`Ok`), else a free slot of its set if any
+    /// (`Err(Some)`), in one pass over the set's ways.
+    fn find_or_free(&self, space: HostSpace, pair_va: u64) -> Result<usize, Option<usize>> {
+        let base = self.set_base(space, pair_va);
+        let want = key(space, pair_va);
+        let mut free = None;
+        for (way, slot) in self.slots.as_ref()[base..base + WAYS].iter().enumerate() {
+            if !self.live(slot) {
+                free = free.or(Some(base + way));
+            } else if slot.tag & !(TAG_HALF0 | TAG_HALF1) == want {
+                return Ok(base + way);
+            }
+        }
+        Err(free)
     }
 
     /// The slot holding the pair, if recorded.
     fn find(&self, space: HostSpace, pair_va: u64) -> Option<usize> {
-        let base = self.set_base(space, pair_va);
-        let want = key(space, pair_va);
-        (base..base + WAYS).find(|&i| {
-            let slot = &self.slots.as_ref()[i];
-            slot.used() && slot.tag & !(TAG_HALF0 | TAG_HALF1) == want
-        })
+        self.find_or_free(space, pair_va).ok()
     }
 
     /// Records that the half of `page_va`'s pair holding it, under `space`, is (about to be)
@@ -228,14 +257,25 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     /// returned: the caller drops it from the host before installing.
     #[must_use = "an evicted pair must be dropped from the host"]
     pub fn record(&mut self, space: HostSpace, page_va: u64, source: Source) -> Option<DropPair> {
-        let pair_va = page_va & PAIR_MASK;
-        let half = ((page_va / (PAIR_BYTES / 2)) & 1) as usize;
+        let mut halves = [None; 2];
+        halves[((page_va / (PAIR_BYTES / 2)) & 1) as usize] = Some(source);
+        self.record_pair(space, page_va, halves)
+    }
+
+    /// [`DerivedSet::record`] for both halves of `pair_va`'s pair at once (`None`: that half
+    /// is not being installed), with one lookup.
+    #[must_use = "an evicted pair must be dropped from the host"]
+    pub fn record_pair(
+        &mut self,
+        space: HostSpace,
+        pair_va: u64,
+        halves: [Option<Source>; 2],
+    ) -> Option<DropPair> {
+        let pair_va = pair_va & PAIR_MASK;
         let mut evicted = None;
-        let index = match self.find(space, pair_va) {
-            Some(index) => index,
-            None => {
-                let base = self.set_base(space, pair_va);
-                let free = (base..base + WAYS).find(|&i| !self.slots.as_ref()[i].used());
+        let index = match self.find_or_free(space, pair_va) {
+            Ok(index) => index,
+            Err(free) => {
                 let index = match free {
                     Some(index) => {
                         self.pairs += 1;
@@ -243,20 +283,26 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
                     }
                     None => {
                         self.victim = (self.victim + 1) % WAYS;
-                        let index = base + self.victim;
+                        let index = self.set_base(space, pair_va) + self.victim;
                         evicted = Some(self.slots.as_ref()[index].drop_pair());
                         index
                     }
                 };
+                let generation = self.generation;
                 let slot = &mut self.slots.as_mut()[index];
                 *slot = DerivedSlot::EMPTY;
                 slot.tag = key(space, pair_va);
+                slot.generation = generation;
                 index
             }
         };
         let slot = &mut self.slots.as_mut()[index];
-        slot.tag |= half_bit(half);
-        slot.halves[half] = source;
+        for (half, source) in halves.into_iter().enumerate() {
+            if let Some(source) = source {
+                slot.tag |= half_bit(half);
+                slot.halves[half] = source;
+            }
+        }
         evicted
     }
 
@@ -273,7 +319,7 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
         self.slots
             .as_ref()
             .iter()
-            .filter(|s| s.used())
+            .filter(|s| self.live(s))
             .flat_map(|s| {
                 (0..2)
                     .filter(move |&h| s.has_half(h))
@@ -290,7 +336,9 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     /// `drop` (only those halves marked). Returns the number of halves dropped.
     pub fn drop_gfns(&mut self, range: &GfnRange, mut drop: impl FnMut(DropPair)) -> usize {
         let mut dropped = 0;
-        for slot in self.slots.as_mut().iter_mut().filter(|s| s.used()) {
+        let generation = self.generation;
+        let live = |s: &DerivedSlot| s.generation == generation && s.tag & TAG_USED != 0;
+        for slot in self.slots.as_mut().iter_mut().filter(|s| live(s)) {
             let mut halves = [false; 2];
             for (half, hit) in halves.iter_mut().enumerate() {
                 if slot.has_half(half) && range.contains(slot.halves[half].gfn) {
@@ -342,8 +390,10 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
             }
         } else {
             // A large page: scanning every slot is cheaper than every pair of it.
+            let generation = self.generation;
             for slot in self.slots.as_mut().iter_mut() {
-                if slot.used() && slot.pair_va() < end && slot.pair_va() + PAIR_BYTES > start {
+                let live = slot.generation == generation && slot.tag & TAG_USED != 0;
+                if live && slot.pair_va() < end && slot.pair_va() + PAIR_BYTES > start {
                     take(slot, &mut self.pairs);
                 }
             }
@@ -424,6 +474,40 @@ mod tests {
         assert_eq!(s.get(HostSpace::Kernel, evicted.pair_va), None);
         assert_eq!(s.pairs(), 4);
         assert!(s.holds_hfn(Hfn::new(9)));
+    }
+
+    #[test]
+    fn clear_forgets_everything_at_once() {
+        let mut s = set(16);
+        let _ = s.record(HostSpace::Kernel, 0x6000_0000, src(5, 50));
+        let _ = s.record(HostSpace::User, 0x1000, src(6, 60));
+        s.clear();
+        assert_eq!(s.pairs(), 0);
+        assert_eq!(s.iter().count(), 0);
+        assert_eq!(s.get(HostSpace::Kernel, 0x6000_0000), None);
+        assert_eq!(
+            s.drop_gfns(&GfnRange::single(Gfn::new(5)).unwrap(), |_| {}),
+            0
+        );
+        // Slots of the old generation are free again: four pairs of one set, no eviction.
+        let same_set: Vec<u64> = (0..4096u64)
+            .map(|n| n * PAIR_BYTES)
+            .filter(|&va| {
+                s.set_base(HostSpace::Kernel, va) == s.set_base(HostSpace::Kernel, 0x6000_0000)
+            })
+            .take(4)
+            .collect();
+        for (n, &va) in same_set.iter().enumerate() {
+            assert_eq!(
+                s.record(HostSpace::Kernel, va, src(n as u64, n as u64)),
+                None
+            );
+        }
+        // Wrapping the generation really empties the slots.
+        s.generation = u32::MAX;
+        s.clear();
+        assert_eq!(s.generation, 1);
+        assert_eq!(s.iter().count(), 0);
     }
 
     #[test]
