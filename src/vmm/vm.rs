@@ -202,7 +202,8 @@ pub struct VmStats {
     pub refill_exits: AtomicU64,
     /// Times a vCPU of this VM was preempted by the host timer.
     pub preemptions: AtomicU64,
-    /// Root-TLB halves removed because a flush token named their guest page.
+    /// Derived halves (root TLB and refill cache, as the vCPUs' derived sets recorded them)
+    /// dropped because a flush named the guest frame they were built from.
     pub flushed_entries: AtomicU64,
     /// Guest restarts (reboots) served.
     pub restarts: AtomicU64,
