@@ -551,6 +551,8 @@ run_qemu() {
     log_case "stress: 10^6 operations, nothing lost or leaked" stress-smp4 \
         '^STAT stress_ops=[0-9]{7,}$' '^STAT bad_pages=0$' '^STAT frames_leaked=0$' \
         '^STAT swap_slots_leaked=0$'
+    saved_case "stress: STAT lines and plot samples agree, net of the store" stress-smp4 \
+        --no-prompt
     # demo (~5-15 s): the default of ./qemu-run.sh; ends in the table of memory saved, which
     # must show the figures of the STAT sample and STAT <service>_saved_pages[_peak] lines.
     scenario_case "demo-smp2" demo --smp 2
