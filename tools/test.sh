@@ -551,6 +551,8 @@ run_qemu() {
     log_case "stress: 10^6 operations, nothing lost or leaked" stress-smp4 \
         '^STAT stress_ops=[0-9]{7,}$' '^STAT bad_pages=0$' '^STAT frames_leaked=0$' \
         '^STAT swap_slots_leaked=0$'
+    saved_case "stress: STAT lines and plot samples agree, net of the store" stress-smp4 \
+        --no-prompt
     # demo (~5-15 s): the default of ./qemu-run.sh; ends in the table of memory saved, which
     # must show the figures of the STAT sample and STAT <service>_saved_pages[_peak] lines.
     scenario_case "demo-smp2" demo --smp 2
@@ -584,6 +586,13 @@ run_qemu() {
     LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
     linux_case "linux-smp1" --smp 1 --config linux
     linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
+    # The guest's reboot restarts the VM: image and device tree loaded again, vCPU 0 reset;
+    # the second boot reads boot-count 2 from its device tree and passes the same checks.
+    linux_case "linux-reboot-smp1" --smp 1 --config linux-reboot
+    log_case "linux: reboot restarts the VM" linux-reboot-smp1 \
+        '^\[linux\] linux-guest: boot 00000001$' '^\[linux\] linux-guest: rebooting$' \
+        '^\[cpu0\] VM linux: guest restart 1$' '^\[linux\] linux-guest: boot 00000002$' \
+        '^\[cpu0\] VM linux: exits=.* restarts=1$'
     log_case "linux: MIPS32 CPU and the device tree's devices" linux-smp1 \
         '^\[linux\] .*CPU0 revision is: 00019300 \(MIPS 24Kc\)' \
         '^\[linux\] .*1f000000.serial: ttyS0 at MMIO 0x1f000000 \(irq = [0-9]+, base_baud = [0-9]+\) is a 16550A' \
