@@ -6,9 +6,9 @@
 //! [`panic_writer`] waits only a bounded time for the lock and then writes without it.
 //!
 //! The operator console (`console_op`) leaves its prompt and the operator's typing on an
-//! open line. Any whole line printed meanwhile first ends that open line, so every `STAT`
-//! and `RESULT` line still starts at the beginning of a line; the operator console redraws
-//! its prompt when the next key arrives.
+//! open line ([`echo`]). Any whole line printed meanwhile first ends that open line, so every
+//! `STAT` and `RESULT` line still starts at the beginning of a line; the operator console
+//! redraws its prompt and line when the next key arrives.
 
 use crate::arch::irq::IrqGuard;
 use crate::drivers::uart16550::Uart16550;
@@ -71,18 +71,6 @@ pub fn log_line(args: fmt::Arguments<'_>) {
     let _ = write!(RawWriter, "[cpu{}] ", crate::arch::cpu_id());
     let _ = RawWriter.write_fmt(args);
     let _ = RawWriter.write_str("\n");
-}
-
-/// Writes `text` without ending the line (the operator console's prompt and echo); the line
-/// stays open unless `text` ends with a newline.
-pub fn write_open(text: &str) {
-    if text.is_empty() {
-        return;
-    }
-    let _irq = IrqGuard::new();
-    let _line = LINE_LOCK.lock();
-    let _ = RawWriter.write_str(text);
-    LINE_OPEN.store(!text.ends_with('\n'), Ordering::Relaxed);
 }
 
 /// Continues the operator console's open line with `echo`. If other output ended that line

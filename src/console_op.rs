@@ -5,13 +5,15 @@
 //! the UART received (at most [`MAX_BYTES_PER_POLL`] bytes, so a flood of input cannot stall
 //! a round), edits the line and runs each finished one. Every line of a command's answer is
 //! printed with the prefix `console: `, so nothing the operator asks for can be mistaken for
-//! a scenario's own `STAT` or `RESULT` lines. The prompt and the typed text stay on an open
-//! line; other output closes it first (see `console`), and the prompt is redrawn when the
-//! next key arrives.
+//! a scenario's own `STAT` or `RESULT` lines. The prompt is shown only while the operator
+//! types: the first key of a line draws it with the echo, and it stays on an open line that
+//! other output closes first (see `console`); the next key draws prompt and line again. So
+//! a run nobody types into shows no prompt at all, and no prompt is left standing alone
+//! between other lines after an answer.
 
 use crate::console;
 use alloc::string::String;
-use hv_services::console::{execute, Edit, LineEditor, OperatorView, PROMPT};
+use hv_services::console::{execute, Edit, LineEditor, OperatorView};
 use spin::Mutex;
 
 /// Prefix of every answer line.
@@ -22,13 +24,10 @@ pub const MAX_BYTES_PER_POLL: usize = 256;
 /// The console's state between polls.
 struct Operator {
     editor: LineEditor,
-    /// The first prompt has been shown.
-    started: bool,
 }
 
 static OPERATOR: Mutex<Operator> = Mutex::new(Operator {
     editor: LineEditor::new(),
-    started: false,
 });
 
 /// The echo of one received byte (a few bytes; Ctrl-U erases at most a line's worth).
@@ -47,10 +46,6 @@ pub fn poll(view: &mut dyn OperatorView) {
     let Some(mut operator) = OPERATOR.try_lock() else {
         return;
     };
-    if !operator.started {
-        operator.started = true;
-        console::write_open(PROMPT);
-    }
     let mut echo = Echo(String::new());
     for _ in 0..MAX_BYTES_PER_POLL {
         let Some(byte) = console::try_read_byte() else {
@@ -58,17 +53,16 @@ pub fn poll(view: &mut dyn OperatorView) {
         };
         echo.0.clear();
         let edit = operator.editor.feed(byte, &mut echo);
-        // If other output ended the prompt line, this shows prompt and line again.
+        // On a new line (the first key, or other output ended the prompt line) this shows
+        // prompt and line instead of the bare echo.
         let editor = &operator.editor;
         console::echo(&echo.0, &|out| editor.redraw(out));
         match edit {
             Ok(Edit::Line) => {
                 run(operator.editor.line(), view);
                 operator.editor.clear();
-                console::write_open(PROMPT);
             }
-            Ok(Edit::Cancelled) => console::write_open(PROMPT),
-            Ok(Edit::Pending) | Err(_) => {}
+            Ok(Edit::Cancelled | Edit::Pending) | Err(_) => {}
         }
     }
 }

@@ -159,6 +159,17 @@ plot_checks() {
     grep -Eq '^swap +5.86 +5.86$' <<<"$summary" || return 1
     tools/plot --size 640x400 -o "$LOGS/plot-stdin.png" <"$fixture" || return 1
     tools/lib/check-png.py "$LOGS/plot-stdin.png" 640 400 "${PLOT_SERIES[@]}" || return 1
+    # Net figures may be negative (swap whose store takes more frames than it frees): drawn
+    # below a 0 line, not dropped.
+    local negative
+    negative=$(printf '%s\n' \
+        'STAT sample t=1 dedup_saved_pages=256 balloon_saved_pages=0 swap_saved_pages=-512 free_frames=9' \
+        'STAT sample t=9 dedup_saved_pages=512 balloon_saved_pages=0 swap_saved_pages=-256 free_frames=9' |
+        tools/plot -o "$LOGS/plot-negative.png" 2>&1) || return 1
+    echo "$negative"
+    grep -q '^plot: 2 samples, rounds 1..9' <<<"$negative" || return 1
+    grep -Eq '^swap +-1.00 +-1.00$' <<<"$negative" || return 1
+    tools/lib/check-png.py "$LOGS/plot-negative.png" 800 480 swap=40,160,40:600:25 || return 1
     local refused
     if refused=$(printf 'STAT cpus=2\nRESULT boot PASS\n' | tools/plot -o "$LOGS/none.png" 2>&1); then
         echo "tools/plot accepted output without samples"
@@ -201,6 +212,24 @@ plot_run() {
     tools/plot "$log" -o "$log.png" && tools/lib/check-png.py "$log.png" 800 480 "$@"
 }
 
+# stray_prompt LOG: says why if a run nobody typed into (stdin /dev/null) shows the operator
+# console's prompt (it appears only while the operator types).
+stray_prompt() {
+    if grep -q 'mipsvisor> ' "$1"; then
+        echo "a 'mipsvisor> ' prompt in a run without input: $(grep -m1 -n 'mipsvisor> ' "$1")"
+    fi
+}
+
+# saved_case NAME LOG [--table] [--no-prompt]: the summaries of memory saved in a services
+# run (out/test-logs/qemu-LOG.log) agree: STAT sample lines (as tools/plot reads them), the
+# STAT <service>_saved_pages[_peak] lines, swap's net figure and, with --table, the table,
+# which must be the last output (tools/lib/check-saved.py).
+saved_case() {
+    local name=$1 log=$LOGS/qemu-$2.log
+    shift 2
+    step "$name" tools/lib/check-saved.py "$log" "$@"
+}
+
 # boot_case NAME qemu-run.sh arguments...: must exit 0 with RESULT boot PASS, and report
 # the CPUs and RAM that were asked for.
 boot_case() {
@@ -222,6 +251,9 @@ boot_case() {
     grep -q '^RESULT boot PASS' "$log" || why="${why:+$why, }no RESULT boot PASS"
     grep -q "^STAT cpus=$smp\$" "$log" || why="${why:+$why, }STAT cpus is not $smp"
     grep -q "^STAT ram_mib=$mem\$" "$log" || why="${why:+$why, }STAT ram_mib is not $mem"
+    local stray
+    stray=$(stray_prompt "$log")
+    [ -z "$stray" ] || why="${why:+$why, }$stray"
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -236,6 +268,9 @@ scenario_case() {
     local why=""
     [ $rc -eq 0 ] || why="exit status $rc"
     grep -q "^RESULT $scenario PASS" "$log" || why="${why:+$why, }no RESULT $scenario PASS"
+    local stray
+    stray=$(stray_prompt "$log")
+    [ -z "$stray" ] || why="${why:+$why, }$stray"
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -253,6 +288,9 @@ expect_case() {
     rc=$?
     why=$(tools/lib/expect.py check "$case" "$log" "$rc" 2>&1 | head -n 6 | paste -sd ';' -)
     [ $rc -ne 124 ] || why="timed out${why:+; $why}"
+    local stray
+    stray=$(stray_prompt "$log")
+    [ -z "$stray" ] || why="${why:+$why; }$stray"
     qemu_verdict "$name" "$log" "$start" "$why" "(tests/cases/$name.case)"
 }
 
@@ -357,9 +395,12 @@ console_case() {
     console_expect idle '^console: error: idle: missing <vm>; usage: idle <vm>$'
     [ "$(console_answer "$log" "frobnicate now" | wc -l)" -eq 1 ] ||
         why="${why:+$why, }the bad command got more than one line"
-    # Output printed while the prompt was open must start its own line.
+    # Output printed while the prompt was open must start its own line, and the prompt
+    # shows only with what the operator typed (never alone, never inside another line).
     ! grep -Eq '^mipsvisor> .*(STAT|RESULT|BENCH) ' "$log" ||
         why="${why:+$why, }a STAT/RESULT/BENCH line was glued to the prompt"
+    ! grep -Eq '.mipsvisor> |^mipsvisor> $' "$log" ||
+        why="${why:+$why, }a prompt inside another line or standing alone"
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -385,6 +426,9 @@ bench_case() {
         grep -Eq "^BENCH $figure=([1-9][0-9]*(\.[0-9]+)?|0\.[0-9]*[1-9][0-9]*) " "$log" ||
             why="${why:+$why, }no positive BENCH $figure"
     done
+    local stray
+    stray=$(stray_prompt "$log")
+    [ -z "$stray" ] || why="${why:+$why, }$stray"
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
@@ -507,11 +551,20 @@ run_qemu() {
     log_case "stress: 10^6 operations, nothing lost or leaked" stress-smp4 \
         '^STAT stress_ops=[0-9]{7,}$' '^STAT bad_pages=0$' '^STAT frames_leaked=0$' \
         '^STAT swap_slots_leaked=0$'
-    # demo (~15 s): the default of ./qemu-run.sh; ends in the table of memory saved.
+    saved_case "stress: STAT lines and plot samples agree, net of the store" stress-smp4 \
+        --no-prompt
+    # demo (~5-15 s): the default of ./qemu-run.sh; ends in the table of memory saved, which
+    # must show the figures of the STAT sample and STAT <service>_saved_pages[_peak] lines.
     scenario_case "demo-smp2" demo --smp 2
     log_case "demo: table of memory saved per service" demo-smp2 \
-        '^  memory saved per service' '^STAT demo_saved_pages_dedup=[1-9]' \
-        '^STAT demo_saved_pages_balloon=[1-9]' '^STAT frames_leaked=0$'
+        '^  memory saved per service' '^STAT dedup_saved_pages_peak=[1-9]' \
+        '^STAT balloon_saved_pages_peak=[1-9]' '^STAT frames_leaked=0$' \
+        '^\[cpu[0-9]+\] VM batch: balloon: refused .*\(deliberate: '
+    saved_case "demo: table, STAT lines and plot samples agree, table last" demo-smp2 \
+        --table --no-prompt
+    scenario_case "demo-smp1" demo --smp 1
+    saved_case "demo smp1: table, STAT lines and plot samples agree, table last" demo-smp1 \
+        --table --no-prompt
     scenario_case "guests-initrd-image" guests --smp 2 \
         --initrd "${MIPSVISOR_OUT:-$ROOT/out}/guests/hello.elf"
     # memguest's workloads that need no memory service (swap waves, stress) pass on their own.
@@ -533,6 +586,13 @@ run_qemu() {
     LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
     linux_case "linux-smp1" --smp 1 --config linux
     linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
+    # The guest's reboot restarts the VM: image and device tree loaded again, vCPU 0 reset;
+    # the second boot reads boot-count 2 from its device tree and passes the same checks.
+    linux_case "linux-reboot-smp1" --smp 1 --config linux-reboot
+    log_case "linux: reboot restarts the VM" linux-reboot-smp1 \
+        '^\[linux\] linux-guest: boot 00000001$' '^\[linux\] linux-guest: rebooting$' \
+        '^\[cpu0\] VM linux: guest restart 1$' '^\[linux\] linux-guest: boot 00000002$' \
+        '^\[cpu0\] VM linux: exits=.* restarts=1$'
     log_case "linux: MIPS32 CPU and the device tree's devices" linux-smp1 \
         '^\[linux\] .*CPU0 revision is: 00019300 \(MIPS 24Kc\)' \
         '^\[linux\] .*1f000000.serial: ttyS0 at MMIO 0x1f000000 \(irq = [0-9]+, base_baud = [0-9]+\) is a 16550A' \
@@ -570,10 +630,18 @@ run_qemu() {
         -append "scenario=isolation cpus=1 mem=256"
     scenario_case "balloon-smp2" balloon --smp 2
     scenario_case "balloon-smp1" balloon --smp 1
+    saved_case "balloon: STAT lines and plot samples agree" balloon-smp2 --no-prompt
+    # balloonguest's bad requests are refused and labelled deliberate where they are logged.
+    log_case "balloon: deliberate bad requests labelled" balloon-smp2 \
+        '^\[(big|small)\] balloonguest: sending deliberately bad requests' \
+        '^\[cpu[0-9]+\] VM (big|small): balloon: refused .*\(deliberate: the test guest checks'
+
     # Swap: 64 MiB of guest RAM over a 40 MiB guest pool (pages out and back, nothing lost,
     # nothing leaked).
     scenario_case "swap-smp2" swap --smp 2
     scenario_case "swap-smp1-mem256" swap --smp 1 --mem 256
+    saved_case "swap: STAT lines and plot samples agree, net of the store" swap-smp2 \
+        --no-prompt
     # The operator console against the real services view, on the services CPU (smp 2) and
     # between slices (smp 1).
     local console_balloon=(big '^console: dedup is not running$'
@@ -588,13 +656,15 @@ run_qemu() {
         '^console: idle tracking is not running in this scenario$' --smp 2
     console_case "console-swap-smp2" swap sw0 '^console: dedup is not running$' \
         '^console: the balloon service is not running in this scenario$' \
-        '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
+        '^console: swap: [0-9]+ pages out, -?[0-9]+ saved net; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
     console_case "console-demo-smp2" demo web0 '^console: pages_sharing [0-9]+$' \
         '^console: balloon web0: target 8 MiB \(2048 pages\); the driver holds [0-9]+ pages now$' \
-        '^console: swap: [0-9]+ pages out, [0-9]+ saved; outs [0-9]+ ' \
+        '^console: swap: [0-9]+ pages out, -?[0-9]+ saved net; outs [0-9]+ ' \
         '^console: web0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages ' --smp 2
+    saved_case "console demo: table, STAT lines and plot samples agree, table last" \
+        console-demo-smp2 --table
     step "tools/plot on the demo run" plot_run "$LOGS/qemu-console-demo-smp2.log" \
         dedup=31,119,180:300:10 balloon=230,120,20:100:1
     step "tools/plot on the dedup run" \

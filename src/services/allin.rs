@@ -1,6 +1,8 @@
 //! The scenarios that run every memory service at once: `stress` (aggressive rates, many
 //! guest memory operations, nothing may be lost) and `demo` (a short readable run ending in
-//! a table of memory saved per service; the default of `./qemu-run.sh`).
+//! a table of memory saved per service; the default of `./qemu-run.sh`). The table is the
+//! last output before the RESULT line and shows the run's `services::Finished::saved`, the
+//! figures of the `STAT sample` and `STAT <service>_saved_pages[_peak]` lines.
 //!
 //! Both take their VMs from the layout: memguest VMs (workload from the layout) and VMs
 //! running `balloonguest`, whose balloon the host takes through one cycle: half the VM's
@@ -20,8 +22,8 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::PAGE_SIZE;
+use hv_services::savings::Summary;
 use spin::Mutex;
 
 /// How aggressively the services run.
@@ -73,12 +75,6 @@ struct Cycle {
 }
 
 static CYCLES: Mutex<Vec<Cycle>> = Mutex::new(Vec::new());
-/// Most pages the balloons held at once (for the demo table).
-static BALLOON_PEAK: AtomicU64 = AtomicU64::new(0);
-/// Most frames dedup saved at once.
-static DEDUP_PEAK: AtomicU64 = AtomicU64::new(0);
-/// Most pages swap held at once.
-static SWAP_PEAK: AtomicU64 = AtomicU64::new(0);
 
 /// Moves every balloon cycle on as far as its balloon's state allows (a round hook).
 fn drive_balloons(_ctx: &RoundContext<'_>) -> HookOutcome {
@@ -121,21 +117,7 @@ fn drive_balloons(_ctx: &RoundContext<'_>) -> HookOutcome {
         changed |= next != cycle.phase;
         cycle.phase = next;
     }
-    let peaks = [
-        (&BALLOON_PEAK, balloon::saved_pages()),
-        (&SWAP_PEAK, swap::saved_pages()),
-        (
-            &DEDUP_PEAK,
-            super::dedup::live_stats().map_or(0, |s| s.saved_frames()),
-        ),
-    ];
-    for (peak, now) in peaks {
-        peak.fetch_max(now, Ordering::Relaxed);
-    }
-    HookOutcome {
-        changed,
-        saved_pages: 0,
-    }
+    HookOutcome { changed }
 }
 
 fn forget_balloons(_host: &Arc<super::SharedHost>) {
@@ -166,6 +148,8 @@ struct Outcome {
     swapped_out: u64,
     swapped_in: u64,
     dedup_merges: u64,
+    /// Memory saved per service (the demo's table).
+    saved: Summary,
 }
 
 /// Builds the layout's VMs, runs them with every service, tears everything down.
@@ -191,6 +175,10 @@ fn run_all_services(
         specs.len()
     );
     let (vms, vcpus) = crate::vmm::build_vms(&specs)?;
+    balloon::expect_bad_requests_of_test_guests(
+        &vms,
+        layout.vms.iter().map(|vm| vm.image.as_str()),
+    );
     idle::start(
         &vms,
         IdleConfig {
@@ -214,7 +202,7 @@ fn run_all_services(
         let mut cycles = CYCLES.lock();
         cycles.clear();
         for (vm, spec) in vms.iter().zip(&layout.vms) {
-            if spec.image == "balloonguest" && !vm.balloons.is_empty() {
+            if spec.image == balloon::BAD_REQUEST_TEST_IMAGE && !vm.balloons.is_empty() {
                 cycles.push(Cycle {
                     vm: vm.name.clone(),
                     target_pages: vm.ram_bytes / PAGE_SIZE / 2,
@@ -223,13 +211,9 @@ fn run_all_services(
             }
         }
     }
-    for peak in [&BALLOON_PEAK, &DEDUP_PEAK, &SWAP_PEAK] {
-        peak.store(0, Ordering::Relaxed);
-    }
     balloon::register();
     super::register(super::Hook {
         name: "balloon-cycles",
-        service: super::Service::Other,
         round: drive_balloons,
         stop: forget_balloons,
     });
@@ -261,7 +245,9 @@ fn run_all_services(
     outcome.swapped_out = counters.written + counters.clean_reused;
     outcome.swapped_in = counters.read_back;
     outcome.dedup_merges = super::dedup::live_stats().map_or(0, |s| s.merges);
-    outcome.leaked = super::finish(vms, "")?;
+    let finished = super::finish(vms, "")?;
+    outcome.leaked = finished.frames_leaked;
+    outcome.saved = finished.saved;
     idle::clear();
     outcome.swap_slots_leaked = swap::release(host);
     crate::println!("STAT swap_slots_leaked={}", outcome.swap_slots_leaked);
@@ -330,37 +316,10 @@ pub fn stress(info: &BootInfo) -> Result<(), String> {
     verdict(failures)
 }
 
-/// The `demo` scenario: every service on a small layout, then the table of memory saved.
+/// The `demo` scenario: every service on a small layout, then the table of memory saved
+/// (the last output before the RESULT line).
 pub fn demo(info: &BootInfo) -> Result<(), String> {
     let o = run_all_services(info, "demo", DEMO_RATES, SCENARIO_TIMEOUT_TICKS)?;
-    let rows = [
-        (
-            "dedup (same-page merging)",
-            DEDUP_PEAK.load(Ordering::Relaxed),
-        ),
-        (
-            "balloon (guest gave back)",
-            BALLOON_PEAK.load(Ordering::Relaxed),
-        ),
-        ("swap (compressed out)", SWAP_PEAK.load(Ordering::Relaxed)),
-    ];
-    crate::println!("");
-    crate::println!("  memory saved per service (most at any one time)");
-    crate::println!("  {:<28} {:>8} {:>9}", "service", "pages", "MiB");
-    for (service, pages) in rows {
-        crate::println!(
-            "  {service:<28} {pages:>8} {:>5}.{:03}",
-            (pages * PAGE_SIZE) >> 20,
-            ((pages * PAGE_SIZE % (1 << 20)) * 1000) >> 20
-        );
-    }
-    crate::println!("");
-    for (service, pages) in rows {
-        crate::println!(
-            "STAT demo_saved_pages_{}={pages}",
-            service.split(' ').next().unwrap_or(service)
-        );
-    }
     let mut failures = common_checks(&o);
     // Under stress pages change faster than a scan, so merges are required in demo only.
     check(
@@ -368,5 +327,9 @@ pub fn demo(info: &BootInfo) -> Result<(), String> {
         o.dedup_merges > 0,
         String::from("dedup merged nothing"),
     );
+    let mut table = String::new();
+    // Writing to a String cannot fail.
+    let _ = o.saved.write_table(&mut table);
+    crate::console::print_prefixed("", &table);
     verdict(failures)
 }

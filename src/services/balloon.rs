@@ -2,18 +2,19 @@
 //! virtio-mmio v2) with hv-services' `VmBalloon` as its memory policy, a registry of the
 //! balloons by VM name so the host can change targets at run time (operator console,
 //! scenarios), the counters the scenarios print as `STAT` lines, and the log of refused
-//! driver input.
+//! driver input (marked as deliberate for a guest that sends bad requests on purpose to
+//! test the refusals: see [`Balloon::expect_bad_requests`]).
 //!
 //! The device sits on the VM's MMIO bus behind a [`BusBalloon`]; the host side reaches the
 //! same device through [`find`]. Lock order: a VM's bus lock, then the balloon's lock; host
 //! callers take only the balloon's lock.
 //!
 //! A service scenario calls [`register`]: each services round then prints pending refusal
-//! lines and reports [`saved_pages`] for the `STAT sample` line, and the operator console's
-//! `balloon <vm> <MiB>` calls [`set_target`].
+//! lines, and the operator console's `balloon <vm> <MiB>` calls [`set_target`]. What the
+//! balloons save is [`frames_out`] (`services::measure_savings`).
 
 use super::view::{self, ConsoleHandlers};
-use super::{Hook, HookOutcome, RoundContext, Service};
+use super::{Hook, HookOutcome, RoundContext};
 use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
 use crate::vmm::devices::RamView;
 use crate::vmm::flush::FwRemoteFlush;
@@ -21,7 +22,7 @@ use alloc::string::String;
 use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use hv_core::addr::PAGE_SIZE;
 use hv_devices::bus::{AccessError, MmioDevice};
 use hv_devices::irq::IrqLine;
@@ -38,6 +39,10 @@ pub type Device = VirtioMmio<VirtioBalloon<Hooks>, RamView, BalloonIrq>;
 
 /// Refusal log lines printed per balloon; later ones are only counted.
 const LOGGED_EVENTS_MAX: u64 = 32;
+/// The test guest that sends bad balloon requests on purpose (guests/balloonguest).
+pub const BAD_REQUEST_TEST_IMAGE: &str = "balloonguest";
+/// Added to a refusal line of a VM whose guest sends bad requests on purpose.
+const DELIBERATE_NOTE: &str = " (deliberate: the test guest checks that bad requests are refused)";
 
 /// The balloon's interrupt line: its level, for a vCPU to sample (a polling driver
 /// ignores it).
@@ -76,6 +81,8 @@ pub struct Balloon {
     device: Mutex<Device>,
     irq: BalloonIrq,
     logged: AtomicU64,
+    /// The guest sends bad requests on purpose: its refusal lines say so.
+    bad_requests_expected: AtomicBool,
 }
 
 impl fmt::Debug for Balloon {
@@ -147,6 +154,7 @@ impl Balloon {
             device: Mutex::new(device),
             irq,
             logged: AtomicU64::new(0),
+            bad_requests_expected: AtomicBool::new(false),
         });
         let mut registry = REGISTRY.lock();
         registry.retain(|b| b.strong_count() > 0);
@@ -164,12 +172,25 @@ impl Balloon {
         &self.irq
     }
 
+    /// Marks the guest as one that sends bad requests on purpose (the test guest
+    /// [`BAD_REQUEST_TEST_IMAGE`]): its refusal lines are labelled deliberate, so nobody
+    /// reads them as errors. They are refused and counted all the same.
+    pub fn expect_bad_requests(&self) {
+        self.bad_requests_expected.store(true, Ordering::Relaxed);
+    }
+
     /// Prints the policy's new refusal records (the first [`LOGGED_EVENTS_MAX`] of them).
     fn log_events(&self, device: &mut Device) {
+        let deliberate = self.bad_requests_expected.load(Ordering::Relaxed);
         for event in device.backend_mut().hooks_mut().drain_events() {
             let n = self.logged.fetch_add(1, Ordering::Relaxed);
+            let note = if deliberate && event.kind.is_refused_input() {
+                DELIBERATE_NOTE
+            } else {
+                ""
+            };
             if n < LOGGED_EVENTS_MAX {
-                crate::log!("VM {}: {event}", self.vm_name);
+                crate::log!("VM {}: {event}{note}", self.vm_name);
             } else if n == LOGGED_EVENTS_MAX {
                 crate::log!(
                     "VM {}: further balloon refusals are only counted",
@@ -268,12 +289,27 @@ pub fn set_target(vm_name: &str, mib: u64) -> Result<u64, TargetError> {
     Ok(pages)
 }
 
-/// Guest pages the balloons hold now (inflated, their frames back with the host): the
-/// `balloon_saved_pages` figure of the `STAT sample` line.
-pub fn saved_pages() -> u64 {
+/// Marks the balloons of the VMs running the test guest that sends bad requests on purpose
+/// (`images[i]` is the image of `vms[i]`, from the layout).
+pub fn expect_bad_requests_of_test_guests<'a>(
+    vms: &[Arc<crate::vmm::vm::Vm>],
+    images: impl IntoIterator<Item = &'a str>,
+) {
+    for (vm, image) in vms.iter().zip(images) {
+        if image == BAD_REQUEST_TEST_IMAGE {
+            for balloon in &vm.balloons {
+                balloon.expect_bad_requests();
+            }
+        }
+    }
+}
+
+/// Frames the balloons gave back to the pool that are still out (`VmBalloon::frames_out`):
+/// what the balloon saves, for `services::measure_savings`.
+pub fn frames_out() -> u64 {
     all()
         .iter()
-        .map(|b| b.device.lock().backend().hooks().counters().inflated_now)
+        .map(|b| b.device.lock().backend_mut().hooks_mut().frames_out())
         .sum()
 }
 
@@ -286,24 +322,16 @@ pub fn tick() {
     }
 }
 
-/// Saved pages reported in the previous round (a change makes the round print a sample).
-static LAST_SAVED: AtomicU64 = AtomicU64::new(0);
-
-/// The balloon's part of a services round.
+/// The balloon's part of a services round: the refusal lines (what it saves moves the
+/// sample lines by itself).
 fn round(_ctx: &RoundContext<'_>) -> HookOutcome {
     tick();
-    let saved = saved_pages();
-    HookOutcome {
-        changed: LAST_SAVED.swap(saved, Ordering::Relaxed) != saved,
-        saved_pages: saved,
-    }
+    HookOutcome::default()
 }
 
 /// The balloon holds no frames of its own: inflated pages' frames are already back in the
 /// pool, and teardown frees the devices with their VMs.
-fn stop(_host: &Arc<super::SharedHost>) {
-    LAST_SAVED.store(0, Ordering::Relaxed);
-}
+fn stop(_host: &Arc<super::SharedHost>) {}
 
 /// The console's `balloon <vm> <MiB>`.
 fn console_balloon(vm: &str, mib: u64, out: &mut dyn fmt::Write) -> fmt::Result {
@@ -322,10 +350,8 @@ fn console_balloon(vm: &str, mib: u64, out: &mut dyn fmt::Write) -> fmt::Result 
 /// Joins the services: a round hook (log lines, saved pages) and the console's `balloon`
 /// command. Call before `services::start`; `services::finish` undoes it.
 pub fn register() {
-    LAST_SAVED.store(0, Ordering::Relaxed);
     super::register(Hook {
         name: "balloon",
-        service: Service::Balloon,
         round,
         stop,
     });
@@ -367,5 +393,5 @@ pub fn print_stats() {
     crate::println!("STAT balloon_deflated_pages={}", totals[1]);
     crate::println!("STAT balloon_frames_returned={}", totals[2]);
     crate::println!("STAT balloon_rejected={}", totals[3]);
-    crate::println!("STAT balloon_saved_pages={}", saved_pages());
+    // What the balloons save is `balloon_saved_pages` (services::finish).
 }

@@ -226,6 +226,10 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
     super::init_host(layout.services.guest_pool_mib)?;
     let specs = scenarios::specs(info, &layout, cpus)?;
     let (vms, vcpus) = crate::vmm::build_vms(&specs)?;
+    balloon::expect_bad_requests_of_test_guests(
+        &vms,
+        layout.vms.iter().map(|vm| vm.image.as_str()),
+    );
     {
         let mut cycles = CYCLES.lock();
         for vm in &vms {
@@ -312,7 +316,7 @@ pub fn balloon(info: &BootInfo) -> Result<(), String> {
     }
     // Teardown: every frame of the pool must come back.
     drop(cycles);
-    match super::finish(vms, "") {
+    match super::finish(vms, "").map(|f| f.frames_leaked) {
         Ok(0) => {}
         Ok(leaked) => failures.push(format!("{leaked} pool frames leaked")),
         Err(why) => failures.push(why),

@@ -95,8 +95,8 @@ pub struct Measurement {
 pub struct PassOutcome {
     /// Pages merged or a full scan ended.
     pub changed: bool,
-    /// Frames saved now.
-    pub saved_pages: u64,
+    /// The counters after the pass.
+    pub stats: DedupStats,
 }
 
 /// The dedup service of one service scenario.
@@ -256,7 +256,7 @@ impl DedupService {
         *LIVE_STATS.lock() = Some(stats);
         Ok(PassOutcome {
             changed: report.merged > 0 || report.full_scan_completed,
-            saved_pages: stats.saved_frames(),
+            stats,
         })
     }
 
@@ -328,9 +328,15 @@ impl DedupService {
         measurement
     }
 
-    /// Prints the counters as STAT lines (KSM's names where they fit, after `prefix`).
-    pub fn print_stats(&self, host: &SharedHost, prefix: &str) {
-        print_counters(&self.dedup.stats(host), prefix);
+    /// The counters now (the shared frames' sharers counted from the host layer).
+    pub fn stats(&self, host: &SharedHost) -> DedupStats {
+        self.dedup.stats(host)
+    }
+
+    /// Prints `stats` (from [`Self::stats`]) and the service's own figures as STAT lines
+    /// (KSM's names where they fit, after `prefix`).
+    pub fn print_stats(&self, stats: &DedupStats, prefix: &str) {
+        print_counters(stats, prefix);
         crate::println!("STAT {prefix}dedup_passes={}", self.passes);
         crate::println!(
             "STAT {prefix}dedup_pages_per_pass={}",
@@ -373,7 +379,7 @@ pub fn ksm_counters(s: &DedupStats) -> [(&'static str, u64); 7] {
 /// Prints dedup counters as STAT lines, each name after `prefix`.
 pub fn print_counters(s: &DedupStats, prefix: &str) {
     let ours = [
-        ("dedup_saved_frames", s.saved_frames()),
+        ("dedup_frames_held", s.frames_held),
         ("dedup_merges", s.merges),
         ("dedup_merge_failures", s.merge_failures),
         ("dedup_pages_skipped", s.pages_skipped),

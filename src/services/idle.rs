@@ -9,7 +9,7 @@
 //! service reads the ages under the same lock (`with_trackers`), always taking this lock
 //! before its own.
 
-use super::{Hook, HookOutcome, RoundContext, Service, SharedHost};
+use super::{Hook, HookOutcome, RoundContext, SharedHost};
 use crate::arch::cp0;
 use crate::vmm::vm::Vm;
 use alloc::format;
@@ -96,7 +96,6 @@ pub fn start(vms: &[Arc<Vm>], config: IdleConfig) -> Result<(), String> {
     });
     super::register(Hook {
         name: "idle",
-        service: Service::Other,
         round,
         stop,
     });

@@ -6,8 +6,10 @@
 //! - [`start`] / [`finish`]: a service scenario registers its VMs, runs them, then tears
 //!   everything down and counts the pool frames still allocated (`frames_leaked`).
 //! - A round (every `round-interval-us`): the dedup pass ([`dedup`]), then every
-//!   registered [`Hook`] (idle tracking, swap, balloon bookkeeping, console poll), then one
-//!   `STAT sample` line if anything changed.
+//!   registered [`Hook`] (idle tracking, swap, balloon bookkeeping, console poll), then the
+//!   figures of [`measure_savings`] go to the run's `SampleLog`, which prints a `STAT sample`
+//!   line when they moved (`hv_services::savings`). [`finish`] prints the last figures and
+//!   returns the run's [`Summary`], the source of every summary of memory saved.
 //!
 //! Where rounds run: with more than one CPU online, CPU 0 is the services CPU (the
 //! scheduler runs on it only vCPUs that may run nowhere else); with one CPU, the scheduler
@@ -36,6 +38,8 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hv_core::frame_pool::FramePool;
 use hv_core::host_mem::HostMem;
 use hv_devices::vmconfig::ServicesSpec;
+use hv_services::dedup::DedupStats;
+use hv_services::savings::{Sample, SampleLog, Savings, Summary};
 use spin::{Mutex, Once};
 
 /// The host memory layer of all guest RAM.
@@ -47,8 +51,6 @@ pub const COUNT_TICKS_PER_US: u64 = 100;
 const POOL_RESERVE_FRAMES: usize = 2048;
 /// Count ticks `finish` waits for other CPUs to let go of a VM (1 s).
 const TEARDOWN_WAIT_TICKS: u32 = 100_000_000;
-/// Fewest rounds between two `STAT sample` lines (keeps a busy run readable).
-const SAMPLE_EVERY_ROUNDS: u64 = 10;
 /// Largest default pool (its bookkeeping lives on the 8 MiB kernel heap: ~28 bytes a frame).
 const DEFAULT_POOL_MAX_FRAMES: usize = (256 << 20) / 4096;
 
@@ -68,28 +70,11 @@ static TASK: Mutex<Option<Task>> = Mutex::new(None);
 static VMS: Mutex<Vec<Arc<Vm>>> = Mutex::new(Vec::new());
 static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
 
-/// Which service a hook's savings count for in the `STAT sample` line.
-#[allow(
-    dead_code,
-    reason = "interface for the services that register hooks (swap, idle, balloon, console)"
-)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// Balloon: frames the guests gave back.
-    Balloon,
-    /// Swap: pages held compressed instead of in frames.
-    Swap,
-    /// Anything saving nothing itself (idle tracking, the console).
-    Other,
-}
-
-/// What a hook did in one round.
+/// What a hook did in one round (what it saves is measured apart, by [`measure_savings`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HookOutcome {
-    /// Something changed (a `STAT sample` line is printed for the round).
+    /// Something changed (the round counts as a change for the `STAT sample` lines).
     pub changed: bool,
-    /// Frames this service saves now (for its column of the sample line).
-    pub saved_pages: u64,
 }
 
 /// What a hook sees of the round.
@@ -116,8 +101,6 @@ pub struct RoundContext<'a> {
 pub struct Hook {
     /// Name in logs.
     pub name: &'static str,
-    /// Whose savings it reports.
-    pub service: Service,
     /// Runs once per round, after the dedup pass, in registration order.
     pub round: fn(&RoundContext<'_>) -> HookOutcome,
     /// Lets go of every frame the service holds (before teardown counts leaks).
@@ -136,19 +119,26 @@ pub fn register(hook: Hook) {
 /// The running service scenario.
 struct Task {
     dedup: Option<dedup::DedupService>,
-    /// The last sample printed, and its round.
-    last_sample: Option<(u64, Sample)>,
-    /// A change not printed yet.
-    unprinted_change: bool,
+    /// The figures of the rounds, and which of them were printed.
+    samples: SampleLog,
 }
 
-/// The figures of one `STAT sample` line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Sample {
-    dedup: u64,
-    balloon: u64,
-    swap: u64,
-    free: u64,
+/// What the services running now save, net (see `hv_services::savings`): the one place the
+/// per-service figures are computed, for the `STAT sample` lines, the run's [`Summary`] and
+/// the console. `dedup` is the dedup service's latest counters (`None` if it does not run).
+pub fn measure_savings(host: &SharedHost, dedup: Option<&DedupStats>) -> Savings {
+    Savings {
+        dedup: dedup.map_or(0, DedupStats::net_saved_frames),
+        balloon: balloon::frames_out() as i64,
+        swap: swap::net_saved_pages(host),
+    }
+}
+
+/// Prints sample lines (each whole, see `console`).
+fn print_samples(lines: hv_services::savings::ToPrint) {
+    for sample in lines.samples() {
+        crate::println!("{sample}");
+    }
 }
 
 /// Frames the default pool takes: the longest free run, leaving a reserve, at most
@@ -250,8 +240,7 @@ pub fn start(
     *VMS.lock() = vms.to_vec();
     *TASK.lock() = Some(Task {
         dedup,
-        last_sample: None,
-        unprinted_change: false,
+        samples: SampleLog::default(),
     });
     let interval = u64::from(spec.round_interval_us) * COUNT_TICKS_PER_US;
     INTERVAL.store(interval.min(u64::from(u32::MAX)) as u32, Ordering::Relaxed);
@@ -296,17 +285,12 @@ fn run_round() {
     };
     let vms = vms();
     let mut changed = false;
-    let mut sample = Sample {
-        dedup: 0,
-        balloon: 0,
-        swap: 0,
-        free: 0,
-    };
+    let mut dedup_stats = None;
     if let Some(dedup) = task.dedup.as_mut() {
         match dedup.pass(host, &vms) {
             Ok(outcome) => {
                 changed |= outcome.changed;
-                sample.dedup = outcome.saved_pages;
+                dedup_stats = Some(outcome.stats);
             }
             Err(why) => {
                 crate::log!("services: dedup stopped: {why}");
@@ -321,47 +305,35 @@ fn run_round() {
         vms: &vms,
     };
     for hook in &hooks {
-        let outcome = (hook.round)(&context);
-        changed |= outcome.changed;
-        match hook.service {
-            Service::Balloon => sample.balloon += outcome.saved_pages,
-            Service::Swap => sample.swap += outcome.saved_pages,
-            Service::Other => {}
-        }
+        changed |= (hook.round)(&context).changed;
     }
-    sample.free = free_frames();
-    // A sample when a service changed something (free frames alone move with every guest
-    // fault), at most every SAMPLE_EVERY_ROUNDS rounds.
-    let savings = |s: &Sample| (s.dedup, s.balloon, s.swap);
-    task.unprinted_change |= changed
-        || task
-            .last_sample
-            .is_some_and(|(_, last)| savings(&last) != savings(&sample));
-    let spaced = task
-        .last_sample
-        .is_none_or(|(at, _)| round >= at + SAMPLE_EVERY_ROUNDS);
-    if task.unprinted_change && spaced {
-        task.unprinted_change = false;
-        task.last_sample = Some((round, sample));
-        crate::println!(
-            "STAT sample t={round} dedup_saved_pages={} balloon_saved_pages={} swap_saved_pages={} free_frames={}",
-            sample.dedup,
-            sample.balloon,
-            sample.swap,
-            sample.free
-        );
-    }
+    let sample = Sample {
+        round,
+        saved: measure_savings(host, dedup_stats.as_ref()),
+        free_frames: free_frames(),
+    };
+    print_samples(task.samples.record(sample, changed));
     drop(task_slot);
     ROUND.store(round, Ordering::Release);
     crate::console_op::poll(&mut view::ServicesView);
 }
 
-/// Ends the service scenario: no more rounds, every service lets go of its frames, every
-/// VM is torn down (`vms` must hold the last references), and returns the pool frames still
-/// allocated (`frames_leaked`). Prints the services' STAT lines first.
-/// `dedup_prefix` goes before the names of the final dedup counters (a scenario that
-/// reports a measurement under the plain names uses another).
-pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<u64, String> {
+/// What [`finish`] found.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    /// Pool frames still allocated after teardown (`STAT frames_leaked`).
+    pub frames_leaked: u64,
+    /// Memory saved per service: the last `STAT sample` line and the most in any.
+    pub saved: Summary,
+}
+
+/// Ends the service scenario: no more rounds; prints the last `STAT sample` line (the
+/// figures now), the `STAT <service>_saved_pages[_peak]` lines and the services' counters;
+/// every service lets go of its frames, every VM is torn down (`vms` must hold the last
+/// references); returns the pool frames still allocated (`frames_leaked`) and the summary of
+/// memory saved. `dedup_prefix` goes before the names of the final dedup counters (a
+/// scenario that reports a measurement under the plain names uses another).
+pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<Finished, String> {
     ACTIVE.store(false, Ordering::Release);
     // Wait for a round another CPU may still be running.
     let _round = ROUND_LOCK.lock();
@@ -371,9 +343,23 @@ pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<u64, String> {
     let hooks: Vec<Hook> = core::mem::take(&mut *HOOKS.lock());
     view::clear();
     crate::println!("STAT rounds={}", round());
+    let mut saved = Summary::default();
     if let Some(mut task) = task {
-        if let Some(dedup) = task.dedup.as_mut() {
-            dedup.print_stats(host, dedup_prefix);
+        let dedup_stats = task.dedup.as_ref().map(|d| d.stats(host));
+        let last = Sample {
+            round: round(),
+            saved: measure_savings(host, dedup_stats.as_ref()),
+            free_frames: free_frames(),
+        };
+        let (lines, summary) = task.samples.finish(last);
+        print_samples(lines);
+        saved = summary;
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = saved.write_stats(&mut text);
+        crate::console::print_prefixed("", &text);
+        if let (Some(dedup), Some(stats)) = (task.dedup.as_mut(), dedup_stats) {
+            dedup.print_stats(&stats, dedup_prefix);
             dedup.stop(host)?;
         }
         drop(task);
@@ -401,7 +387,10 @@ pub fn finish(vms: Vec<Arc<Vm>>, dedup_prefix: &str) -> Result<u64, String> {
         vm.teardown()
             .map_err(|why| format!("VM {name}: teardown: {why}"))?;
     }
-    let leaked = host.lock().pool().allocated_count() as u64;
-    crate::println!("STAT frames_leaked={leaked}");
-    Ok(leaked)
+    let frames_leaked = host.lock().pool().allocated_count() as u64;
+    crate::println!("STAT frames_leaked={frames_leaked}");
+    Ok(Finished {
+        frames_leaked,
+        saved,
+    })
 }

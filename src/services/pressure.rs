@@ -101,7 +101,7 @@ pub fn swap_scenario(info: &BootInfo) -> Result<(), String> {
         passed == vms.len(),
         format!("{passed} of {} VMs passed", vms.len()),
     );
-    let leaked = super::finish(vms, "")?;
+    let leaked = super::finish(vms, "")?.frames_leaked;
     idle::clear();
     let slots = swap::release(host);
     crate::println!("STAT swap_slots_leaked={slots}");
@@ -240,7 +240,7 @@ pub fn idle_scenario(info: &BootInfo) -> Result<(), String> {
         passed == vms.len(),
         format!("{passed} of {} VMs passed", vms.len()),
     );
-    let leaked = super::finish(vms, "")?;
+    let leaked = super::finish(vms, "")?.frames_leaked;
     idle::clear();
     check(
         &mut failures,

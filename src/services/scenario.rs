@@ -114,7 +114,7 @@ pub fn dedup_scenario(info: &BootInfo) -> Result<(), String> {
         passed == vms.len(),
         format!("{passed} of {} VMs passed", vms.len()),
     );
-    let leaked = super::finish(vms, "end_")?;
+    let leaked = super::finish(vms, "end_")?.frames_leaked;
     check(
         &mut failures,
         leaked == 0,

@@ -15,7 +15,7 @@
 //!   `swap_outs_clean`); a written page gets a new copy.
 
 use super::idle;
-use super::{Hook, HookOutcome, RoundContext, Service, SharedHost};
+use super::{Hook, HookOutcome, RoundContext, SharedHost};
 use crate::arch::guest_mem::FwFrameMemory;
 use crate::vmm::vm::Vm;
 use alloc::boxed::Box;
@@ -24,7 +24,6 @@ use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU64, Ordering};
 use hv_core::addr::PAGE_SIZE;
 use hv_core::host_mem::PageState;
 use hv_core::swap_store::PlainSwap;
@@ -72,8 +71,6 @@ struct SwapService {
 static SWAP: Mutex<Option<SwapService>> = Mutex::new(None);
 /// The pool installed on the host layer, kept after `stop` until [`release`].
 static INSTALLED: Mutex<Option<SharedSwap<FrameBackend<FwFrameMemory>>>> = Mutex::new(None);
-/// Pages held in the swap area instead of guest-pool frames.
-static SAVED: AtomicU64 = AtomicU64::new(0);
 
 /// Sets up the swap area, installs the compressed store on `host` and registers the
 /// balance with the services round. Idle tracking must run (the victims come from its ages).
@@ -110,10 +107,8 @@ pub fn start(host: &Arc<SharedHost>, vms: &[Arc<Vm>], setup: SwapSetup) -> Resul
         area_bytes,
         direct: DirectCounters::default(),
     });
-    SAVED.store(0, Ordering::Relaxed);
     super::register(Hook {
         name: "swap",
-        service: Service::Swap,
         round,
         stop,
     });
@@ -172,35 +167,36 @@ fn evict(
             Some(want) => service.swapper.reclaim(want, &views, min_age),
         }
         .map_err(|e| format!("swap: {e}"))?;
-        update_saved(host);
         Ok(freed)
     })
 }
 
-/// Recomputes the pages swap saves the guest pool: pages out of memory (held in the swap
-/// area instead of pool frames). The area is host RAM too; its cost shows in
-/// `swap_pool_bytes` and the net figure in `swap_net_saved_pages`.
-fn update_saved(host: &SharedHost) {
-    let out = {
-        let st = host.lock();
-        st.swapped_pages().saturating_sub(st.clean_copy_count()) as u64
+/// Pages out of memory now: pages held in the swap store, less the clean copies it keeps
+/// of pages that are back in memory.
+fn pages_out(host: &SharedHost) -> u64 {
+    let st = host.lock();
+    st.swapped_pages().saturating_sub(st.clean_copy_count()) as u64
+}
+
+/// Frames the compressed store's chunks fill now (the swap area is host RAM too).
+fn store_frames(pool: &SharedSwap<FrameBackend<FwFrameMemory>>) -> u64 {
+    pool.stats().stored_bytes.div_ceil(PAGE_SIZE)
+}
+
+/// What swap saves now, net (`hv_services::savings`): pages out of memory less the frames
+/// of the store holding them, clean copies included; 0 while no store is installed. Lock
+/// order: the host layer alone, then the store alone.
+pub fn net_saved_pages(host: &SharedHost) -> i64 {
+    let Some(pool) = INSTALLED.lock().clone() else {
+        return 0;
     };
-    SAVED.store(out, Ordering::Relaxed);
+    pages_out(host) as i64 - store_frames(&pool) as i64
 }
 
 /// The services round: balance against the watermarks.
 fn round(context: &RoundContext<'_>) -> HookOutcome {
     match evict(context.host, context.vms, None, 0) {
-        Ok(freed) => {
-            if freed == 0 {
-                // Faults brought pages back since the last round: keep the figure current.
-                update_saved(context.host);
-            }
-            HookOutcome {
-                changed: freed > 0,
-                saved_pages: saved_pages(),
-            }
-        }
+        Ok(freed) => HookOutcome { changed: freed > 0 },
         Err(why) => {
             crate::log!("{why}");
             HookOutcome::default()
@@ -248,12 +244,6 @@ pub fn reclaim_for_fault() -> bool {
     }
 }
 
-/// Guest-pool frames swap saves now: pages held in the swap area (the `STAT sample`
-/// column).
-pub fn saved_pages() -> u64 {
-    SAVED.load(Ordering::Relaxed)
-}
-
 /// Ends the background work; the store stays installed until the VMs are gone.
 fn stop(_host: &Arc<SharedHost>) {}
 
@@ -279,12 +269,13 @@ pub fn write_report(out: &mut dyn Write) -> fmt::Result {
     };
     let c = service.swapper.counters();
     let p = service.pool.stats();
-    let host_counters = super::host().lock().swap_counters();
+    let host = super::host();
+    let host_counters = host.lock().swap_counters();
+    let out_now = pages_out(host);
     writeln!(
         out,
-        "swap: {} pages out, {} saved; outs {} ({} clean, no rewrite), ins {}; pressure {} times, direct reclaim {} ({} failed)",
-        p.slots,
-        saved_pages(),
+        "swap: {out_now} pages out, {} saved net; outs {} ({} clean, no rewrite), ins {}; pressure {} times, direct reclaim {} ({} failed)",
+        out_now as i64 - store_frames(&service.pool) as i64,
         host_counters.written + host_counters.clean_reused,
         host_counters.clean_reused,
         host_counters.read_back,
@@ -294,9 +285,10 @@ pub fn write_report(out: &mut dyn Write) -> fmt::Result {
     )?;
     writeln!(
         out,
-        "  area {} KiB: {} KiB used, {} KiB of pages ({} raw, {} zero)",
+        "  area {} KiB: {} KiB used by {} slots, {} KiB of pages ({} raw, {} zero)",
         service.area_bytes / 1024,
         p.stored_bytes / 1024,
+        p.slots,
         p.payload_bytes / 1024,
         p.raw_pages,
         p.zero_pages
@@ -356,11 +348,7 @@ pub fn print_stats() {
     crate::println!("STAT swap_stores={}", p.stores);
     crate::println!("STAT swap_loads={}", p.loads);
     crate::println!("STAT swap_clean_copies_dropped={}", c.clean_copies_dropped);
-    crate::println!("STAT swap_saved_pages={}", saved_pages());
-    // The area is host RAM as well: what swap saves once its own frames are counted.
-    let area_frames = p.stored_bytes.div_ceil(PAGE_SIZE);
-    crate::println!(
-        "STAT swap_net_saved_pages={}",
-        saved_pages() as i64 - area_frames as i64
-    );
+    // What swap saves is `swap_saved_pages` (services::finish): these two minus one another.
+    crate::println!("STAT swap_pages_out={}", pages_out(super::host()));
+    crate::println!("STAT swap_store_frames={}", store_frames(&service.pool));
 }

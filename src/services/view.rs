@@ -143,13 +143,20 @@ impl OperatorView for ServicesView {
             "round {}  pool {capacity} frames, {free} free",
             super::round()
         )?;
-        match dedup::live_stats() {
+        let live = dedup::live_stats();
+        let saved = super::measure_savings(host, live.as_ref());
+        writeln!(
+            out,
+            "saved now, net frames: dedup {}, balloon {}, swap {}",
+            saved.dedup, saved.balloon, saved.swap
+        )?;
+        match live {
             Some(s) => writeln!(
                 out,
-                "dedup: saved {} frames (pages_sharing {}, zero_pages_merged {}), full_scans {}, cow_breaks {}",
-                s.saved_frames(),
+                "dedup: pages_sharing {}, zero_pages_merged {}, frames_held {}, full_scans {}, cow_breaks {}",
                 s.pages_sharing,
                 s.zero_pages_merged,
+                s.frames_held,
                 s.full_scans,
                 s.cow_breaks
             )?,

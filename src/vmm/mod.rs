@@ -34,7 +34,7 @@ use vm::{Vm, VmOutcome, VmSpec, VmStats};
 const GUEST_TLB_ENTRIES: usize = 64;
 
 /// Builds the VMs of `specs` and their vCPUs (numbered from 0 within each VM).
-pub fn build_vms(specs: &[VmSpec<'_>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), String> {
+pub fn build_vms(specs: &[VmSpec<'static>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), String> {
     let mut vms = Vec::new();
     let mut vcpus = Vec::new();
     for (id, spec) in specs.iter().enumerate() {
@@ -110,7 +110,7 @@ pub fn report(vms: &[Arc<Vm>], contained: &[&str]) -> usize {
             None => crate::println!("RESULT vm:{} FAIL never finished", vm.name),
         }
         crate::log!(
-            "VM {}: exits={} gpa_faults={} guest_tlb_refills={} emulated={} hypercalls={} (refused {}) reflected={} machine_checks={} timer_irqs={} mmio={} preemptions={} derived_evictions={}",
+            "VM {}: exits={} gpa_faults={} guest_tlb_refills={} emulated={} hypercalls={} (refused {}) reflected={} machine_checks={} timer_irqs={} mmio={} preemptions={} derived_evictions={} restarts={}",
             vm.name,
             VmStats::get(&vm.stats.exits),
             VmStats::get(&vm.stats.gpa_faults),
@@ -124,6 +124,7 @@ pub fn report(vms: &[Arc<Vm>], contained: &[&str]) -> usize {
             VmStats::get(&vm.stats.mmio),
             VmStats::get(&vm.stats.preemptions),
             VmStats::get(&vm.stats.derived_evictions),
+            VmStats::get(&vm.stats.restarts),
         );
     }
     passed

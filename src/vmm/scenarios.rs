@@ -9,7 +9,6 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hv_core::addr::Gpa;
 use hv_devices::bundle::{self, Bundle};
-use hv_devices::guest_dt;
 use hv_devices::vmconfig::{BootProtocol, CpuModel, VmLayout};
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
@@ -144,23 +143,10 @@ pub(crate) fn specs(
             workload: vm.workload,
             balloon_target_mib: vm.balloon_target_mib,
             cpu: vm.cpu,
-            device_tree: device_tree(vm)?,
+            device_tree: (vm.boot == BootProtocol::Uhi).then(|| vm.clone()),
         });
     }
     Ok(specs)
-}
-
-/// The device tree describing `vm` to its guest, for a VM booted by the UHI convention.
-fn device_tree(vm: &hv_devices::vmconfig::VmSpec) -> Result<Option<Vec<u8>>, String> {
-    if vm.boot != BootProtocol::Uhi {
-        return Ok(None);
-    }
-    let host = guest_dt::HostFacts {
-        cpu_clock_hz: crate::board::GUEST_CPU_CLOCK_HZ,
-    };
-    guest_dt::build(vm, &host)
-        .map(Some)
-        .map_err(|e| format!("VM {}: device tree: {e}", vm.name))
 }
 
 /// Prints the statistics every guest scenario reports.

@@ -803,6 +803,7 @@ impl Vcpu {
                 return Flow::End(SliceEnd::Finished);
             }
             Hypercall::VmInfo(key) => self.vm_info(key),
+            Hypercall::Restart => return self.restart(),
             Hypercall::Yield => {
                 if let Err(why) = self.vm.on_yield() {
                     return self.stop(why);
@@ -813,6 +814,42 @@ impl Vcpu {
         };
         hypercall::set_result(&mut self.cpu.gprs, result);
         Flow::Resume
+    }
+
+    /// A guest restart (reboot): the VM's image and device tree are loaded again and this
+    /// vCPU starts over from the reset state at the entry point, with a new host ASID pair so
+    /// that nothing derived from the old guest TLB can match. The devices keep their state
+    /// until the guest resets them (Linux resets virtio devices and reprograms the UART when
+    /// it probes them). Only a VM of one vCPU can restart.
+    fn restart(&mut self) -> Flow {
+        if self.vm.vcpus != 1 {
+            return self.stop(String::from(
+                "guest restart of a VM with several vCPUs is not supported",
+            ));
+        }
+        let restarts = match self.vm.reload() {
+            Ok(n) => n,
+            Err(why) => return self.stop(why),
+        };
+        let config = Cp0Config {
+            tlb_entries: self.cpu.cp0.tlb_entries(),
+            cpu_num: self.index as u16,
+            model: self.vm.cpu,
+        };
+        let mut cpu = match GuestCpu::new(config, self.vm.entry) {
+            Ok(cpu) => cpu,
+            Err(e) => return self.stop(format!("guest CP0: {e}")),
+        };
+        cpu.gprs.set(Gpr::A0, self.vm.boot_args[0]);
+        cpu.gprs.set(Gpr::A1, self.vm.boot_args[1]);
+        self.cpu = cpu;
+        self.timer = GuestTimer::new(guest::host_count(), 0);
+        self.waiting = false;
+        // A new local generation makes the next entry take a new ASID pair.
+        self.local_generation += 1;
+        VmStats::bump(&self.vm.stats.restarts);
+        crate::log!("VM {}: guest restart {restarts}", self.vm.name);
+        Flow::End(SliceEnd::Preempted)
     }
 
     /// The answer to VM-info `key`; keys about something the VM lacks are `BadArgument`.

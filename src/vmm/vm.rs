@@ -74,9 +74,46 @@ pub struct VmSpec<'a> {
     pub balloon_target_mib: Option<u32>,
     /// The virtual CPU model every vCPU of the VM reports (layout `cpu`).
     pub cpu: CpuModel,
-    /// A device tree to hand the guest by the UHI convention (layout `boot-protocol =
-    /// "uhi"`): placed at the top of RAM, vCPU 0 starts with a0 = -2, a1 = its address.
-    pub device_tree: Option<Vec<u8>>,
+    /// The VM's layout entry when the guest is handed a device tree by the UHI convention
+    /// (layout `boot-protocol = "uhi"`): the tree is generated from it at the top of RAM and
+    /// vCPU 0 starts with a0 = -2, a1 = its address.
+    pub device_tree: Option<LayoutVm>,
+}
+
+/// A VM's entry in the layout, as the device tree generator reads it.
+pub type LayoutVm = vmconfig::VmSpec;
+
+/// Most guest restarts (reboots) of one VM before it is stopped as a restart loop.
+pub const MAX_RESTARTS: u32 = 16;
+
+/// Copies `bytes` into guest RAM from `gpa` on, through the host layer.
+fn load_bytes(
+    memory: &GuestMemory,
+    backing: BackingId,
+    gpa: u64,
+    bytes: &[u8],
+) -> Result<(), FaultError> {
+    let mut gpa = gpa;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let offset = (gpa % PAGE_SIZE) as usize;
+        let take = rest.len().min(PAGE_SIZE as usize - offset);
+        memory
+            .host_write(backing, gpa / PAGE_SIZE, offset, &rest[..take])
+            .map_err(FaultError::from)?;
+        gpa += take as u64;
+        rest = &rest[take..];
+    }
+    Ok(())
+}
+
+/// The device tree of `layout` for its `boots`-th start (1 = first).
+fn device_tree_blob(layout: &LayoutVm, boots: u32) -> Result<Vec<u8>, String> {
+    let host = guest_dt::HostFacts {
+        cpu_clock_hz: crate::board::GUEST_CPU_CLOCK_HZ,
+        boot_count: boots,
+    };
+    guest_dt::build(layout, &host).map_err(|e| format!("device tree: {e}"))
 }
 
 /// Where a VM's image comes from.
@@ -108,6 +145,8 @@ pub enum VmBuildError {
     Load(FaultError),
     /// The device tree does not fit in RAM above the image (its size in bytes).
     DeviceTreeDoesNotFit(usize),
+    /// The device tree could not be generated.
+    DeviceTree(String),
     /// The devices could not be set up.
     Devices(String),
 }
@@ -120,6 +159,7 @@ impl fmt::Display for VmBuildError {
             Self::Memory(e) => write!(f, "memory core: {e}"),
             Self::Image(e) => write!(f, "guest image: {e}"),
             Self::Load(e) => write!(f, "loading the image: {e}"),
+            Self::DeviceTree(why) => f.write_str(why),
             Self::DeviceTreeDoesNotFit(len) => write!(
                 f,
                 "the {len}-byte device tree does not fit in guest RAM above the image"
@@ -165,6 +205,8 @@ pub struct VmStats {
     /// Derived halves (root TLB and refill cache, as the vCPUs' derived sets recorded them)
     /// dropped because a flush named the guest frame they were built from.
     pub flushed_entries: AtomicU64,
+    /// Guest restarts (reboots) served.
+    pub restarts: AtomicU64,
 }
 
 impl VmStats {
@@ -237,6 +279,9 @@ pub struct Vm {
     pub cpu: CpuModel,
     /// a0 and a1 for vCPU 0 at reset (UHI: -2 and the device tree's address); zero without.
     pub boot_args: [u64; 2],
+    image: ImageSource<'static>,
+    device_tree: Option<LayoutVm>,
+    restarts: core::sync::atomic::AtomicU32,
     /// First guest physical address above every loaded segment.
     pub image_end: u64,
     /// Number of vCPUs.
@@ -267,7 +312,7 @@ impl fmt::Debug for Vm {
 
 impl Vm {
     /// Builds VM `id` from `spec`: RAM pool, GPA table, one memslot over all RAM, image loaded.
-    pub fn build(id: usize, spec: &VmSpec<'_>) -> Result<Self, VmBuildError> {
+    pub fn build(id: usize, spec: &VmSpec<'static>) -> Result<Self, VmBuildError> {
         let ram_bytes = spec.ram_bytes;
         if ram_bytes == 0
             || !ram_bytes.is_multiple_of(PAGE_SIZE)
@@ -298,18 +343,7 @@ impl Vm {
             .add_memslot(range, backing, 0, SlotFlags::empty())
             .map_err(VmBuildError::Memory)?;
         let write = |gpa: u64, bytes: &[u8]| -> Result<(), VmBuildError> {
-            let mut gpa = gpa;
-            let mut rest = bytes;
-            while !rest.is_empty() {
-                let offset = (gpa % PAGE_SIZE) as usize;
-                let take = rest.len().min(PAGE_SIZE as usize - offset);
-                guest
-                    .host_write(backing, gpa / PAGE_SIZE, offset, &rest[..take])
-                    .map_err(|e| VmBuildError::Load(e.into()))?;
-                gpa += take as u64;
-                rest = &rest[take..];
-            }
-            Ok(())
+            load_bytes(&guest, backing, gpa, bytes).map_err(VmBuildError::Load)
         };
         for segment in &image.segments {
             write(segment.gpa, segment.file)?;
@@ -322,10 +356,11 @@ impl Vm {
             .unwrap_or(0);
         let boot_args = match &spec.device_tree {
             None => [0, 0],
-            Some(blob) => {
+            Some(layout) => {
+                let blob = device_tree_blob(layout, 1).map_err(VmBuildError::DeviceTree)?;
                 let at = guest_dt::placement(ram_bytes, image_end, blob.len())
                     .ok_or(VmBuildError::DeviceTreeDoesNotFit(blob.len()))?;
-                write(at.raw(), blob)?;
+                write(at.raw(), &blob)?;
                 crate::log!(
                     "VM {}: device tree ({} bytes) at GPA {:#x}, passed by UHI",
                     spec.name,
@@ -380,6 +415,9 @@ impl Vm {
             entry,
             cpu: spec.cpu,
             boot_args,
+            image: spec.image,
+            device_tree: spec.device_tree.clone(),
+            restarts: core::sync::atomic::AtomicU32::new(0),
             image_end,
             vcpus: spec.vcpus.max(1),
             affinity: spec.affinity,
@@ -395,6 +433,41 @@ impl Vm {
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
+    }
+
+    /// Prepares a guest restart (reboot): loads the image's segments into RAM again (the
+    /// rest of RAM keeps its contents, as across a hardware reset) and writes a fresh device
+    /// tree whose `/chosen` counts the boots. The caller resets the vCPU. Returns how many
+    /// restarts there have been; more than [`MAX_RESTARTS`] is an error.
+    pub fn reload(&self) -> Result<u32, String> {
+        let restarts = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        if restarts > MAX_RESTARTS {
+            return Err(format!(
+                "restart loop: more than {MAX_RESTARTS} guest restarts"
+            ));
+        }
+        let image = match self.image {
+            ImageSource::Elf(bytes) => loader::parse(bytes, self.ram_bytes),
+            ImageSource::Flat { bytes, gpa } => loader::flat(bytes, gpa, self.ram_bytes),
+        }
+        .map_err(|e| format!("guest image: {e}"))?;
+        let load = |gpa: u64, bytes: &[u8]| {
+            load_bytes(&self.memory, self.ram_backing, gpa, bytes)
+                .map_err(|e| format!("reloading the image: {e}"))
+        };
+        for segment in &image.segments {
+            load(segment.gpa, segment.file)?;
+        }
+        if let Some(layout) = &self.device_tree {
+            let blob = device_tree_blob(layout, restarts + 1)?;
+            let at = guest_dt::placement(self.ram_bytes, self.image_end, blob.len())
+                .filter(|at| GUEST_KSEG0_BASE | at.raw() == self.boot_args[1])
+                .ok_or_else(|| {
+                    String::from("the new device tree does not fit where the first one was")
+                })?;
+            load(at.raw(), &blob)?;
+        }
+        Ok(restarts)
     }
 
     /// Levels of the VM's device interrupt lines, bit n = hardware interrupt n (Cause.IP2

@@ -35,6 +35,9 @@ const PHANDLE_CPU_INTC: u32 = 2;
 pub struct HostFacts {
     /// The CPU clock the guest is told (twice the rate its Count register ticks at).
     pub cpu_clock_hz: u32,
+    /// Which start of the VM this is (1 = the first; a guest restart counts one up), in
+    /// `/chosen/mipsvisor,boot-count`.
+    pub boot_count: u32,
 }
 
 /// The `compatible` of the CPU node for a model.
@@ -96,6 +99,7 @@ pub fn build(vm: &VmSpec, host: &HostFacts) -> Result<Vec<u8>, FdtError> {
     if let Some(console) = uarts.first() {
         w.property_string("stdout-path", console)?;
     }
+    w.property_u32("mipsvisor,boot-count", host.boot_count)?;
     w.end_node()?;
 
     if !uarts.is_empty() {
@@ -200,6 +204,7 @@ mod tests {
 
     const HOST: HostFacts = HostFacts {
         cpu_clock_hz: 200_000_000,
+        boot_count: 1,
     };
 
     fn u32_prop(node: &fdt::node::FdtNode<'_, '_>, name: &str) -> u32 {
@@ -229,6 +234,22 @@ mod tests {
         let chosen = fdt.find_node("/chosen").unwrap();
         assert_eq!(str_prop(&chosen, "bootargs"), "console=ttyS0 quiet");
         assert_eq!(str_prop(&chosen, "stdout-path"), "/serial@1f000000");
+        assert_eq!(u32_prop(&chosen, "mipsvisor,boot-count"), 1);
+        // A restart's tree differs only in the count, so it has the same size and place.
+        let again = build(
+            &vm,
+            &HostFacts {
+                boot_count: 2,
+                ..HOST
+            },
+        )
+        .unwrap();
+        assert_eq!(again.len(), blob.len());
+        let fdt2 = Fdt::new(&again).unwrap();
+        assert_eq!(
+            u32_prop(&fdt2.find_node("/chosen").unwrap(), "mipsvisor,boot-count"),
+            2
+        );
 
         // The CPU points at the fixed clock, whose rate is the host's.
         let cpu = fdt.find_node("/cpus/cpu@0").unwrap();

@@ -21,6 +21,7 @@ const GUESTS_VCPUS: &[u8] = include_bytes!("fixtures/guests-vcpus.dtb");
 const DEDUP_VCPUS: &[u8] = include_bytes!("fixtures/dedup-vcpus.dtb");
 const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
 const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
+const LINUX_REBOOT: &[u8] = include_bytes!("fixtures/linux-reboot.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -39,6 +40,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("dedup-vcpus", DEDUP_VCPUS),
     ("linux", LINUX),
     ("linux-mixed", LINUX_MIXED),
+    ("linux-reboot", LINUX_REBOOT),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
@@ -171,19 +173,27 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
 /// that keep the default CPU and boot protocol.
 #[test]
 fn linux_layouts_describe_a_mips32_uhi_guest() {
-    for blob in [LINUX, LINUX_MIXED] {
+    for blob in [LINUX, LINUX_MIXED, LINUX_REBOOT] {
         let layout = VmLayout::parse(blob).unwrap();
         let linux = &layout.vms[layout.find("linux").unwrap()];
         assert_eq!(linux.image, "initrd");
         assert_eq!(linux.cpu, CpuModel::Mips32R2);
         assert_eq!(linux.boot, BootProtocol::Uhi);
-        assert_eq!(linux.bootargs.as_deref(), Some("console=ttyS0"));
+        assert!(linux
+            .bootargs
+            .as_deref()
+            .is_some_and(|args| args.starts_with("console=ttyS0")));
         for vm in layout.vms.iter().filter(|vm| vm.name != "linux") {
             assert_eq!((vm.cpu, vm.boot), (CpuModel::Mips64R2, BootProtocol::None));
             assert_eq!(vm.image, "testguest");
         }
     }
     assert_eq!(VmLayout::parse(LINUX_MIXED).unwrap().vms.len(), 4);
+    let reboot = VmLayout::parse(LINUX_REBOOT).unwrap();
+    assert_eq!(
+        reboot.vms[0].bootargs.as_deref(),
+        Some("console=ttyS0 mipsvisor.reboot")
+    );
 }
 
 #[test]

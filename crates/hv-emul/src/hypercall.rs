@@ -29,6 +29,8 @@ pub mod nr {
     pub const VM_INFO: u64 = 3;
     /// Give up the rest of the time slice.
     pub const YIELD: u64 = 4;
+    /// Restart the VM: its image (and device tree) loaded again, vCPU 0 from reset.
+    pub const RESTART: u64 = 5;
 }
 
 /// Error codes returned in `$v0` (as negative numbers).
@@ -193,6 +195,8 @@ pub enum Hypercall {
     VmInfo(VmInfoKey),
     /// Yield the CPU.
     Yield,
+    /// Restart the VM from its image (a guest reboot).
+    Restart,
 }
 
 /// Validates the hypercall the guest asked for: HYPCALL `code` and the registers.
@@ -219,6 +223,7 @@ pub fn parse(code: u16, gprs: &Gprs) -> Result<Hypercall, HypercallError> {
             .map(Hypercall::VmInfo)
             .ok_or(HypercallError::BadArgument),
         nr::YIELD => Ok(Hypercall::Yield),
+        nr::RESTART => Ok(Hypercall::Restart),
         _ => Err(HypercallError::UnknownCall),
     }
 }
@@ -294,6 +299,8 @@ mod tests {
             Ok(Hypercall::VmInfo(VmInfoKey::RamBytes))
         );
         assert_eq!(parse(0, &regs(nr::YIELD, 0, 0)), Ok(Hypercall::Yield));
+        assert_eq!(parse(0, &regs(nr::RESTART, 0, 0)), Ok(Hypercall::Restart));
+        assert_eq!(parse(0, &regs(6, 0, 0)), Err(HypercallError::UnknownCall));
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! comes back zero-filled through the fault slow path. Free page reports drop the frames of
 //! the reported range the same way, without counting the pages as inflated.
 //!
+//! What the balloon saves is [`VmBalloon::frames_out`]: frames it actually gave back to the
+//! pool (a page that held a private frame; a shared frame stays with its other sharers, a
+//! swapped-out or never-touched page held none) whose pages have not taken memory again.
+//!
 //! Inside an inflate chain (between [`BalloonHooks::chain_start`] and
 //! [`BalloonHooks::chain_end`]) accepted pages are gathered into runs of consecutive backing
 //! pages and given back one run at a time: one notifier invalidation and one remote flush
@@ -81,6 +85,14 @@ pub enum BalloonEventKind {
     ReportRefused(PageRefused),
     /// A malformed chain went back unused.
     BadChain(QueueRole),
+}
+
+impl BalloonEventKind {
+    /// Whether this records driver input the policy refused (rather than a failure of the
+    /// host's own memory change).
+    pub fn is_refused_input(self) -> bool {
+        !matches!(self, Self::GiveBackFailed(_))
+    }
 }
 
 /// One log record: what happened and the guest address concerned (0 for a bad chain).
@@ -186,17 +198,19 @@ impl Run {
     }
 }
 
-/// The inflated guest frames: one bit per GFN from 0 up to the highest one inflated so far.
+/// A set of page numbers: one bit per number from 0 up to the highest one added so far.
 ///
-/// Only frames of writable RAM are ever added (the hooks check the memslot first), so the
-/// bitmap is at most the VM's top RAM address / 32 Ki bytes (32 KiB for RAM up to 1 GiB); an
-/// ordered set cost a node allocation every few pages, the larger part of an inflate.
+/// It holds the inflated guest frames and, per backing, the backing pages whose frames were
+/// given back. Only frames of writable RAM (the hooks check the memslot first) and pages of
+/// its backing are ever added, so a bitmap is at most the VM's top RAM address / 32 Ki bytes
+/// (32 KiB for RAM up to 1 GiB); an ordered set cost a node allocation every few pages, the
+/// larger part of an inflate.
 #[derive(Debug, Default)]
-struct InflatedPages {
+struct PageBits {
     words: Vec<u64>,
 }
 
-impl InflatedPages {
+impl PageBits {
     fn contains(&self, gfn: u64) -> bool {
         usize::try_from(gfn / 64)
             .ok()
@@ -222,6 +236,23 @@ impl InflatedPages {
             self.words[(gfn / 64) as usize] &= !(1 << (gfn % 64));
         }
         was
+    }
+
+    /// Keeps only the numbers for which `keep` holds; returns how many are left.
+    fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) -> u64 {
+        let mut left = 0;
+        for (i, word) in self.words.iter_mut().enumerate() {
+            let mut bits = *word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros();
+                bits &= bits - 1;
+                if !keep(i as u64 * 64 + u64::from(bit)) {
+                    *word &= !(1 << bit);
+                }
+            }
+            left += u64::from(word.count_ones());
+        }
+        left
     }
 }
 
@@ -251,7 +282,10 @@ impl SlotMemo {
 /// The balloon's memory policy for one VM ([`BalloonHooks`] for [`VirtioBalloon`]).
 pub struct VmBalloon<T, M, R> {
     vm: Arc<Vm<T, M, R>>,
-    inflated: InflatedPages,
+    inflated: PageBits,
+    /// Per backing, the pages whose private frame the balloon gave back (inflation or a
+    /// free page report), until they hold memory again (see [`Self::frames_out`]).
+    returned: Vec<(BackingId, PageBits)>,
     slot_memo: Cell<Option<SlotMemo>>,
     /// Inside an inflate chain: accepted pages are batched into `run`.
     batching: bool,
@@ -274,7 +308,8 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     pub fn new(vm: Arc<Vm<T, M, R>>) -> Self {
         Self {
             vm,
-            inflated: InflatedPages::default(),
+            inflated: PageBits::default(),
+            returned: Vec::new(),
             slot_memo: Cell::new(None),
             batching: false,
             run: None,
@@ -292,6 +327,19 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
     /// The counters.
     pub fn counters(&self) -> BalloonCounters {
         self.counters
+    }
+
+    /// Frames the balloon gave back to the pool that are still out: pages that held a
+    /// private frame when inflated or reported and have held no memory since (a deflated
+    /// page counts until the guest touches it again). Forgets the pages that took memory.
+    pub fn frames_out(&mut self) -> u64 {
+        let host = self.vm.host().lock();
+        self.returned
+            .iter_mut()
+            .map(|(backing, pages)| {
+                pages.retain(|p| matches!(host.page(*backing, p), Ok(PageState::Ballooned)))
+            })
+            .sum()
     }
 
     /// Whether guest frame `gfn` is inflated.
@@ -382,25 +430,50 @@ impl<T: TableFrames, M: FrameMemory, R: RemoteFlush> VmBalloon<T, M, R> {
         })
     }
 
-    /// Number of private frames among `pages` of `backing` (the frames dropping them frees).
-    fn private_frames(&self, backing: BackingId, pages: core::ops::Range<u64>) -> u64 {
-        let host = self.vm.host().lock();
-        pages
-            .filter(|&p| matches!(host.page(backing, p), Ok(PageState::Private(_))))
-            .count() as u64
-    }
-
     /// Drops the frames of backing pages; `Err` only if the core refuses (never for pages
-    /// found through a memslot, barring a concurrent slot removal).
+    /// found through a memslot, barring a concurrent slot removal). The pages holding a
+    /// private frame are noted as returned (their frames go back to the pool; a change
+    /// racing between this look and the drop can make the note off by a page).
     fn give_back(&mut self, backing: BackingId, pages: core::ops::Range<u64>) -> bool {
-        let freed = self.private_frames(backing, pages.clone());
-        match self.vm.balloon(backing, pages) {
-            Ok(()) => {
-                self.counters.frames_returned += freed;
-                true
+        let i = match self.returned.iter().position(|(b, _)| *b == backing) {
+            Some(i) => i,
+            None => {
+                self.returned.push((backing, PageBits::default()));
+                self.returned.len() - 1
             }
-            Err(_) => false,
+        };
+        let mut freed = 0;
+        {
+            let host = self.vm.host().lock();
+            let noted = &mut self.returned[i].1;
+            for p in pages.clone() {
+                match host.page(backing, p) {
+                    Ok(PageState::Private(_)) => {
+                        noted.insert(p);
+                        freed += 1;
+                    }
+                    // Given back before and still out: it stays noted.
+                    Ok(PageState::Ballooned) => {}
+                    // Holds no frame of its own: whatever was noted is out of date.
+                    _ => {
+                        noted.remove(p);
+                    }
+                }
+            }
         }
+        if self.vm.balloon(backing, pages.clone()).is_err() {
+            // Nothing was dropped: the pages noted above still hold their frames.
+            let host = self.vm.host().lock();
+            let noted = &mut self.returned[i].1;
+            for p in pages {
+                if matches!(host.page(backing, p), Ok(PageState::Private(_))) {
+                    noted.remove(p);
+                }
+            }
+            return false;
+        }
+        self.counters.frames_returned += freed;
+        true
     }
 
     fn inflate_page(&mut self, gfn: Gfn) -> Result<(), PageRefused> {
@@ -616,8 +689,8 @@ mod tests {
     }
 
     #[test]
-    fn inflated_pages_bitmap_tracks_each_gfn_alone() {
-        let mut set = InflatedPages::default();
+    fn page_bits_track_each_number_alone() {
+        let mut set = PageBits::default();
         assert!(!set.contains(0) && !set.contains(u64::MAX));
         for g in [0, 63, 64, 130, 4095] {
             set.insert(g);
@@ -706,6 +779,60 @@ mod tests {
         }
         assert_eq!(free_frames(&vm), before);
         assert_eq!(hooks(&d).counters().refused_duplicate, 0);
+        drop(d);
+        testvm::teardown_clean(vm);
+    }
+
+    #[test]
+    fn frames_out_counts_frames_given_back_until_their_pages_take_memory_again() {
+        let (vm, b) = testvm::vm(FRAMES, RAM);
+        for i in 0..8 {
+            guest_fill(&vm, b, i, 0x33);
+        }
+        // Page 5 shares page 4's frame; page 6 is swapped out; pages 10.. were never touched.
+        assert_eq!(vm.merge((b, 5), (b, 4)), Ok(true));
+        assert_eq!(vm.swap_out(b, 6), Ok(true));
+        let before = free_frames(&vm);
+        let mut d = device(&vm, F_REPORTING, 3);
+        send(&mut d, 0, [0, 1, 2, 3, 5, 6, 10, 11].map(|i| RAM_GFN + i));
+        assert_eq!(
+            free_frames(&vm),
+            before + 4,
+            "only the private frames came back"
+        );
+        let h = d.backend_mut().hooks_mut();
+        assert_eq!(h.counters().inflated_now, 8);
+        assert_eq!(h.counters().frames_returned, 4);
+        assert_eq!(
+            h.frames_out(),
+            4,
+            "shared, swapped and untouched pages freed no frame"
+        );
+        // Deflated pages stay out until the guest touches them.
+        send(&mut d, 1, [0, 1].map(|i| RAM_GFN + i));
+        let h = d.backend_mut().hooks_mut();
+        assert_eq!((h.counters().inflated_now, h.frames_out()), (6, 4));
+        assert!(guest_read(&vm, b, 0).iter().all(|&x| x == 0));
+        assert_eq!(d.backend_mut().hooks_mut().frames_out(), 3);
+        // Re-touched, then inflated again: counted again; a free page report counts too.
+        guest_fill(&vm, b, 1, 0x44);
+        assert_eq!(d.backend_mut().hooks_mut().frames_out(), 2);
+        send(&mut d, 0, [RAM_GFN + 1]);
+        assert_eq!(d.backend_mut().hooks_mut().frames_out(), 3);
+        desc(&mut d, 2, 0, gpa(7).raw(), 4096, VIRTQ_DESC_F_WRITE, 0);
+        kick(&mut d, 2, 0);
+        let h = d.backend_mut().hooks_mut();
+        assert_eq!((h.counters().reported_pages, h.frames_out()), (1, 4));
+        assert_eq!(
+            free_frames(&vm),
+            before + 4,
+            "as many frames out as counted"
+        );
+        // Touching the reported page takes its frame back.
+        guest_fill(&vm, b, 7, 0x55);
+        assert_eq!(d.backend_mut().hooks_mut().frames_out(), 3);
+        assert_eq!(free_frames(&vm), before + 3);
+        vm.check_invariants().unwrap();
         drop(d);
         testvm::teardown_clean(vm);
     }

@@ -13,6 +13,7 @@ pub mod console;
 pub mod dedup;
 pub mod idle;
 pub mod router;
+pub mod savings;
 pub mod swap;
 
 #[cfg(test)]

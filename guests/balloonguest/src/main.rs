@@ -406,6 +406,7 @@ fn main() -> u64 {
         return exit::SETUP;
     }
 
+    println!("balloonguest: sending deliberately bad requests; the host must refuse each one");
     let sent = match hostile(&mut b, scratch) {
         Ok(sent) => sent,
         Err(why) => {

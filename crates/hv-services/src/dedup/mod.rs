@@ -175,6 +175,9 @@ pub struct DedupStats {
     /// Zero frames in use (at most one per domain); each holds one of those pages' bytes,
     /// so the frames saved by zero merging are `zero_pages_merged - zero_frames`.
     pub zero_frames: u64,
+    /// Frames the service holds (stable and zero frames), shared or not: a frame whose
+    /// sharers all wrote to their pages costs one until the end of the full scan frees it.
+    pub frames_held: u64,
     /// Writes that broke sharing on this host layer (copies or last-sharer takeovers).
     pub cow_breaks: u64,
     /// Successful merges so far.
@@ -194,6 +197,14 @@ impl DedupStats {
     /// zero page but the one per domain whose frame became the zero frame.
     pub fn saved_frames(&self) -> u64 {
         self.pages_sharing + self.zero_pages_merged.saturating_sub(self.zero_frames)
+    }
+
+    /// Frames the merging saves now, net: guest pages backed by the service's frames less
+    /// those frames, so a held frame nobody shares any more counts against it. Equals
+    /// [`Self::saved_frames`] when every held frame has a sharer.
+    pub fn net_saved_frames(&self) -> i64 {
+        let backed = self.pages_shared + self.pages_sharing + self.zero_pages_merged;
+        backed as i64 - self.frames_held as i64
     }
 
     /// Metadata bytes per tracked page, rounded up (0 with nothing tracked).
@@ -597,15 +608,21 @@ impl Dedup {
         // fleetingly, one per fault in flight).
         let sharers = |h: &Hfn| u64::from(st.pool().refcount(*h).saturating_sub(1));
         let (mut shared, mut sharing, mut zero, mut zero_frames) = (0, 0, 0, 0);
+        let mut held = 0;
         for d in &self.domains {
             for n in d.stable.values().flatten().map(sharers) {
+                held += 1;
                 shared += u64::from(n > 0);
                 sharing += n.saturating_sub(1);
             }
-            let zero_sharers = d.zero.as_ref().map_or(0, sharers);
-            zero += zero_sharers;
-            zero_frames += u64::from(zero_sharers > 0);
+            if let Some(z) = d.zero.as_ref() {
+                held += 1;
+                let zero_sharers = sharers(z);
+                zero += zero_sharers;
+                zero_frames += u64::from(zero_sharers > 0);
+            }
         }
+        stats.frames_held = held;
         stats.pages_shared = shared;
         stats.pages_sharing = sharing;
         stats.zero_pages_merged = zero;

@@ -148,6 +148,7 @@ fn zero_pages_go_to_one_zero_frame_and_are_counted_apart() {
     assert_eq!(s.zero_pages_merged, 4);
     assert_eq!(s.zero_frames, 1);
     assert_eq!(s.saved_frames(), 3, "four zero pages live in one frame");
+    assert_eq!((s.frames_held, s.net_saved_frames()), (1, 3));
     assert_eq!((s.pages_shared, s.pages_sharing), (0, 0));
     assert_eq!(s.merges, 3, "the first zero page became the frame");
     // With zero merging off, zero pages are ordinary content.
@@ -304,11 +305,22 @@ fn unused_stable_frames_are_let_go_at_the_end_of_a_full_scan() {
     dedup.add_vm(&host, VmId(0), None, &[b]).unwrap();
     dedup.full_scans(&host, &NoGuestMappings, 2).unwrap();
     assert_eq!(host.lock().pool().allocated_count(), 1);
+    let s = dedup.stats(&host);
+    assert_eq!(
+        (s.frames_held, s.saved_frames(), s.net_saved_frames()),
+        (1, 1, 1)
+    );
     // Both pages written: both copy away (the service's reference keeps the frame shared).
     fill(&host, b, 0, 6);
     fill(&host, b, 1, 7);
     assert_eq!(host.lock().pool().allocated_count(), 3);
-    assert_eq!(dedup.stats(&host).cow_breaks, 2);
+    let s = dedup.stats(&host);
+    assert_eq!(s.cow_breaks, 2);
+    // 3 frames for 2 pages: the held frame nobody shares costs one.
+    assert_eq!(
+        (s.frames_held, s.saved_frames(), s.net_saved_frames()),
+        (1, 0, -1)
+    );
     dedup.full_scans(&host, &NoGuestMappings, 1).unwrap();
     assert_eq!(
         host.lock().pool().allocated_count(),
@@ -317,4 +329,5 @@ fn unused_stable_frames_are_let_go_at_the_end_of_a_full_scan() {
     );
     let s = dedup.stats(&host);
     assert_eq!((s.pages_shared, s.pages_sharing), (0, 0));
+    assert_eq!((s.frames_held, s.net_saved_frames()), (0, 0));
 }
