@@ -158,9 +158,10 @@ fi
 if [ $GDB -eq 1 ]; then
     QEMU+=(-s -S)
     # QEMU halts in Malta's boot ROM, which has no symbols: the hint runs to the firmware's
-    # entry point (ENTRY in linker.ld) so the user starts where the source does.
+    # entry point (ENTRY in linker.ld) so the user starts where the source does. The address
+    # is numeric: a minimal system may have no /etc/hosts to resolve a name with.
     echo "qemu-run.sh: waiting for gdb on localhost:1234; connect with:" >&2
-    echo "  gdb-multiarch $OUT/mipsvisor.elf -ex 'target remote :1234' -ex 'break _start' -ex continue" >&2
+    echo "  gdb-multiarch $OUT/mipsvisor.elf -ex 'target remote 127.0.0.1:1234' -ex 'break _start' -ex continue" >&2
 fi
 
 # Run QEMU as a child (not exec) so that its own failures get their own status. QEMU's

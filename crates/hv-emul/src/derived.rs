@@ -43,6 +43,12 @@ pub const WAYS: usize = 4;
 /// Bytes of guest virtual space one root-TLB pair covers (two 4 KiB pages).
 pub const PAIR_BYTES: u64 = 0x2000;
 const PAIR_MASK: u64 = !(PAIR_BYTES - 1);
+/// Pair addresses are below 2^40 (root EntryHi.VPN2 of a user address); the generation
+/// lives above them.
+const VA_BITS: u64 = 40;
+const VA_MASK: u64 = (1 << VA_BITS) - 1;
+/// Generations wrap at 2^24 (then the slots are really emptied).
+const GENERATION_LIMIT: u32 = 1 << (64 - VA_BITS);
 const TAG_USED: u64 = 1 << 0;
 const TAG_USER: u64 = 1 << 1;
 const TAG_HALF0: u64 = 1 << 2;
@@ -69,10 +75,9 @@ pub struct Source {
 /// One slot of the set (opaque; the caller only provides the storage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DerivedSlot {
-    /// Pair address | space | which halves are recorded | used.
+    /// Generation (bits 63:40; the set's when the slot was filled, an older one: the slot
+    /// is empty) | pair address | which halves are recorded | space | used.
     tag: u64,
-    /// The set's generation when the slot was filled (an older one: the slot is empty).
-    generation: u32,
     halves: [Source; 2],
 }
 
@@ -80,7 +85,6 @@ impl DerivedSlot {
     /// An unused slot.
     pub const EMPTY: DerivedSlot = DerivedSlot {
         tag: 0,
-        generation: 0,
         halves: [Source {
             gfn: Gfn::new(0),
             hfn: Hfn::new(0),
@@ -96,7 +100,7 @@ impl DerivedSlot {
     }
 
     fn pair_va(&self) -> u64 {
-        self.tag & PAIR_MASK
+        self.tag & PAIR_MASK & VA_MASK
     }
 
     fn has_half(&self, half: usize) -> bool {
@@ -120,14 +124,18 @@ fn half_bit(half: usize) -> u64 {
     }
 }
 
-fn key(space: HostSpace, pair_va: u64) -> u64 {
-    pair_va
-        | TAG_USED
-        | if space == HostSpace::User {
-            TAG_USER
-        } else {
-            0
-        }
+/// The tag of a live slot of `generation` for the pair, halves not set.
+fn key(space: HostSpace, pair_va: u64, generation: u32) -> u64 {
+    debug_assert!(
+        pair_va <= VA_MASK,
+        "pair address {pair_va:#x} beyond 40 bits"
+    );
+    let user = if space == HostSpace::User {
+        TAG_USER
+    } else {
+        0
+    };
+    u64::from(generation) << VA_BITS | (pair_va & VA_MASK) | TAG_USED | user
 }
 
 /// A root-TLB pair the host must drop (and its refill-cache copy): the halves marked.
@@ -190,19 +198,21 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
         Ok(set)
     }
 
-    /// Forgets every record (the vCPU took fresh host ASIDs): O(1), except once every 2^32
+    /// Forgets every record (the vCPU took fresh host ASIDs): O(1), except once every 2^24
     /// calls, when the generation wraps and the slots are really emptied.
     pub fn clear(&mut self) {
-        self.generation = self.generation.wrapping_add(1);
-        if self.generation == 0 {
+        self.generation += 1;
+        if self.generation == GENERATION_LIMIT {
             self.slots.as_mut().fill(DerivedSlot::EMPTY);
             self.generation = 1;
         }
         self.pairs = 0;
     }
 
+    #[inline(always)]
     fn live(&self, slot: &DerivedSlot) -> bool {
-        slot.generation == self.generation && slot.tag & TAG_USED != 0
+        // Generation 0 is never current, and an empty slot's tag is 0.
+        slot.tag >> VA_BITS == u64::from(self.generation)
     }
 
     /// Pairs recorded.
@@ -219,6 +229,7 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     /// aligned block of `sets` pairs never share a set, and blocks that differ only above it
     /// (the guest's KSEG0 window and KSEG2 aliases of a frame) are spread differently.
     /// User-space pairs are spread by half.
+    #[inline(always)]
     fn set_base(&self, space: HostSpace, pair_va: u64) -> usize {
         let bits = self.set_bits;
         let vpn2 = pair_va / PAIR_BYTES;
@@ -233,9 +244,10 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
 
     /// The slot holding the pair if recorded (`Ok`), else a free slot of its set if any
     /// (`Err(Some)`), in one pass over the set's ways.
+    #[inline(always)]
     fn find_or_free(&self, space: HostSpace, pair_va: u64) -> Result<usize, Option<usize>> {
         let base = self.set_base(space, pair_va);
-        let want = key(space, pair_va);
+        let want = key(space, pair_va, self.generation);
         let mut free = None;
         for (way, slot) in self.slots.as_ref()[base..base + WAYS].iter().enumerate() {
             if !self.live(slot) {
@@ -288,11 +300,10 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
                         index
                     }
                 };
-                let generation = self.generation;
+                let tag = key(space, pair_va, self.generation);
                 let slot = &mut self.slots.as_mut()[index];
                 *slot = DerivedSlot::EMPTY;
-                slot.tag = key(space, pair_va);
-                slot.generation = generation;
+                slot.tag = tag;
                 index
             }
         };
@@ -336,8 +347,8 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
     /// `drop` (only those halves marked). Returns the number of halves dropped.
     pub fn drop_gfns(&mut self, range: &GfnRange, mut drop: impl FnMut(DropPair)) -> usize {
         let mut dropped = 0;
-        let generation = self.generation;
-        let live = |s: &DerivedSlot| s.generation == generation && s.tag & TAG_USED != 0;
+        let generation = u64::from(self.generation);
+        let live = |s: &DerivedSlot| s.tag >> VA_BITS == generation;
         for slot in self.slots.as_mut().iter_mut().filter(|s| live(s)) {
             let mut halves = [false; 2];
             for (half, hit) in halves.iter_mut().enumerate() {
@@ -390,9 +401,9 @@ impl<S: AsRef<[DerivedSlot]> + AsMut<[DerivedSlot]>> DerivedSet<S> {
             }
         } else {
             // A large page: scanning every slot is cheaper than every pair of it.
-            let generation = self.generation;
+            let generation = u64::from(self.generation);
             for slot in self.slots.as_mut().iter_mut() {
-                let live = slot.generation == generation && slot.tag & TAG_USED != 0;
+                let live = slot.tag >> VA_BITS == generation;
                 if live && slot.pair_va() < end && slot.pair_va() + PAIR_BYTES > start {
                     take(slot, &mut self.pairs);
                 }
@@ -504,7 +515,7 @@ mod tests {
             );
         }
         // Wrapping the generation really empties the slots.
-        s.generation = u32::MAX;
+        s.generation = GENERATION_LIMIT - 1;
         s.clear();
         assert_eq!(s.generation, 1);
         assert_eq!(s.iter().count(), 0);
