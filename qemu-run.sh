@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=tools/deps.sh
 . "$ROOT/tools/deps.sh"
 
-SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench sidebyside svc-bench balloon dedup swap idle stress demo)
+SCENARIOS=(boot panic-selftest fault-selftest guests isolation vcpu-selftest bench sidebyside svc-bench balloon dedup swap idle stress demo limits watchdog)
 CPUS=(MIPS64R2-generic 5KEc Loongson-3A4000 Octeon68XX)
 
 usage() {

@@ -142,6 +142,16 @@ pub const SCENARIOS: &[Scenario] = &[
         run: crate::services::allin::stress,
     },
     Scenario {
+        name: "limits",
+        about: "a VM taking all its RAM beside others: the VM over its share is swapped or stopped",
+        run: crate::services::policy::limits,
+    },
+    Scenario {
+        name: "watchdog",
+        about: "stuck VMs (WAIT, yield, trap storm) stopped by their watchdog beside a good one",
+        run: crate::services::policy::watchdog,
+    },
+    Scenario {
         name: "demo",
         about: "a short run of every memory service, ending in a table of memory saved",
         run: crate::services::allin::demo,

@@ -20,6 +20,7 @@ pub mod balloon;
 pub mod balloon_scenario;
 pub mod dedup;
 pub mod idle;
+pub mod policy;
 pub mod pressure;
 pub mod scenario;
 pub mod swap;

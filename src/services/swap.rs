@@ -92,11 +92,14 @@ pub fn start(host: &Arc<SharedHost>, vms: &[Arc<Vm>], setup: SwapSetup) -> Resul
     let pool = SharedSwap::new(backend);
     host.set_swap_store(Box::new(pool.clone()))
         .map_err(|_| String::from("swap: the host layer already holds swapped pages"))?;
+    // A VM keeps at least its layout reservation (`mem-reservation-mib`) resident.
     let reservations = vms
         .iter()
         .map(|vm| {
             let pages = vm.ram_bytes / PAGE_SIZE;
-            (vm.id, pages * u64::from(setup.reserve_permille) / 1000)
+            let share = pages * u64::from(setup.reserve_permille) / 1000;
+            let layout = hv_devices::vmconfig::MemShare::pages(vm.mem.reservation_mib);
+            (vm.id, share.max(layout))
         })
         .collect();
     *INSTALLED.lock() = Some(pool.clone());
@@ -238,6 +241,24 @@ pub fn reclaim_for_fault() -> bool {
         }
         Err(why) => {
             service.direct.failures += 1;
+            crate::log!("{why}");
+            false
+        }
+    }
+}
+
+/// The memory core refused a frame and `payer` pays: evicts a batch of `payer`'s coldest
+/// pages (any age, never below its reservation). Returns whether anything was freed
+/// (`false` when swap is off).
+pub fn reclaim_from(payer: &Arc<Vm>) -> bool {
+    if SWAP.lock().is_none() {
+        return false;
+    }
+    let host = super::host();
+    let only = [payer.clone()];
+    match evict(host, &only, Some(DIRECT_RECLAIM_BATCH), 0) {
+        Ok(freed) => freed > 0,
+        Err(why) => {
             crate::log!("{why}");
             false
         }

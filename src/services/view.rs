@@ -6,10 +6,13 @@
 
 use super::dedup;
 use crate::vmm::vm::{Vm, VmOutcome};
+use alloc::format;
+use alloc::string::String;
 use alloc::sync::Arc;
 use core::fmt::{self, Write};
 use hv_core::host_mem::PageState;
-use hv_services::console::OperatorView;
+use hv_services::console::{OperatorView, VmState};
+use hv_services::watchdog::Verdict;
 use spin::Mutex;
 
 /// Answers `balloon <vm> <MiB>`.
@@ -84,13 +87,24 @@ fn page_counts(vm: &Vm) -> PageCounts {
     counts
 }
 
-fn state(vm: &Vm) -> &'static str {
-    match vm.outcome() {
-        None => "running",
-        Some(VmOutcome::Exited(0)) => "exited 0",
-        Some(VmOutcome::Exited(_)) => "exited with an error",
-        Some(VmOutcome::Stopped(_)) => "stopped",
-    }
+/// The `vms` state column: running, stuck (no progress for a while, see
+/// `hv_services::watchdog`), exited, or stopped with its reason.
+fn state(vm: &Vm) -> String {
+    let outcome = vm.outcome();
+    let state = match &outcome {
+        None => match vm
+            .progress
+            .verdict(crate::arch::guest::host_count(), vm.watchdog_ms)
+        {
+            Verdict::Alive => VmState::Running,
+            Verdict::Stuck { quiet_ms } | Verdict::Expired { quiet_ms, .. } => {
+                VmState::Stuck { quiet_ms }
+            }
+        },
+        Some(VmOutcome::Exited(status)) => VmState::Exited(*status),
+        Some(VmOutcome::Stopped(why)) => VmState::Stopped(why),
+    };
+    format!("{state}")
 }
 
 /// The operator's view of the running services.

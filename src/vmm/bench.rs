@@ -89,6 +89,8 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         swap_on_yield: None,
         workload: None,
         balloon_target_mib: None,
+        mem: Default::default(),
+        watchdog_ms: None,
         cpu: hv_devices::vmconfig::CpuModel::default(),
         device_tree: None,
     }];

@@ -6,6 +6,7 @@
 //! full device model with hv-services' memory policy, shared with the host side so targets
 //! can change at run time.
 
+use super::liveness::VmProgress;
 use super::vm::GuestMemory;
 use crate::services::balloon::Balloon;
 use alloc::boxed::Box;
@@ -57,12 +58,13 @@ impl LineWriter for HostConsole {
     }
 }
 
-/// UART output: bytes into `[name] line` records.
+/// UART output: bytes into `[name] line` records; each byte is progress for the watchdog.
 #[derive(Debug)]
-struct ConsoleSink(LinePrefixer<HostConsole>);
+struct ConsoleSink(LinePrefixer<HostConsole>, Arc<VmProgress>);
 
 impl UartSink for ConsoleSink {
     fn write_byte(&mut self, byte: u8) {
+        self.1.made(crate::arch::guest::host_count());
         self.0.push_byte(byte);
     }
 }
@@ -178,6 +180,7 @@ pub fn build_bus(
     specs: &[DeviceSpec],
     ram: &RamView,
     balloon_target_mib: Option<u32>,
+    progress: &Arc<VmProgress>,
 ) -> Result<Devices, String> {
     let mut bus: MmioBus<BusDevice> = MmioBus::new();
     let mut balloons = Vec::new();
@@ -185,7 +188,10 @@ pub fn build_bus(
     for spec in specs {
         let device: BusDevice = match spec.kind {
             DeviceKind::Uart16550 { stride } => {
-                let sink = ConsoleSink(LinePrefixer::new(name, CONSOLE_LINE_BYTES, HostConsole));
+                let sink = ConsoleSink(
+                    LinePrefixer::new(name, CONSOLE_LINE_BYTES, HostConsole),
+                    progress.clone(),
+                );
                 Box::new(
                     Uart16550::new(stride, sink, uart_irq.clone())
                         .map_err(|e| alloc::format!("VM {name}: UART: {e}"))?,

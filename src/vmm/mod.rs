@@ -15,6 +15,8 @@ pub mod devices;
 pub mod flush;
 pub mod images;
 pub mod isolation;
+pub mod limits;
+pub mod liveness;
 pub mod loader;
 pub mod scenarios;
 pub mod sched;
@@ -35,7 +37,7 @@ const GUEST_TLB_ENTRIES: usize = 64;
 
 /// Builds the VMs of `specs` and their vCPUs (numbered from 0 within each VM).
 pub fn build_vms(specs: &[VmSpec<'static>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>), String> {
-    let mut vms = Vec::new();
+    let mut vms: Vec<Arc<Vm>> = Vec::new();
     let mut vcpus = Vec::new();
     for (id, spec) in specs.iter().enumerate() {
         let vm = Vm::build(id, spec).map_err(|e| format!("VM {}: {e}", spec.name))?;
@@ -52,6 +54,11 @@ pub fn build_vms(specs: &[VmSpec<'static>]) -> Result<(Vec<Arc<Vm>>, Vec<Vcpu>),
             vcpus.push(Vcpu::new(vm.clone(), index, GUEST_TLB_ENTRIES)?);
         }
         vms.push(vm);
+    }
+    // Each VM can find the others (the one that pays for memory may be another).
+    let peers: Vec<_> = vms.iter().map(Arc::downgrade).collect();
+    for vm in &vms {
+        vm.set_peers(peers.clone());
     }
     Ok((vms, vcpus))
 }

@@ -124,6 +124,16 @@ pub(crate) fn specs(
     checked
         .check_host(&known, cpus as u32)
         .map_err(|e| format!("VM layout does not fit this host: {e}"))?;
+    // Admission: the reservations must fit the guest pool (each VM's build admits its own
+    // again; this names the first node that does not fit before any VM is built).
+    let pool_pages = crate::services::try_host()?.lock().pool().capacity() as u64;
+    layout.check_reservations(pool_pages).map_err(|e| {
+        let node = e
+            .vm()
+            .and_then(|i| layout.vms.get(i))
+            .map_or("?", |v| v.name.as_str());
+        format!("VM layout refused at node /vms/{node}: {e}")
+    })?;
     let mut specs = Vec::new();
     for vm in &layout.vms {
         if vm.ram.base.raw() != 0 {
@@ -142,6 +152,8 @@ pub(crate) fn specs(
             swap_on_yield: None,
             workload: vm.workload,
             balloon_target_mib: vm.balloon_target_mib,
+            mem: vm.mem,
+            watchdog_ms: vm.watchdog_ms,
             cpu: vm.cpu,
             device_tree: (vm.boot == BootProtocol::Uhi).then(|| vm.clone()),
         });
@@ -177,6 +189,7 @@ pub(crate) fn print_stats(vms: &[alloc::sync::Arc<super::vm::Vm>], cpus: usize) 
     );
     let slices: Vec<String> = sched::slices(cpus).iter().map(|n| format!("{n}")).collect();
     crate::println!("STAT slices_per_cpu={}", slices.join(","));
+    super::limits::print_stats(vms);
 }
 
 /// The `guests` scenario: every VM of the layout runs to completion with exit status 0.
@@ -239,6 +252,8 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
             workload: None,
             balloon_target_mib: None,
+            mem: Default::default(),
+            watchdog_ms: None,
             cpu: CpuModel::default(),
             device_tree: None,
         })

@@ -75,7 +75,8 @@ fn pick(cpu: usize, elsewhere: u64) -> Option<Box<Vcpu>> {
         let mut vcpu = queue.pop_front()?;
         let mask = vcpu.vm.affinity.unwrap_or(u64::MAX);
         let allowed = mask & (1 << cpu) != 0 && mask & elsewhere == 0;
-        if !allowed || vcpu.is_waiting() {
+        // A vCPU whose watchdog ran out runs even if it waits: its slice stops it.
+        if !allowed || (vcpu.is_waiting() && !vcpu.watchdog_expired()) {
             queue.push_back(vcpu);
         } else {
             return Some(vcpu);

@@ -39,6 +39,7 @@ use hv_emul::guest_tlb::{Access, TlbWrite};
 use hv_emul::hypercall::{self, Hypercall, HypercallError, VmInfoKey};
 use hv_emul::regs::Gpr;
 use hv_emul::timer::GuestTimer;
+use hv_services::watchdog::{Novelty, Verdict};
 
 /// EntryLo.V.
 const ENTRY_LO_V: u64 = 1 << 1;
@@ -110,6 +111,11 @@ pub struct Vcpu {
     quiet_slices: u32,
     /// The fast lane served a fault since the last look (counts as activity).
     fast_served: bool,
+    /// Recent guest-caused exit PCs (a new one is progress for the watchdog). Boxed, as
+    /// is everything big here: a Vcpu is built and moved on the 32 KiB boot stack.
+    exit_pcs: Box<Novelty>,
+    /// Recent guest pages of general-exit memory faults (a new one is progress).
+    fault_pages: Box<Novelty>,
 }
 
 impl core::fmt::Debug for Vcpu {
@@ -156,6 +162,8 @@ impl Vcpu {
             repeats: 0,
             quiet_slices: 0,
             fast_served: false,
+            exit_pcs: Box::new(Novelty::new()),
+            fault_pages: Box::new(Novelty::new()),
         })
     }
 
@@ -191,6 +199,22 @@ impl Vcpu {
         self.cpu.cp0.set_hw_interrupts(self.vm.device_irq_lines());
     }
 
+    /// Whether the VM's watchdog window ran out (the scheduler then runs the vCPU even if
+    /// it waits, so that [`Self::run_slice`] stops it).
+    pub fn watchdog_expired(&self) -> bool {
+        self.vm.watchdog_ms.is_some()
+            && matches!(
+                self.vm
+                    .progress
+                    .verdict(guest::host_count(), self.vm.watchdog_ms),
+                Verdict::Expired { .. }
+            )
+    }
+
+    fn progress(&self) {
+        self.vm.progress.made(guest::host_count());
+    }
+
     fn guest_count(&self) -> u32 {
         self.timer.guest_count(guest::host_count())
     }
@@ -201,6 +225,19 @@ impl Vcpu {
         let cpu = guest::this_cpu();
         let start_ticks = timer::ticks(cpu);
         let mut busy = false;
+        if self.vm.outcome().is_none() {
+            if let Verdict::Expired {
+                quiet_ms,
+                window_ms,
+            } = self
+                .vm
+                .progress
+                .verdict(guest::host_count(), self.vm.watchdog_ms)
+            {
+                self.stop(super::liveness::expired_reason(quiet_ms, window_ms));
+                return SliceEnd::Finished;
+            }
+        }
         loop {
             if self.vm.outcome().is_some() {
                 return SliceEnd::Finished;
@@ -344,6 +381,11 @@ impl Vcpu {
         } else {
             self.last_exit = key;
             self.repeats = 0;
+        }
+        // Liveness: an exit the guest caused (not a host interrupt) at a PC it has not
+        // exited at lately is progress.
+        if cause.exc_code() != Some(ExcCode::Int) && self.exit_pcs.observe(self.ctx.pc) {
+            self.progress();
         }
         let Some(code) = cause.exc_code() else {
             return self.handle_fatal(cause);
@@ -510,6 +552,9 @@ impl Vcpu {
             Ok(t) => t,
             Err(exception) => return self.reflect(exception),
         };
+        if self.fault_pages.observe(translation.gpa.frame().raw()) {
+            self.progress();
+        }
         match self.vm.map_page(translation.gpa, access == Access::Store) {
             Ok(pair) => {
                 if !self.install_derived(gva, &translation, buddy, pair, false) {
@@ -534,6 +579,23 @@ impl Vcpu {
             // retries the access (it faults again and finds a frame).
             Err(FaultError::OutOfMemory) if crate::services::swap::reclaim_for_fault() => {
                 Flow::Resume
+            }
+            // The VM's memory account refused the frame, or the pool is empty and swap freed
+            // nothing: the VM that pays (vmm::limits) is swapped or stopped, then the access
+            // is retried. An empty pool is paid for as a committed one.
+            Err(error @ (FaultError::Refused(_) | FaultError::OutOfMemory)) => {
+                let refusal = match error {
+                    FaultError::Refused(refusal) => refusal,
+                    _ => hv_core::accounts::Refusal::PoolCommitted,
+                };
+                match super::limits::on_refused(&self.vm, refusal) {
+                    super::limits::AfterRefusal::Retry => Flow::Resume,
+                    super::limits::AfterRefusal::StopSelf(why) => {
+                        let flow = self.stop(why);
+                        super::limits::release_after_stop(&self.vm);
+                        flow
+                    }
+                }
             }
             Err(error) => self.stop(format!(
                 "guest memory at GPA {:#x}: {error}",

@@ -8,20 +8,21 @@ use crate::arch::guest_mem::{FwFrameMemory, FwTableFrames};
 use crate::services::balloon::Balloon;
 use alloc::format;
 use alloc::string::String;
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use hv_core::accounts::{AccountId, AccountSpec};
 use hv_core::addr::{Gfn, GfnRange, Gpa, PAGE_SIZE};
 use hv_core::fault::{FaultError, PtePair, Vm as MemVm, VmError};
 use hv_core::memslot::{BackingId, SlotFlags, SlotId};
 use hv_devices::bus::{BusError, MmioBus};
 use hv_devices::console_log::Transcript;
 use hv_devices::guest_dt;
-use hv_devices::vmconfig::{self, CpuModel, DeviceSpec, WorkloadSpec};
+use hv_devices::vmconfig::{self, CpuModel, DeviceSpec, MemShare, WorkloadSpec};
 use hv_emul::abi::GUEST_KSEG0_BASE;
 use hv_emul::emulate::{MmioKind, MmioReq};
-use spin::Mutex;
+use spin::{Mutex, Once};
 
 /// The memory core's VM type as the firmware instantiates it.
 pub type GuestMemory = MemVm<FwTableFrames, FwFrameMemory, FwRemoteFlush>;
@@ -72,6 +73,11 @@ pub struct VmSpec<'a> {
     pub workload: Option<WorkloadSpec>,
     /// Initial target of the VM's balloon in MiB (layout `balloon-target-mib`).
     pub balloon_target_mib: Option<u32>,
+    /// Its limit and reservation in the shared guest pool (`mem-limit-mib`,
+    /// `mem-reservation-mib`).
+    pub mem: MemShare,
+    /// Progress window of its watchdog in ms (`watchdog-ms`); `None` for no watchdog.
+    pub watchdog_ms: Option<u32>,
     /// The virtual CPU model every vCPU of the VM reports (layout `cpu`).
     pub cpu: CpuModel,
     /// The VM's layout entry when the guest is handed a device tree by the UHI convention
@@ -149,6 +155,8 @@ pub enum VmBuildError {
     DeviceTree(String),
     /// The devices could not be set up.
     Devices(String),
+    /// The pool cannot admit the VM's reservation (why).
+    Reservation(String),
 }
 
 impl fmt::Display for VmBuildError {
@@ -165,6 +173,7 @@ impl fmt::Display for VmBuildError {
                 "the {len}-byte device tree does not fit in guest RAM above the image"
             ),
             Self::Devices(e) => write!(f, "devices: {e}"),
+            Self::Reservation(e) => write!(f, "{e}"),
         }
     }
 }
@@ -205,6 +214,12 @@ pub struct VmStats {
     /// Derived halves (root TLB and refill cache, as the vCPUs' derived sets recorded them)
     /// dropped because a flush named the guest frame they were built from.
     pub flushed_entries: AtomicU64,
+    /// Frames the memory core refused the VM (limit or committed pool).
+    pub mem_refusals: AtomicU64,
+    /// Times its pages were swapped out to pay for a refusal (its own or another VM's).
+    pub mem_swapped_to_pay: AtomicU64,
+    /// Times it was stopped to pay for one (0 or 1).
+    pub mem_stopped: AtomicU64,
     /// Guest restarts (reboots) served.
     pub restarts: AtomicU64,
 }
@@ -292,6 +307,16 @@ pub struct Vm {
     pub workload: Option<WorkloadSpec>,
     /// Guest physical address of the first virtio-mmio balloon transport (VM-info key 13).
     pub balloon_gpa: Option<Gpa>,
+    /// Its memory account in the shared pool (limit and reservation).
+    pub account: AccountId,
+    /// Its limit and reservation as the layout gave them.
+    pub mem: MemShare,
+    /// Progress window of its watchdog in ms; `None` for no watchdog.
+    pub watchdog_ms: Option<u32>,
+    /// Liveness: the last progress the VM made (see `vmm::liveness`).
+    pub progress: Arc<super::liveness::VmProgress>,
+    /// The VMs built with it (itself included), to find the one that pays for memory.
+    peers: Once<Vec<Weak<Vm>>>,
     /// Counters.
     pub stats: VmStats,
     console: Mutex<Transcript>,
@@ -325,17 +350,52 @@ impl Vm {
             ImageSource::Flat { bytes, gpa } => loader::flat(bytes, gpa, ram_bytes),
         }
         .map_err(VmBuildError::Image)?;
-        let pages = ram_bytes / PAGE_SIZE;
         // Every VM's RAM lives in the one shared host layer (dedup may share frames across
         // a trust group; swap and balloon manage one pool).
         let host = crate::services::try_host().map_err(VmBuildError::NoFrames)?;
+        let share = spec.mem;
+        let account = host
+            .admit_account(AccountSpec {
+                limit: share.limit_mib.map(MemShare::pages),
+                reservation: MemShare::pages(share.reservation_mib),
+            })
+            .map_err(|e| {
+                VmBuildError::Reservation(format!(
+                    "node /vms/{}: mem-reservation-mib = <{}> refused: {e}",
+                    spec.name, share.reservation_mib
+                ))
+            })?;
+        // From here on a failure must give the account back.
+        let built = Self::build_in(id, spec, image, host, account);
+        if built.is_err() {
+            host.remove_account(account);
+        }
+        built
+    }
+
+    fn build_in(
+        id: usize,
+        spec: &VmSpec<'static>,
+        image: loader::Image<'_>,
+        host: &Arc<crate::services::SharedHost>,
+        account: AccountId,
+    ) -> Result<Self, VmBuildError> {
+        let ram_bytes = spec.ram_bytes;
+        let pages = ram_bytes / PAGE_SIZE;
         let guest =
             GuestMemory::with_host(FwTableFrames::new(), host.clone(), FwRemoteFlush::new())
-                .map_err(VmBuildError::Memory)?;
+                .map_err(|e| {
+                    crate::log!(
+                        "VM {}: no GPA-table root: {} frames free in the allocator",
+                        spec.name,
+                        crate::mem::frame::FRAMES.lock().free_frames()
+                    );
+                    VmBuildError::Memory(e)
+                })?;
         let guest = Arc::new(guest);
         let backing = guest
             .host()
-            .create_backing(pages)
+            .create_backing_in(pages, account)
             .map_err(|e| VmBuildError::Memory(VmError::Backing(e)))?;
         let range = GfnRange::from_start_len(Gfn::new(0), pages)
             .map_err(|_| VmBuildError::BadRamSize(ram_bytes))?;
@@ -378,7 +438,7 @@ impl Vm {
                 let pages = bytes / PAGE_SIZE;
                 let rom_backing = guest
                     .host()
-                    .create_backing(pages)
+                    .create_backing_in(pages, account)
                     .map_err(|e| VmBuildError::Memory(VmError::Backing(e)))?;
                 let range = GfnRange::from_start_len(base.frame(), pages)
                     .map_err(|_| VmBuildError::BadRamSize(bytes))?;
@@ -391,11 +451,15 @@ impl Vm {
         let rom_slot = rom.map(|r| r.3);
         let rom = rom.map(|(base, bytes, backing, _)| (base, bytes, backing));
         let ram_view = RamView::new(guest.clone(), backing, Gpa::new(0), ram_bytes);
+        let progress = Arc::new(super::liveness::VmProgress::new(
+            crate::arch::guest::host_count(),
+        ));
         let devices = devices::build_bus(
             &spec.name,
             &spec.devices,
             &ram_view,
             spec.balloon_target_mib,
+            &progress,
         )
         .map_err(VmBuildError::Devices)?;
         let entry = GUEST_KSEG0_BASE | (image.entry & hv_emul::abi::GUEST_KSEG_PHYS_MASK);
@@ -423,6 +487,11 @@ impl Vm {
             affinity: spec.affinity,
             workload: spec.workload,
             balloon_gpa: vmconfig::first_balloon_gpa(&spec.devices),
+            account,
+            mem: spec.mem,
+            watchdog_ms: spec.watchdog_ms,
+            progress,
+            peers: Once::new(),
             stats: VmStats::default(),
             console: Mutex::new(Transcript::new(
                 RECORDED_WORDS,
@@ -433,6 +502,39 @@ impl Vm {
             outcome: Mutex::new(None),
             swap_on_yield: Mutex::new(spec.swap_on_yield),
         })
+    }
+
+    /// Records the VMs built together with this one (once; later calls change nothing).
+    pub fn set_peers(&self, peers: Vec<Weak<Vm>>) {
+        self.peers.call_once(|| peers);
+    }
+
+    /// The live VM whose memory account is `account`, if it was built with this one.
+    pub fn peer_with_account(&self, account: AccountId) -> Option<Arc<Vm>> {
+        self.peers
+            .get()?
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|vm| vm.account == account)
+    }
+
+    /// Gives every frame of the VM's RAM and read-only slot back to the pool and closes its
+    /// memory account (it may take none again): for a VM stopped to free memory. Its vCPUs
+    /// may still be running; the balloon path's flush waits for them to leave the guest, and
+    /// a fault they take afterwards is refused at the closed account.
+    pub fn release_memory(&self) -> Result<(), String> {
+        let host = self.memory.host();
+        host.close_account(self.account);
+        let mut backings = alloc::vec![(self.ram_backing, self.ram_bytes / PAGE_SIZE)];
+        if let Some((_, bytes, backing)) = self.rom {
+            backings.push((backing, bytes / PAGE_SIZE));
+        }
+        for (backing, pages) in backings {
+            self.memory
+                .balloon(backing, 0..pages)
+                .map_err(|e| format!("releasing the memory of VM {}: {e}", self.name))?;
+        }
+        Ok(())
     }
 
     /// Prepares a guest restart (reboot): loads the image's segments into RAM again (the
@@ -619,6 +721,9 @@ impl Vm {
     /// long line in pieces, each continuation marked `[name]+`), and lines starting with one
     /// of [`RECORDED_WORDS`] are kept (see hv_devices::console_log for the rules).
     pub fn console_write(&self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.progress.made(crate::arch::guest::host_count());
+        }
         let mut console = self.console.lock();
         console.push(bytes, |piece, continued| {
             self.show_console(piece, continued)
@@ -678,6 +783,7 @@ impl Vm {
             memory,
             devices,
             balloons,
+            account,
             ..
         } = self;
         // Both hold the RAM view, which holds the memory object.
@@ -686,6 +792,9 @@ impl Vm {
         let memory =
             Arc::try_unwrap(memory).map_err(|_| String::from("guest memory still referenced"))?;
         drop(memory.detach());
+        if !crate::services::host().remove_account(account) {
+            return Err(String::from("its memory account still holds pages"));
+        }
         Ok(())
     }
 }

@@ -58,6 +58,8 @@ pub enum FaultError {
     BeyondReach,
     /// The memslot names a backing object (or page) that does not exist.
     BadBacking,
+    /// The VM's memory account may not take another frame (limit or committed pool).
+    Refused(crate::accounts::Refusal),
 }
 
 impl fmt::Display for FaultError {
@@ -68,6 +70,7 @@ impl fmt::Display for FaultError {
             FaultError::OutOfMemory => "out of memory",
             FaultError::BeyondReach => "guest address beyond the GPA table's reach",
             FaultError::BadBacking => "memslot backing does not exist",
+            FaultError::Refused(why) => return write!(f, "no frame: {why}"),
         })
     }
 }
@@ -76,6 +79,7 @@ impl From<HostMemError> for FaultError {
     fn from(e: HostMemError) -> Self {
         match e {
             HostMemError::OutOfMemory => FaultError::OutOfMemory,
+            HostMemError::Refused(why) => FaultError::Refused(why),
             _ => FaultError::BadBacking,
         }
     }

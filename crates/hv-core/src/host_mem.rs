@@ -24,6 +24,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Range;
 
+use crate::accounts::{
+    AccountId, AccountSpec, AccountUsage, AdmitError, MemAccounts, Refusal, GENERAL,
+};
 use crate::addr::Hfn;
 use crate::frame_pool::{FrameEpochs, FrameMemory, FramePool, PoolError, FRAME_BYTES};
 use crate::memslot::BackingId;
@@ -77,6 +80,8 @@ pub enum HostMemError {
     BadOffset,
     /// The swap store could not read a saved page back.
     SwapIo,
+    /// The page's memory account may not take another frame (see [`crate::accounts`]).
+    Refused(Refusal),
 }
 
 impl fmt::Display for HostMemError {
@@ -89,6 +94,7 @@ impl fmt::Display for HostMemError {
             HostMemError::NotResident => "page is not resident",
             HostMemError::BadOffset => "byte range does not fit in a page",
             HostMemError::SwapIo => "swap store could not read a saved page back",
+            HostMemError::Refused(why) => return write!(f, "frame refused: {why}"),
         })
     }
 }
@@ -146,6 +152,10 @@ pub struct HostState<M> {
     clean_copies: BTreeMap<(u32, u64), SwapSlot>,
     swap_counters: SwapCounters,
     cow_breaks: u64,
+    /// Per-VM limits and reservations in the pool.
+    accounts: MemAccounts,
+    /// The account of each backing object (same index as `backings`).
+    backing_accounts: Vec<AccountId>,
 }
 
 impl<M> fmt::Debug for HostState<M> {
@@ -212,6 +222,31 @@ impl<M: FrameMemory> HostState<M> {
         }
     }
 
+    /// The memory accounts of the pool.
+    pub fn accounts(&self) -> &MemAccounts {
+        &self.accounts
+    }
+
+    /// The figures of one account.
+    pub fn account_usage(&self, id: AccountId) -> Option<AccountUsage> {
+        self.accounts.usage(id)
+    }
+
+    /// The account a backing object is charged to.
+    pub fn account_of(&self, backing: BackingId) -> Result<AccountId, HostMemError> {
+        self.pages(backing)?;
+        Ok(self.backing_accounts[backing.0 as usize])
+    }
+
+    /// Whether `backing`'s account may take another frame now (counted when refused).
+    fn check_charge(&mut self, backing: BackingId) -> Result<(), HostMemError> {
+        let account = self.backing_accounts[backing.0 as usize];
+        let free = self.pool.free_count() as u64;
+        self.accounts
+            .check(account, free)
+            .map_err(HostMemError::Refused)
+    }
+
     /// Writes that broke sharing of a shared frame so far (copies and last-sharer takeovers).
     pub fn cow_breaks(&self) -> u64 {
         self.cow_breaks
@@ -272,7 +307,14 @@ impl<M: FrameMemory> HostState<M> {
         let pages = self.backings[backing.0 as usize]
             .as_mut()
             .expect("checked backing");
-        pages[page as usize] = state;
+        let old = core::mem::replace(&mut pages[page as usize], state);
+        // The account is charged one page per page holding a frame.
+        let account = self.backing_accounts[backing.0 as usize];
+        match (old.frame().is_some(), state.frame().is_some()) {
+            (false, true) => self.accounts.charge(account),
+            (true, false) => self.accounts.uncharge(account),
+            _ => {}
+        }
     }
 
     /// Drops whatever a page holds (frame reference or swap copy) and sets `state`.
@@ -332,6 +374,7 @@ impl<M: FrameMemory> HostMem<M> {
     /// A layer allocating frames from `pool`, with no backing objects yet.
     pub fn new(pool: FramePool<M>) -> Self {
         let epochs = pool.epochs();
+        let accounts = MemAccounts::new(pool.capacity() as u64);
         Self {
             state: Mutex::new(HostState {
                 pool,
@@ -340,6 +383,8 @@ impl<M: FrameMemory> HostMem<M> {
                 clean_copies: BTreeMap::new(),
                 swap_counters: SwapCounters::default(),
                 cow_breaks: 0,
+                accounts,
+                backing_accounts: Vec::new(),
             }),
             epochs,
         }
@@ -371,8 +416,33 @@ impl<M: FrameMemory> HostMem<M> {
         self.state.into_inner().pool
     }
 
-    /// A new backing object of `npages` untouched pages.
+    /// A new backing object of `npages` untouched pages, charged to the general account.
     pub fn create_backing(&self, npages: u64) -> Result<BackingId, HostMemError> {
+        self.create_backing_in(npages, GENERAL)
+    }
+
+    /// Admits a memory account (a VM's limit and reservation, in pages); refused when its
+    /// reservation does not fit the pool (see [`crate::accounts`]).
+    pub fn admit_account(&self, spec: AccountSpec) -> Result<AccountId, AdmitError> {
+        self.state.lock().accounts.admit(spec)
+    }
+
+    /// Closes an account: no more frames for its pages, its reservation back to the pool.
+    pub fn close_account(&self, id: AccountId) {
+        self.state.lock().accounts.close(id);
+    }
+
+    /// Removes an account whose pages hold no frame any more; returns whether it was.
+    pub fn remove_account(&self, id: AccountId) -> bool {
+        self.state.lock().accounts.remove(id)
+    }
+
+    /// A new backing object of `npages` untouched pages, charged to `account`.
+    pub fn create_backing_in(
+        &self,
+        npages: u64,
+        account: AccountId,
+    ) -> Result<BackingId, HostMemError> {
         let len = usize::try_from(npages).map_err(|_| HostMemError::OutOfMemory)?;
         let mut pages = Vec::new();
         pages
@@ -381,10 +451,17 @@ impl<M: FrameMemory> HostMem<M> {
         pages.resize(len, PageState::NotTouched);
         let mut st = self.state.lock();
         let id = u32::try_from(st.backings.len()).map_err(|_| HostMemError::OutOfMemory)?;
+        if st.accounts.usage(account).is_none() {
+            return Err(HostMemError::Refused(Refusal::NoSuchAccount));
+        }
         st.backings
             .try_reserve(1)
             .map_err(|_| HostMemError::OutOfMemory)?;
+        st.backing_accounts
+            .try_reserve(1)
+            .map_err(|_| HostMemError::OutOfMemory)?;
         st.backings.push(Some(pages));
+        st.backing_accounts.push(account);
         Ok(BackingId(id))
     }
 
@@ -459,6 +536,7 @@ impl<M: FrameMemory> HostMem<M> {
                 }
             }
             PageState::NotTouched | PageState::Ballooned => {
+                st.check_charge(backing)?;
                 let hfn = st.pool.alloc_zeroed()?;
                 st.set_page(backing, page, PageState::Private(hfn));
                 Resolved {
@@ -467,6 +545,7 @@ impl<M: FrameMemory> HostMem<M> {
                 }
             }
             PageState::SwappedOut(slot) => {
+                st.check_charge(backing)?;
                 let mut saved = page_buffer()?;
                 st.swap.load(slot, &mut saved)?;
                 let hfn = st.pool.alloc()?;

@@ -19,6 +19,7 @@ extern crate alloc;
 #[cfg(feature = "host-yield")]
 extern crate std;
 
+pub mod accounts;
 pub mod addr;
 pub mod dirty_log;
 pub mod fault;

@@ -329,6 +329,33 @@ pub enum ConfigError {
     },
     /// The `/services` node is wrong (see [`ServicesError`]).
     Services(ServicesError),
+    /// `mem-reservation-mib` above `mem-limit-mib`, or above the VM's RAM and ROM.
+    BadMemReservation {
+        /// VM index.
+        vm: usize,
+    },
+    /// `mem-limit-mib` or `watchdog-ms` outside its range.
+    OutOfRange {
+        /// VM index.
+        vm: usize,
+        /// Property name.
+        property: &'static str,
+        /// Smallest allowed value.
+        min: u64,
+        /// Largest allowed value.
+        max: u64,
+    },
+    /// The reservations of VMs `0..=vm` together exceed the guest pool.
+    ReservationsExceedPool {
+        /// The first VM whose reservation does not fit.
+        vm: usize,
+        /// Its reservation in MiB.
+        reservation_mib: u32,
+        /// MiB of the pool the VMs before it left unreserved.
+        available_mib: u64,
+        /// The pool in MiB.
+        pool_mib: u64,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -389,7 +416,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::UnknownWorkload { vm } => write!(
                 f,
-                "vm {vm}: workload must be one of \"dedup\", \"balloon\", \"swap\", \"idle\", \"stress\""
+                "vm {vm}: workload must be one of \"dedup\", \"balloon\", \"swap\", \"idle\", \"stress\", \"hog\", \"stuck-wait\", \"stuck-yield\", \"stuck-storm\""
             ),
             ConfigError::WorkloadArgWithoutWorkload { vm } => {
                 write!(f, "vm {vm}: workload-arg is set but workload is not")
@@ -409,6 +436,25 @@ impl fmt::Display for ConfigError {
                 "vm {vm}: cpu-affinity names CPU {cpu}, but only {cpu_count} CPUs are present"
             ),
             ConfigError::Services(e) => write!(f, "/services: {e}"),
+            ConfigError::BadMemReservation { vm } => write!(
+                f,
+                "vm {vm}: mem-reservation-mib is larger than mem-limit-mib or than the VM's RAM and ROM"
+            ),
+            ConfigError::OutOfRange {
+                vm,
+                property,
+                min,
+                max,
+            } => write!(f, "vm {vm}: property \"{property}\" must be in {min}..={max}"),
+            ConfigError::ReservationsExceedPool {
+                vm,
+                reservation_mib,
+                available_mib,
+                pool_mib,
+            } => write!(
+                f,
+                "vm {vm}: mem-reservation-mib = <{reservation_mib}> does not fit: the VMs before it leave {available_mib} of the {pool_mib} MiB guest pool unreserved"
+            ),
         }
     }
 }
@@ -433,6 +479,9 @@ impl ConfigError {
             | ConfigError::BalloonTargetWithoutBalloon { vm }
             | ConfigError::UnknownWorkload { vm }
             | ConfigError::WorkloadArgWithoutWorkload { vm }
+            | ConfigError::BadMemReservation { vm }
+            | ConfigError::OutOfRange { vm, .. }
+            | ConfigError::ReservationsExceedPool { vm, .. }
             | ConfigError::UnknownCpuModel { vm }
             | ConfigError::UnknownBootProtocol { vm }
             | ConfigError::BootargsWithoutDeviceTree { vm }
@@ -555,6 +604,31 @@ pub struct WorkloadSpec {
     pub arg: Option<u64>,
 }
 
+/// A VM's share of the guest pool (`mem-limit-mib`, `mem-reservation-mib`); RAM and ROM
+/// pages holding a frame count against it (docs/layout.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemShare {
+    /// Most MiB of frames the VM holds at once; `None` for no limit.
+    pub limit_mib: Option<u32>,
+    /// MiB of frames set aside for the VM when it is created; 0 for none.
+    pub reservation_mib: u32,
+}
+
+impl MemShare {
+    /// Pages (4 KiB) in `mib` MiB.
+    pub const fn pages(mib: u32) -> u64 {
+        (mib as u64) << 8
+    }
+}
+
+/// Longest watchdog window (`watchdog-ms`): 20 s (the firmware measures it with the 32-bit
+/// Count, which wraps after 42 s).
+pub const MAX_WATCHDOG_MS: u32 = 20_000;
+/// Shortest watchdog window: ten of the host's 4 ms time slices.
+pub const MIN_WATCHDOG_MS: u32 = 40;
+/// Largest `mem-limit-mib` / `mem-reservation-mib`: the 36-bit guest physical space.
+pub const MAX_SHARE_MIB: u32 = 1 << 16;
+
 /// Guest physical address of the first virtio-mmio balloon transport among `devices`.
 pub fn first_balloon_gpa(devices: &[DeviceSpec]) -> Option<Gpa> {
     devices
@@ -586,6 +660,11 @@ pub struct VmSpec {
     pub balloon_target_mib: Option<u32>,
     /// The workload a memory-services test guest should run, if any.
     pub workload: Option<WorkloadSpec>,
+    /// Its limit and reservation in the guest pool.
+    pub mem: MemShare,
+    /// `watchdog-ms`: the VM is stopped when it makes no progress for this long (see
+    /// docs/layout.md); `None` for no watchdog.
+    pub watchdog_ms: Option<u32>,
     /// The virtual CPU the guest sees (`cpu`: `"mips64r2"`, the default, or `"mips32r2"`).
     pub cpu: CpuModel,
     /// How the guest is started (`boot-protocol`).
@@ -692,6 +771,17 @@ impl VmSpec {
                 return Err(ConfigError::BalloonTargetTooLarge { vm });
             }
         }
+        let ram_mib =
+            (self.ram.size_bytes + self.rom.map_or(0, |r| r.size_bytes)).div_ceil(1 << 20);
+        let reservation = u64::from(self.mem.reservation_mib);
+        if reservation > ram_mib
+            || self
+                .mem
+                .limit_mib
+                .is_some_and(|limit| self.mem.reservation_mib > limit)
+        {
+            return Err(ConfigError::BadMemReservation { vm });
+        }
         if let Some(bootargs) = &self.bootargs {
             if self.boot != BootProtocol::Uhi {
                 return Err(ConfigError::BootargsWithoutDeviceTree { vm });
@@ -765,6 +855,8 @@ impl VmLayout {
                 ],
                 balloon_target_mib: None,
                 workload: None,
+                mem: MemShare::default(),
+                watchdog_ms: None,
                 cpu: CpuModel::default(),
                 boot: BootProtocol::None,
                 bootargs: None,
@@ -842,6 +934,26 @@ impl VmLayout {
                     return Err(ConfigError::AffinityToMissingCpu { vm, cpu, cpu_count });
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Checks that the VMs' `mem-reservation-mib` together fit a guest pool of `pool_pages`
+    /// frames (the admission rule of `hv_core::accounts`), naming the first VM that does
+    /// not.
+    pub fn check_reservations(&self, pool_pages: u64) -> Result<(), ConfigError> {
+        let mut reserved = 0u64;
+        for (vm, spec) in self.vms.iter().enumerate() {
+            let pages = MemShare::pages(spec.mem.reservation_mib);
+            if reserved + pages > pool_pages {
+                return Err(ConfigError::ReservationsExceedPool {
+                    vm,
+                    reservation_mib: spec.mem.reservation_mib,
+                    available_mib: (pool_pages - reserved) >> 8,
+                    pool_mib: pool_pages >> 8,
+                });
+            }
+            reserved += pages;
         }
         Ok(())
     }
@@ -1094,6 +1206,26 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         Some(p) => Some(be32_exact(p.value).ok_or(bad("balloon-target-mib"))?),
     };
     let workload = parse_workload(vm, node)?;
+    let ranged = |property: &'static str, min: u32, max: u32| -> Result<Option<u32>, ConfigError> {
+        let Some(p) = node.property(property) else {
+            return Ok(None);
+        };
+        let n = be32_exact(p.value).ok_or(ConfigError::BadProperty { vm, property })?;
+        if n < min || n > max {
+            return Err(ConfigError::OutOfRange {
+                vm,
+                property,
+                min: u64::from(min),
+                max: u64::from(max),
+            });
+        }
+        Ok(Some(n))
+    };
+    let mem = MemShare {
+        limit_mib: ranged("mem-limit-mib", 1, MAX_SHARE_MIB)?,
+        reservation_mib: ranged("mem-reservation-mib", 0, MAX_SHARE_MIB)?.unwrap_or(0),
+    };
+    let watchdog_ms = ranged("watchdog-ms", MIN_WATCHDOG_MS, MAX_WATCHDOG_MS)?;
     let cpu = match prop_str(node, "cpu") {
         None => CpuModel::default(),
         Some(None) => return Err(bad("cpu")),
@@ -1130,6 +1262,8 @@ fn parse_vm(vm: usize, node: FdtNode<'_, '_>) -> Result<VmSpec, ConfigError> {
         devices,
         balloon_target_mib,
         workload,
+        mem,
+        watchdog_ms,
         cpu,
         boot,
         bootargs,
@@ -1462,6 +1596,115 @@ mod tests {
                 vm: 0,
                 property: "cpu"
             })
+        );
+    }
+
+    #[test]
+    fn memory_share_and_watchdog_are_parsed_and_checked() {
+        let with = |props: &dyn Fn(&mut Blob)| {
+            VmLayout::parse(&config(&["a", "b"], |b, i| {
+                plain_vm(b, i);
+                if i == 1 {
+                    props(b);
+                }
+            }))
+        };
+        let layout = with(&|b| {
+            b.u32s("mem-limit-mib", &[12])
+                .u32s("mem-reservation-mib", &[4])
+                .u32s("watchdog-ms", &[2000]);
+        })
+        .unwrap();
+        assert_eq!(layout.vms[0].mem, MemShare::default());
+        assert_eq!(layout.vms[0].watchdog_ms, None);
+        assert_eq!(
+            layout.vms[1].mem,
+            MemShare {
+                limit_mib: Some(12),
+                reservation_mib: 4
+            }
+        );
+        assert_eq!(layout.vms[1].watchdog_ms, Some(2000));
+        // plain_vm has 16 MiB of RAM: a reservation above it, or above the limit, is refused.
+        assert_eq!(
+            with(&|b| {
+                b.u32s("mem-reservation-mib", &[17]);
+            }),
+            Err(ConfigError::BadMemReservation { vm: 1 })
+        );
+        assert_eq!(
+            with(&|b| {
+                b.u32s("mem-limit-mib", &[3])
+                    .u32s("mem-reservation-mib", &[4]);
+            }),
+            Err(ConfigError::BadMemReservation { vm: 1 })
+        );
+        assert_eq!(
+            with(&|b| {
+                b.u32s("mem-limit-mib", &[0]);
+            }),
+            Err(ConfigError::OutOfRange {
+                vm: 1,
+                property: "mem-limit-mib",
+                min: 1,
+                max: u64::from(MAX_SHARE_MIB)
+            })
+        );
+        assert_eq!(
+            with(&|b| {
+                b.u32s("watchdog-ms", &[10]);
+            }),
+            Err(ConfigError::OutOfRange {
+                vm: 1,
+                property: "watchdog-ms",
+                min: u64::from(MIN_WATCHDOG_MS),
+                max: u64::from(MAX_WATCHDOG_MS)
+            })
+        );
+        assert_eq!(
+            with(&|b| {
+                b.u64s("watchdog-ms", &[2000]);
+            }),
+            Err(ConfigError::BadProperty {
+                vm: 1,
+                property: "watchdog-ms"
+            })
+        );
+        let err = with(&|b| {
+            b.u32s("mem-limit-mib", &[0]);
+        })
+        .unwrap_err();
+        assert_eq!(
+            alloc::format!("{err}"),
+            "vm 1: property \"mem-limit-mib\" must be in 1..=65536"
+        );
+    }
+
+    #[test]
+    fn reservations_must_fit_the_pool_and_the_error_names_the_vm() {
+        let layout = VmLayout::parse(&config(&["a", "b", "c"], |b, i| {
+            plain_vm(b, i);
+            b.u32s("mem-reservation-mib", &[[6, 8, 2][i]]);
+        }))
+        .unwrap();
+        assert_eq!(layout.check_reservations(MemShare::pages(16)), Ok(()));
+        let err = layout.check_reservations(MemShare::pages(15)).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::ReservationsExceedPool {
+                vm: 2,
+                reservation_mib: 2,
+                available_mib: 1,
+                pool_mib: 15
+            }
+        );
+        assert_eq!(err.vm(), Some(2));
+        assert_eq!(
+            layout
+                .check_reservations(MemShare::pages(13))
+                .unwrap_err()
+                .vm(),
+            Some(1)
         );
     }
 

@@ -19,6 +19,10 @@ const MEMGUEST: &[u8] = include_bytes!("fixtures/memguest.dtb");
 const MEMGUEST_SMOKE: &[u8] = include_bytes!("fixtures/memguest-smoke.dtb");
 const GUESTS_VCPUS: &[u8] = include_bytes!("fixtures/guests-vcpus.dtb");
 const DEDUP_VCPUS: &[u8] = include_bytes!("fixtures/dedup-vcpus.dtb");
+const LIMITS: &[u8] = include_bytes!("fixtures/limits.dtb");
+const LIMITS_SMALL: &[u8] = include_bytes!("fixtures/limits-small.dtb");
+const LIMITS_SWAP: &[u8] = include_bytes!("fixtures/limits-swap.dtb");
+const WATCHDOG: &[u8] = include_bytes!("fixtures/watchdog.dtb");
 const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
 const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
 const LINUX_REBOOT: &[u8] = include_bytes!("fixtures/linux-reboot.dtb");
@@ -39,6 +43,10 @@ const ALL: &[(&str, &[u8])] = &[
     ("memguest-smoke", MEMGUEST_SMOKE),
     ("guests-vcpus", GUESTS_VCPUS),
     ("dedup-vcpus", DEDUP_VCPUS),
+    ("limits", LIMITS),
+    ("limits-small", LIMITS_SMALL),
+    ("limits-swap", LIMITS_SWAP),
+    ("watchdog", WATCHDOG),
     ("linux", LINUX),
     ("linux-mixed", LINUX_MIXED),
     ("linux-reboot", LINUX_REBOOT),
@@ -208,6 +216,104 @@ fn linux_layouts_describe_a_mips32_uhi_guest() {
         reboot.vms[0].bootargs.as_deref(),
         Some("console=ttyS0 mipsvisor.reboot")
     );
+}
+
+/// The `limits` layouts: one VM that touches all its RAM (`hog` without an argument)
+/// beside VMs that touch a bounded part, more guest RAM than the pools they run on
+/// (`--mem 128`: about 95 MiB; `--mem 64`: about 31 MiB), and the share each relies on.
+#[test]
+fn limits_layouts_overcommit_with_one_hog() {
+    use hv_devices::vmconfig::{MemShare, Workload};
+    for (name, blob, pool_mib, smallest_vms) in [
+        ("limits", LIMITS, 95u64, 6),
+        ("limits-small", LIMITS_SMALL, 31, 16),
+        ("limits-swap", LIMITS_SWAP, 40, 4),
+    ] {
+        let layout = VmLayout::parse(blob).unwrap();
+        assert!(layout.vms.len() >= smallest_vms, "{name}");
+        let hogs: Vec<_> = layout
+            .vms
+            .iter()
+            .filter(|vm| {
+                vm.workload
+                    .is_some_and(|w| w.kind == Workload::Hog && w.arg.is_none())
+            })
+            .collect();
+        assert_eq!(hogs.len(), 1, "{name}: one VM touches all its RAM");
+        let ram_mib: u64 = layout.vms.iter().map(|vm| vm.ram.size_bytes >> 20).sum();
+        assert!(ram_mib > pool_mib, "{name}: does not overcommit");
+        // Reservations are admitted against the pool.
+        assert_eq!(
+            layout.check_reservations(MemShare::pages(pool_mib as u32)),
+            Ok(()),
+            "{name}"
+        );
+        // What the others touch fits in what they are guaranteed or limited to.
+        for vm in layout
+            .vms
+            .iter()
+            .filter(|vm| vm.workload.is_some_and(|w| w.arg.is_some()))
+        {
+            let touched_mib = vm.workload.unwrap().arg.unwrap() >> 8;
+            if vm.workload.unwrap().kind == Workload::Hog {
+                let share =
+                    vm.mem
+                        .limit_mib
+                        .unwrap_or(u32::MAX)
+                        .min(if vm.mem.reservation_mib > 0 {
+                            vm.mem.reservation_mib
+                        } else {
+                            u32::MAX
+                        });
+                assert!(
+                    touched_mib < u64::from(share),
+                    "{name}: {} touches more than its share",
+                    vm.name
+                );
+            }
+        }
+    }
+    // limits-small and limits-swap test the limit, limits the reservations.
+    let small = VmLayout::parse(LIMITS_SMALL).unwrap();
+    assert!(small.vms.iter().all(|vm| vm.mem.limit_mib == Some(3)));
+    let limits = VmLayout::parse(LIMITS).unwrap();
+    assert!(
+        limits
+            .vms
+            .iter()
+            .filter(|vm| vm.mem.reservation_mib > 0)
+            .count()
+            >= 4
+    );
+    assert!(limits
+        .vms
+        .iter()
+        .any(|vm| vm.name != "hog" && vm.mem == MemShare::default()));
+}
+
+/// The `watchdog` layout: the three stuck workloads, each with a watchdog, beside a test
+/// guest whose window is longer.
+#[test]
+fn watchdog_layout_has_three_stuck_vms_and_a_good_one() {
+    use hv_devices::vmconfig::Workload;
+    let layout = VmLayout::parse(WATCHDOG).unwrap();
+    let kinds: Vec<Option<Workload>> = layout
+        .vms
+        .iter()
+        .map(|vm| vm.workload.map(|w| w.kind))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            Some(Workload::StuckWait),
+            Some(Workload::StuckYield),
+            Some(Workload::StuckStorm),
+            None
+        ]
+    );
+    assert!(layout.vms.iter().all(|vm| vm.watchdog_ms.is_some()));
+    assert_eq!(layout.vms[3].image, "testguest");
+    assert!(layout.vms[3].watchdog_ms > layout.vms[0].watchdog_ms);
 }
 
 #[test]

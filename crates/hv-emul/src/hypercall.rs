@@ -129,16 +129,29 @@ pub enum Workload {
     Idle,
     /// Random page writes and verified reads.
     Stress,
+    /// Touch pages of RAM (the argument's count, or all of it) and verify them: a VM that
+    /// may go over its memory limit.
+    Hog,
+    /// Stuck: WAIT with only an interrupt line unmasked that is never raised.
+    StuckWait,
+    /// Stuck: the yield hypercall forever.
+    StuckYield,
+    /// Stuck: BREAK and TEQ traps alternating between two PCs forever.
+    StuckStorm,
 }
 
 impl Workload {
     /// Every workload, in code order.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Dedup,
         Workload::Balloon,
         Workload::Swap,
         Workload::Idle,
         Workload::Stress,
+        Workload::Hog,
+        Workload::StuckWait,
+        Workload::StuckYield,
+        Workload::StuckStorm,
     ];
 
     /// The number a guest reads from [`VmInfoKey::Workload`].
@@ -149,6 +162,10 @@ impl Workload {
             Workload::Swap => 3,
             Workload::Idle => 4,
             Workload::Stress => 5,
+            Workload::Hog => 6,
+            Workload::StuckWait => 7,
+            Workload::StuckYield => 8,
+            Workload::StuckStorm => 9,
         }
     }
 
@@ -160,6 +177,10 @@ impl Workload {
             Workload::Swap => "swap",
             Workload::Idle => "idle",
             Workload::Stress => "stress",
+            Workload::Hog => "hog",
+            Workload::StuckWait => "stuck-wait",
+            Workload::StuckYield => "stuck-yield",
+            Workload::StuckStorm => "stuck-storm",
         }
     }
 

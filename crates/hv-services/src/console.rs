@@ -39,6 +39,44 @@ pub trait OperatorView {
     fn idle(&self, vm: &str, out: &mut dyn fmt::Write) -> fmt::Result;
 }
 
+/// Longest stop reason the `vms` state column shows (the log has the whole line).
+pub const STATE_REASON_BYTES: usize = 72;
+
+/// A VM's state in the `vms` table's last column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState<'a> {
+    /// Running and making progress.
+    Running,
+    /// Running but without progress for `quiet_ms` (see [`crate::watchdog`]).
+    Stuck {
+        /// Milliseconds since its last progress.
+        quiet_ms: u64,
+    },
+    /// The guest exited with this status.
+    Exited(u64),
+    /// The hypervisor stopped it, for this reason.
+    Stopped(&'a str),
+}
+
+impl fmt::Display for VmState<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            VmState::Running => f.write_str("running"),
+            VmState::Stuck { quiet_ms } => write!(f, "stuck (no progress for {quiet_ms} ms)"),
+            VmState::Exited(0) => f.write_str("exited 0"),
+            VmState::Exited(status) => write!(f, "exited with an error ({status})"),
+            VmState::Stopped(why) => {
+                let mut end = why.len().min(STATE_REASON_BYTES);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                let cut = if end < why.len() { "..." } else { "" };
+                write!(f, "stopped: {}{cut}", &why[..end])
+            }
+        }
+    }
+}
+
 /// One parsed console command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
@@ -535,6 +573,26 @@ mod tests {
 
     fn error_of(line: &[u8]) -> String {
         alloc::format!("{}", parse(line).unwrap_err())
+    }
+
+    #[test]
+    fn vm_states_read_plainly() {
+        let show = |s: VmState<'_>| alloc::format!("{s}");
+        assert_eq!(show(VmState::Running), "running");
+        assert_eq!(
+            show(VmState::Stuck { quiet_ms: 1500 }),
+            "stuck (no progress for 1500 ms)"
+        );
+        assert_eq!(show(VmState::Exited(0)), "exited 0");
+        assert_eq!(show(VmState::Exited(3)), "exited with an error (3)");
+        assert_eq!(
+            show(VmState::Stopped("watchdog: no progress")),
+            "stopped: watchdog: no progress"
+        );
+        let long = "é".repeat(100);
+        let shown = show(VmState::Stopped(&long));
+        assert!(shown.ends_with("..."));
+        assert!(shown.len() <= "stopped: ".len() + STATE_REASON_BYTES + 3);
     }
 
     #[test]

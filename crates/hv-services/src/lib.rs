@@ -15,6 +15,7 @@ pub mod idle;
 pub mod router;
 pub mod savings;
 pub mod swap;
+pub mod watchdog;
 
 #[cfg(test)]
 mod testvm;

@@ -10,7 +10,12 @@
 //! - idle (arg = working-set pages, default 256): touch all RAM once, then keep touching
 //!   the same pages until eight idle-tracking passes (key 12) went by;
 //! - stress (arg = operations, default 300000): random page writes and verified reads
-//!   against per-page versions kept in guest RAM.
+//!   against per-page versions kept in guest RAM;
+//! - hog (arg = pages, default all free RAM): write every page once, then verify them all
+//!   (a VM that goes over its memory limit when its limit is below its RAM);
+//! - stuck-wait, stuck-yield, stuck-storm: never finish, in three ways the hypervisor's
+//!   watchdog must catch (WAIT with only a never-raised interrupt line unmasked; the yield
+//!   hypercall forever; BREAK and TEQ traps alternating between two PCs forever).
 //!
 //! Balloon is a workload too (code 2), but the `balloonguest` image runs it. Every page is
 //! reached through the KSEG0 window (GPA = page * 4096), written whole and verified whole
@@ -19,6 +24,7 @@
 
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 use guest_patterns::memwork::{
     self, PageFill, PageSpan, StressLayout, StressOp, StressRng, VersionBook, WaitBudget,
@@ -48,7 +54,14 @@ mod workload {
     pub const SWAP: u64 = 3;
     pub const IDLE: u64 = 4;
     pub const STRESS: u64 = 5;
+    pub const HOG: u64 = 6;
+    pub const STUCK_WAIT: u64 = 7;
+    pub const STUCK_YIELD: u64 = 8;
+    pub const STUCK_STORM: u64 = 9;
 }
+
+/// Hog mode: pages between two progress lines.
+const HOG_PROGRESS_PAGES: u64 = 4096;
 
 /// Dedup full scans to wait for after the fill.
 const DEDUP_SCANS_WANTED: u64 = 2;
@@ -121,6 +134,10 @@ fn main() -> u64 {
         workload::SWAP => swap(&env, arg.unwrap_or(DEFAULT_SWAP_WAVES)),
         workload::IDLE => idle(&env, arg.unwrap_or(DEFAULT_IDLE_PAGES)),
         workload::STRESS => stress(&env, arg.unwrap_or(DEFAULT_STRESS_OPS)),
+        workload::HOG => hog(&env, arg),
+        workload::STUCK_WAIT => stuck_wait(),
+        workload::STUCK_YIELD => stuck_yield(),
+        workload::STUCK_STORM => stuck_storm(),
         workload::BALLOON => {
             println!("memguest: FAIL workload balloon is run by the balloonguest image");
             status::SETUP
@@ -428,5 +445,78 @@ fn stress(env: &Env, ops: u64) -> u64 {
         status::PASS
     } else {
         status::BAD_MEMORY
+    }
+}
+
+/// Hog mode: writes `pages` free pages (all of them by default) in order, one line every
+/// [`HOG_PROGRESS_PAGES`], then verifies them.
+fn hog(env: &Env, pages: Option<u64>) -> u64 {
+    let count = pages.unwrap_or(env.free.len()).min(env.free.len());
+    let span = PageSpan {
+        start: env.free.start,
+        end: env.free.start + count,
+    };
+    let fill = |page: u64| memwork::unique(env.vm, 0x40, page);
+    for page in span.start..span.end {
+        write_page(page, fill(page));
+        let done = page - span.start + 1;
+        if done.is_multiple_of(HOG_PROGRESS_PAGES) {
+            println!("memguest: hog wrote {done} of {count} pages");
+        }
+    }
+    let mut bad = BadPages::default();
+    for page in span.start..span.end {
+        bad.check(page, fill(page), "hog");
+    }
+    println!("memguest: hog verified {count} pages, {} bad", bad.count);
+    if bad.count == 0 {
+        status::PASS
+    } else {
+        status::BAD_MEMORY
+    }
+}
+
+/// Status.IM6: hardware interrupt 4, a line no mipsvisor device drives.
+const STATUS_IM6: u32 = 1 << 14;
+
+/// Stuck-wait: WAIT forever with only IM6 unmasked (no device raises it, the timer is
+/// masked), so nothing ever wakes the vCPU.
+fn stuck_wait() -> u64 {
+    println!("memguest: stuck-wait: WAIT with only IM6 unmasked");
+    let status = cp0::status() & !(cp0::STATUS_IM_MASK | cp0::STATUS_IE);
+    // SAFETY: only interrupt masks change; no handler is needed since none is enabled
+    // that can be raised.
+    unsafe { cp0::set_status(status | STATUS_IM6 | cp0::STATUS_IE) };
+    loop {
+        cp0::wait();
+    }
+}
+
+/// Stuck-yield: the yield hypercall forever.
+fn stuck_yield() -> u64 {
+    println!("memguest: stuck-yield: yielding forever");
+    loop {
+        let _ = hypercall::yield_now();
+    }
+}
+
+/// Steps over the BREAK or TEQ that trapped (both sit outside delay slots).
+fn skip_trap(frame: &mut guest_rt::trap::TrapFrame, info: &guest_rt::trap::TrapInfo) {
+    match info.exc_code() {
+        9 | 13 => frame.skip_instruction(info.cause),
+        _ => guest_rt::trap::unexpected(frame, info),
+    }
+}
+
+/// Stuck-storm: BREAK and TEQ alternate forever, each reflected to our handler, which
+/// steps over it: the exits alternate between two PCs (and the handler's few CP0 accesses).
+fn stuck_storm() -> u64 {
+    println!("memguest: stuck-storm: BREAK/TEQ forever");
+    guest_rt::trap::install(skip_trap);
+    loop {
+        // SAFETY: both trap into our handler, which skips them; no registers change.
+        unsafe {
+            core::arch::asm!("break", "teq $zero, $zero", options(nostack, nomem));
+        }
     }
 }

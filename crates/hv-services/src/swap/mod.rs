@@ -670,7 +670,8 @@ mod tests {
                 loop {
                     match vm.map_page(gpa(page), round == 0) {
                         Ok(_) => break,
-                        Err(FaultError::OutOfMemory) => {
+                        // A full pool without reservations is refused as committed.
+                        Err(FaultError::OutOfMemory | FaultError::Refused(_)) => {
                             idle.pass(&*vm).unwrap();
                             let view = [SwapVm {
                                 vm: &*vm,
