@@ -109,6 +109,13 @@ fn run(info: &BootInfo, expect: &Expectation) -> Result<(), String> {
     crate::vmm::report(&vms, &contained);
     print_stats(&vms, cpus);
     crate::println!("STAT policy_elapsed_ms={elapsed_ms}");
+    // Fair share: each VM's CPU time over its own life (per mille of one CPU).
+    let now = crate::arch::cp0::count();
+    for vm in &vms {
+        if let Some(share) = vm.cpu_share_permille(now) {
+            crate::println!("STAT cpu_permille_{}={share}", vm.name);
+        }
+    }
     let mut failures = Vec::new();
     for (vm, &bad) in vms.iter().zip(&misbehaving) {
         match (vm.outcome(), bad) {

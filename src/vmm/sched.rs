@@ -134,7 +134,14 @@ fn run_on_this_cpu(timeout_ticks: Option<u64>) -> bool {
             MIGRATIONS.fetch_add(1, Ordering::Relaxed);
         }
         vcpu.last_cpu = Some(cpu);
-        match vcpu.run_slice() {
+        let began = cp0::count();
+        vcpu.vm.slice_started(began);
+        let end = vcpu.run_slice();
+        vcpu.vm.stats.cpu_ticks.fetch_add(
+            u64::from(cp0::count().wrapping_sub(began)),
+            Ordering::Relaxed,
+        );
+        match end {
             SliceEnd::Finished => {
                 LIVE.fetch_sub(1, Ordering::AcqRel);
             }

@@ -214,6 +214,8 @@ pub struct VmStats {
     /// Derived halves (root TLB and refill cache, as the vCPUs' derived sets recorded them)
     /// dropped because a flush named the guest frame they were built from.
     pub flushed_entries: AtomicU64,
+    /// Host Count ticks its vCPUs spent in slices (the scheduler's measure of its CPU).
+    pub cpu_ticks: AtomicU64,
     /// Frames the memory core refused the VM (limit or committed pool).
     pub mem_refusals: AtomicU64,
     /// Times its pages were swapped out to pay for a refusal (its own or another VM's).
@@ -317,6 +319,9 @@ pub struct Vm {
     pub progress: Arc<super::liveness::VmProgress>,
     /// The VMs built with it (itself included), to find the one that pays for memory.
     peers: Once<Vec<Weak<Vm>>>,
+    /// Host Count when its first slice started, and when it ended (its lifetime).
+    first_slice: Once<u32>,
+    ended_at: Once<u32>,
     /// Counters.
     pub stats: VmStats,
     console: Mutex<Transcript>,
@@ -492,6 +497,8 @@ impl Vm {
             watchdog_ms: spec.watchdog_ms,
             progress,
             peers: Once::new(),
+            first_slice: Once::new(),
+            ended_at: Once::new(),
             stats: VmStats::default(),
             console: Mutex::new(Transcript::new(
                 RECORDED_WORDS,
@@ -766,7 +773,26 @@ impl Vm {
             crate::log!("VM {} stopped: {why}", self.name);
         }
         *slot = Some(outcome);
+        self.ended_at.call_once(crate::arch::guest::host_count);
         true
+    }
+
+    /// A slice of one of its vCPUs starts at Count `now` (the first one starts its life).
+    pub fn slice_started(&self, now: u32) {
+        self.first_slice.call_once(|| now);
+    }
+
+    /// Its share of one CPU over its life (first slice to end, or to `now` while it runs),
+    /// in per mille: the scheduler's fairness as this VM saw it.
+    pub fn cpu_share_permille(&self, now: u32) -> Option<u64> {
+        let start = *self.first_slice.get()?;
+        let life = self
+            .ended_at
+            .get()
+            .copied()
+            .unwrap_or(now)
+            .wrapping_sub(start);
+        (life > 0).then(|| VmStats::get(&self.stats.cpu_ticks) * 1000 / u64::from(life))
     }
 
     /// How the VM ended, if it did.
