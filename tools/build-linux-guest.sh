@@ -170,7 +170,7 @@ cp "$GUEST/init" "$WORK/init"
     for applet in sh ash cat cmp cp cut date dd df dmesg echo env false free grep gzip gunzip \
         head hostname kill ls md5sum mkdir mount mv ps pwd rm rmdir sed seq setsid sha256sum \
         sleep sort sync tail tee test touch tr true umount uname uniq wc yes awk cttyhack \
-        zcat xargs find printf expr od hexdump vi top basename dirname readlink; do
+        zcat xargs find printf expr od hexdump vi top basename dirname readlink usleep; do
         echo "slink /bin/$applet busybox 0777 0 0"
     done
     for applet in poweroff reboot halt init; do

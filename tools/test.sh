@@ -516,6 +516,43 @@ linux_case() {
     qemu_verdict "$name" "$log" "$start" "$why"
 }
 
+# linux_dedup_case NAME qemu-run.sh arguments...: the four Linux VMs linux0..3 of
+# configs/linux-dedup.dts each pass their checks (md5 and gzip of /bin/busybox as on the
+# host) and exit 0, dedup shared pages among them (STAT end_pages_sharing, reported in pages,
+# MiB and percent of guest RAM) and no frame leaked.
+linux_dedup_case() {
+    local name=$1 log rc
+    shift
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    if [ -z "$LINUX_IMAGE" ]; then
+        fail "qemu $name" "no Linux guest image (see the Linux guest build step)"
+        return
+    fi
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario guests --initrd "$LINUX_IMAGE" \
+        "$@" </dev/null
+    rc=$?
+    local why="" md5 vm pattern sharing ram
+    md5=$(sed -n 's|^\([0-9a-f]*\)  /bin/busybox$|\1|p' "$(dirname "$LINUX_IMAGE")/md5sums")
+    [ $rc -eq 0 ] || why="exit status $rc"
+    for vm in linux0 linux1 linux2 linux3; do
+        for pattern in "^RESULT vm:$vm PASS exit=0\$" "^\\[$vm\\] linux-guest: md5 $md5\$" \
+            "^\\[$vm\\] linux-guest: gzip $md5 [0-9]+ bytes\$" "^\\[$vm\\] linux-guest: done\$"; do
+            grep -Eq -- "$pattern" "$log" || why="${why:+$why, }no /$pattern/"
+        done
+    done
+    grep -q '^RESULT guests PASS$' "$log" || why="${why:+$why, }no RESULT guests PASS"
+    grep -q '^STAT frames_leaked=0$' "$log" || why="${why:+$why, }frames leaked"
+    sharing=$(sed -n 's/^STAT end_pages_sharing=\([0-9]*\)$/\1/p' "$log")
+    ram=$(sed -n 's/^STAT guest_ram_pages=\([0-9]*\)$/\1/p' "$log")
+    if [ -z "$sharing" ] || [ -z "$ram" ] || [ "$sharing" -lt 1000 ]; then
+        why="${why:+$why, }pages_sharing '${sharing}' below 1000"
+        sharing=${sharing:-0} ram=${ram:-1}
+    fi
+    qemu_verdict "$name" "$log" "$start" "$why" \
+        "(pages_sharing $sharing = $((sharing * 4 / 1024)) MiB, $((sharing * 100 / ram)) % of guest RAM)"
+}
+
 run_qemu() {
     step "MIPS clippy -D warnings" tools/build-fw.sh clippy
     step "guests MIPS clippy -D warnings" tools/build-guests.sh clippy
@@ -586,6 +623,9 @@ run_qemu() {
     LINUX_IMAGE=$(tools/build-linux-guest.sh --cached 2>/dev/null) || LINUX_IMAGE=""
     linux_case "linux-smp1" --smp 1 --config linux
     linux_case "linux-mixed-smp4" --smp 4 --config linux-mixed
+    # Dedup across 4 Linux VMs in one trust group, driven by the layout alone: merges what
+    # the kernels share; every VM's checks (run after the merges) still hold.
+    linux_dedup_case "linux-dedup-smp2" --smp 2 --config linux-dedup
     # The guest's reboot restarts the VM: image and device tree loaded again, vCPU 0 reset;
     # the second boot reads boot-count 2 from its device tree and passes the same checks.
     linux_case "linux-reboot-smp1" --smp 1 --config linux-reboot

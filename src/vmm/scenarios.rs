@@ -200,15 +200,34 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
         "guests: {} VMs from {source} on {cpus} CPUs",
         layout.vms.len()
     );
+    // A layout that turns dedup on (/services) gets it, ungated: the guests need no
+    // protocol with the scanner (Linux guests, configs/linux-dedup.dts).
+    let services = layout.services.dedup;
+    if services {
+        crate::services::init_host(layout.services.guest_pool_mib)?;
+    }
     let specs = specs(info, &layout, cpus)?;
     let (vms, vcpus) = super::build_vms(&specs)?;
+    if services {
+        let groups: Vec<Option<u32>> = layout.vms.iter().map(|vm| vm.trust_group).collect();
+        crate::services::start(&vms, &groups, &layout.services, None)?;
+    }
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let passed = super::report(&vms, &[]);
     print_stats(&vms, cpus);
-    if passed == vms.len() {
-        Ok(())
+    let count = vms.len();
+    let mut leaked = 0;
+    if services {
+        let ram_pages: u64 = vms.iter().map(|vm| vm.ram_bytes / 4096).sum();
+        crate::println!("STAT guest_ram_pages={ram_pages}");
+        leaked = crate::services::finish(vms, "end_")?.frames_leaked;
+    }
+    if passed != count {
+        Err(format!("{passed} of {count} VMs passed"))
+    } else if leaked != 0 {
+        Err(format!("{leaked} guest-pool frames leaked"))
     } else {
-        Err(format!("{} of {} VMs passed", passed, vms.len()))
+        Ok(())
     }
 }
 

@@ -26,6 +26,7 @@ const WATCHDOG: &[u8] = include_bytes!("fixtures/watchdog.dtb");
 const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
 const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
 const LINUX_REBOOT: &[u8] = include_bytes!("fixtures/linux-reboot.dtb");
+const LINUX_DEDUP: &[u8] = include_bytes!("fixtures/linux-dedup.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -49,6 +50,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("linux", LINUX),
     ("linux-mixed", LINUX_MIXED),
     ("linux-reboot", LINUX_REBOOT),
+    ("linux-dedup", LINUX_DEDUP),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
@@ -197,6 +199,18 @@ fn linux_layouts_describe_a_mips32_uhi_guest() {
         }
     }
     assert_eq!(VmLayout::parse(LINUX_MIXED).unwrap().vms.len(), 4);
+    // Four Linux VMs in one trust group, dedup on.
+    let dedup = VmLayout::parse(LINUX_DEDUP).unwrap();
+    assert!(dedup.services.dedup);
+    assert_eq!(dedup.vms.len(), 4);
+    for vm in &dedup.vms {
+        assert_eq!(
+            (vm.cpu, vm.boot, vm.trust_group),
+            (CpuModel::Mips32R2, BootProtocol::Uhi, Some(1))
+        );
+        assert_eq!(vm.image, "initrd");
+    }
+    assert!((0..4).all(|a| (0..4).all(|b| dedup.may_share_pages(a, b))));
     let reboot = VmLayout::parse(LINUX_REBOOT).unwrap();
     assert_eq!(
         reboot.vms[0].bootargs.as_deref(),
