@@ -626,6 +626,10 @@ run_qemu() {
     # Dedup across 4 Linux VMs in one trust group, driven by the layout alone: merges what
     # the kernels share; every VM's checks (run after the merges) still hold.
     linux_dedup_case "linux-dedup-smp2" --smp 2 --config linux-dedup
+    # The layout's balloon target (16 MiB): Linux's virtio_balloon inflates to it.
+    linux_case "linux-balloon-smp2" --smp 2 --config linux-balloon
+    log_case "linux: virtio_balloon inflates to the layout's target" linux-balloon-smp2 \
+        '^STAT balloon_vm=linux target_pages=4096 actual_pages=[0-9]+ inflated_pages=4096 deflated_pages=0 .* rejected_out_of_range=0 rejected_duplicate=0 rejected_not_allowed=0 rejected_bad_chains=0 irqs=[1-9]'
     # The guest's reboot restarts the VM: image and device tree loaded again, vCPU 0 reset;
     # the second boot reads boot-count 2 from its device tree and passes the same checks.
     linux_case "linux-reboot-smp1" --smp 1 --config linux-reboot

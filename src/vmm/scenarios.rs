@@ -215,6 +215,11 @@ pub fn guests(info: &BootInfo) -> Result<(), String> {
     super::run(&vms, vcpus, SCENARIO_TIMEOUT_TICKS);
     let passed = super::report(&vms, &[]);
     print_stats(&vms, cpus);
+    // A layout that sets balloon targets (a Linux guest's own virtio_balloon driver
+    // inflates to them): what each balloon did.
+    if layout.vms.iter().any(|vm| vm.balloon_target_mib.is_some()) {
+        crate::services::balloon::print_stats();
+    }
     let count = vms.len();
     let mut leaked = 0;
     if services {

@@ -27,6 +27,7 @@ const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
 const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
 const LINUX_REBOOT: &[u8] = include_bytes!("fixtures/linux-reboot.dtb");
 const LINUX_DEDUP: &[u8] = include_bytes!("fixtures/linux-dedup.dtb");
+const LINUX_BALLOON: &[u8] = include_bytes!("fixtures/linux-balloon.dtb");
 
 /// Every shipped layout, by the name of its source in configs/.
 const ALL: &[(&str, &[u8])] = &[
@@ -51,6 +52,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("linux-mixed", LINUX_MIXED),
     ("linux-reboot", LINUX_REBOOT),
     ("linux-dedup", LINUX_DEDUP),
+    ("linux-balloon", LINUX_BALLOON),
 ];
 
 /// Images the scenarios use (the firmware checks against the ones it carries).
@@ -183,7 +185,7 @@ fn dedup_layout_has_one_trust_group_and_an_outsider() {
 /// that keep the default CPU and boot protocol.
 #[test]
 fn linux_layouts_describe_a_mips32_uhi_guest() {
-    for blob in [LINUX, LINUX_MIXED, LINUX_REBOOT] {
+    for blob in [LINUX, LINUX_MIXED, LINUX_REBOOT, LINUX_BALLOON] {
         let layout = VmLayout::parse(blob).unwrap();
         let linux = &layout.vms[layout.find("linux").unwrap()];
         assert_eq!(linux.image, "initrd");
