@@ -343,6 +343,30 @@ console_answer() {
         capture && index($0, "console: ") == 1 { print }' "$1"
 }
 
+# watchdog_console_case NAME: an operator's `vms`, typed while the stuck VMs of
+# configs/watchdog-console.dts are past half of their 15 s window (7 s after QEMU starts:
+# guest Count runs about 1.6 times as fast as the wall clock, so they show as stuck from
+# about 5 s to 9.5 s), shows each of them as stuck; the scenario still passes.
+watchdog_console_case() {
+    local name=$1 log rc why="" answer vm
+    log=$LOGS/qemu-$name.log
+    local start=$SECONDS
+    { sleep 7; printf 'vms\n'; } |
+        qemu_capture "$log" ./qemu-run.sh --no-build --scenario watchdog \
+            --config watchdog-console --smp 2
+    rc=$?
+    [ $rc -eq 0 ] || why="exit status $rc"
+    grep -q '^RESULT watchdog PASS' "$log" || why="${why:+$why, }no RESULT watchdog PASS"
+    answer=$(console_answer "$log" vms)
+    for vm in wait yield storm; do
+        grep -Eq "^console: $vm +[0-9]+ .*  stuck \(no progress for [0-9]+ ms\)\$" <<<"$answer" ||
+            why="${why:+$why, }the 'vms' answer does not show $vm as stuck"
+    done
+    grep -Eq '^console: good +[0-9]+ .*  (running|exited 0)$' <<<"$answer" ||
+        why="${why:+$why, }the 'vms' answer does not show good running or exited 0"
+    qemu_verdict "$name" "$log" "$start" "$why"
+}
+
 # console_case NAME SCENARIO VM KSM_RE BALLOON_RE SWAP_RE IDLE_RE qemu-run.sh arguments...: pipes
 # operator commands into a service scenario (VM = one of its VMs) and checks that the
 # scenario still passes and that every command got its own answer from the services' view
@@ -703,6 +727,7 @@ run_qemu() {
         '^console: swap: [0-9]+ pages out, -?[0-9]+ saved net; outs [0-9]+ \([0-9]+ clean, no rewrite\), ins [0-9]+;' \
         '^console: sw0: [0-9]+ passes, working set [0-9]+ of [1-9][0-9]* pages \(touched in the last [0-9]+ passes\), [0-9]+ idle$' \
         --smp 2
+    watchdog_console_case "console-watchdog-stuck-smp2"
     console_case "console-demo-smp2" demo web0 '^console: pages_sharing [0-9]+$' \
         '^console: balloon web0: target 8 MiB \(2048 pages\); the driver holds [0-9]+ pages now$' \
         '^console: swap: [0-9]+ pages out, -?[0-9]+ saved net; outs [0-9]+ ' \

