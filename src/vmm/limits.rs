@@ -23,6 +23,9 @@ pub enum AfterRefusal {
     Retry,
     /// The requester itself pays: stop it with this reason (its memory is released).
     StopSelf(String),
+    /// The requester was stopped already (another CPU stopped it to free its memory while
+    /// this vCPU ran): end the slice.
+    AlreadyStopped,
 }
 
 fn describe(usage: Option<AccountUsage>) -> String {
@@ -41,6 +44,9 @@ fn describe(usage: Option<AccountUsage>) -> String {
 
 /// The memory core refused `vm` a frame for `refusal`: makes the right VM pay.
 pub fn on_refused(vm: &Arc<Vm>, refusal: Refusal) -> AfterRefusal {
+    if vm.outcome().is_some() {
+        return AfterRefusal::AlreadyStopped;
+    }
     VmStats::bump(&vm.stats.mem_refusals);
     let host = crate::services::host();
     let (payer_account, mine, theirs, free, owed) = {

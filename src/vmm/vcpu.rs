@@ -590,6 +590,7 @@ impl Vcpu {
                 };
                 match super::limits::on_refused(&self.vm, refusal) {
                     super::limits::AfterRefusal::Retry => Flow::Resume,
+                    super::limits::AfterRefusal::AlreadyStopped => Flow::End(SliceEnd::Finished),
                     super::limits::AfterRefusal::StopSelf(why) => {
                         let flow = self.stop(why);
                         super::limits::release_after_stop(&self.vm);
