@@ -11,6 +11,7 @@
 # package itself), in ${MIPSVISOR_LINUX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mipsvisor/linux}:
 #   <hash>/vmlinux   the guest image (stripped ELF, entry in the guest KSEG0 window)
 #   <hash>/config    its kernel configuration; <hash>/md5sums: md5 of /bin/busybox and /init
+#                    (the newest 4 results are kept)
 #   work/            the unpacked, patched source tree and object tree (kept for quick rebuilds)
 #   busybox/         the downloaded busybox-static_*_mipsel.deb (delete it to fetch it again)
 #   apt-mipsel/      the private apt state the download uses (no architecture is added to the
@@ -214,5 +215,8 @@ cp "$OBJ/.config" "$CACHE/$KEY/config"
 md5sum "$BUSYBOX" | sed 's|  .*|  /bin/busybox|' >"$CACHE/$KEY/md5sums"
 md5sum "$WORK/init" | sed 's|  .*|  /init|' >>"$CACHE/$KEY/md5sums"
 mv "$CACHE/$KEY/vmlinux.tmp" "$RESULT"
+# Keep the newest few results (each about 6 MB); older input sets are rebuilt if asked for.
+find "$CACHE" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[0-9a-f]{16}' \
+    -printf '%T@ %p\n' | sort -rn | tail -n +5 | cut -d' ' -f2- | xargs -r rm -rf
 say "built: $RESULT ($(stat -c %s "$RESULT") bytes)"
 echo "$RESULT"
