@@ -65,6 +65,10 @@ pub fn on_refused(vm: &Arc<Vm>, refusal: Refusal) -> AfterRefusal {
         .unwrap_or_else(|| vm.clone());
     let why = match refusal {
         Refusal::OverLimit => format!("over its memory limit ({})", describe(mine)),
+        _ if Arc::ptr_eq(&payer, vm) && owed == 0 => format!(
+            "pool exhausted: holds the most memory beyond its reservation ({}) and no frame is free",
+            describe(mine)
+        ),
         _ if Arc::ptr_eq(&payer, vm) => format!(
             "pool committed: beyond its reservation with no unreserved frame left ({}; {free} frames free, {owed} owed to reservations)",
             describe(mine)
