@@ -498,26 +498,33 @@ run_cases() {
 # one about 12 minutes on 2 cores). Set after its build step, used by linux_case.
 LINUX_IMAGE=""
 
+# linux_run NAME qemu-run.sh arguments...: runs the layout's VMs with the Linux image as
+# `guests` does; sets log, rc, start and md5 (of /bin/busybox as the build put it into the
+# initramfs, taken on the host) in the caller. Fails NAME and returns 1 without an image.
+linux_run() {
+    local name=$1
+    shift
+    log=$LOGS/qemu-$name.log
+    start=$SECONDS
+    if [ -z "$LINUX_IMAGE" ]; then
+        fail "qemu $name" "no Linux guest image (see the Linux guest build step)"
+        return 1
+    fi
+    qemu_capture "$log" ./qemu-run.sh --no-build --scenario guests --initrd "$LINUX_IMAGE" \
+        "$@" </dev/null
+    rc=$?
+    md5=$(sed -n 's|^\([0-9a-f]*\)  /bin/busybox$|\1|p' "$(dirname "$LINUX_IMAGE")/md5sums")
+}
+
 # linux_case NAME qemu-run.sh arguments...: the Linux VM `linux` (configs/linux*.dts) boots
 # to busybox, the results its /init prints (guests/linux/init) equal those of the same
 # commands run here on the host, and it powers off with status 0; every other VM of the
 # layout passes too.
 linux_case() {
-    local name=$1 log rc
-    shift
-    log=$LOGS/qemu-$name.log
-    local start=$SECONDS
-    if [ -z "$LINUX_IMAGE" ]; then
-        fail "qemu $name" "no Linux guest image (see the Linux guest build step)"
-        return
-    fi
-    qemu_capture "$log" ./qemu-run.sh --no-build --scenario guests --initrd "$LINUX_IMAGE" \
-        "$@" </dev/null
-    rc=$?
-    local why="" md5 sum pattern
-    # /bin/busybox as the build put it into the initramfs (md5 taken on the host), and the
-    # guest's word pipeline over its /init run here with the host's tools.
-    md5=$(sed -n 's|^\([0-9a-f]*\)  /bin/busybox$|\1|p' "$(dirname "$LINUX_IMAGE")/md5sums")
+    local name=$1 log rc start md5
+    linux_run "$@" || return
+    local why="" sum pattern
+    # The guest's word pipeline over its /init, run here with the host's tools.
     sum=$(LC_ALL=C tr -cs 'A-Za-z' '\n' <guests/linux/init | LC_ALL=C sort -u | md5sum | cut -d' ' -f1)
     [ -n "$md5" ] || why="no md5 of /bin/busybox next to $LINUX_IMAGE"
     [ $rc -eq 0 ] || why="${why:+$why, }exit status $rc"
@@ -545,19 +552,9 @@ linux_case() {
 # host) and exit 0, dedup shared pages among them (STAT end_pages_sharing, reported in pages,
 # MiB and percent of guest RAM) and no frame leaked.
 linux_dedup_case() {
-    local name=$1 log rc
-    shift
-    log=$LOGS/qemu-$name.log
-    local start=$SECONDS
-    if [ -z "$LINUX_IMAGE" ]; then
-        fail "qemu $name" "no Linux guest image (see the Linux guest build step)"
-        return
-    fi
-    qemu_capture "$log" ./qemu-run.sh --no-build --scenario guests --initrd "$LINUX_IMAGE" \
-        "$@" </dev/null
-    rc=$?
-    local why="" md5 vm pattern sharing ram
-    md5=$(sed -n 's|^\([0-9a-f]*\)  /bin/busybox$|\1|p' "$(dirname "$LINUX_IMAGE")/md5sums")
+    local name=$1 log rc start md5
+    linux_run "$@" || return
+    local why="" vm pattern sharing ram
     [ $rc -eq 0 ] || why="exit status $rc"
     for vm in linux0 linux1 linux2 linux3; do
         for pattern in "^RESULT vm:$vm PASS exit=0\$" "^\\[$vm\\] linux-guest: md5 $md5\$" \

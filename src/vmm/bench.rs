@@ -75,25 +75,14 @@ pub fn bench(_info: &crate::scenario::BootInfo) -> Result<(), String> {
         factor_milli / 1000,
         factor_milli % 1000
     );
-    let specs = [VmSpec {
-        name: String::from("bench"),
-        ram_bytes: BENCH_RAM_BYTES,
-        rom: None,
-        devices: Vec::new(),
-        affinity: None,
-        vcpus: 1,
-        image: ImageSource::Flat {
+    let specs = [VmSpec::plain(
+        String::from("bench"),
+        BENCH_RAM_BYTES,
+        ImageSource::Flat {
             bytes: bench_guest::image(),
             gpa: bench_guest::LOAD_GPA,
         },
-        swap_on_yield: None,
-        workload: None,
-        balloon_target_mib: None,
-        mem: Default::default(),
-        watchdog_ms: None,
-        cpu: hv_devices::vmconfig::CpuModel::default(),
-        device_tree: None,
-    }];
+    )];
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, BENCH_TIMEOUT_TICKS);
     let vm = &vms[0];

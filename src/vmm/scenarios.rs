@@ -9,7 +9,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hv_core::addr::Gpa;
 use hv_devices::bundle::{self, Bundle};
-use hv_devices::vmconfig::{BootProtocol, CpuModel, VmLayout};
+use hv_devices::vmconfig::{BootProtocol, VmLayout};
 
 /// Count ticks a guest scenario may take before unfinished VMs are stopped.
 pub(crate) const SCENARIO_TIMEOUT_TICKS: u64 = 12_000_000_000;
@@ -247,20 +247,10 @@ pub fn vcpu_selftest(info: &BootInfo) -> Result<(), String> {
     };
     let specs: Vec<VmSpec<'_>> = (0..2)
         .map(|i| VmSpec {
-            name: format!("selftest{i}"),
-            ram_bytes: SELFTEST_RAM_BYTES,
             rom: Some((Gpa::new(0x1e00_0000), 0x1_0000)),
             devices: VmLayout::builtin_default().vms[0].devices.clone(),
-            affinity: None,
-            vcpus: 1,
-            image,
             swap_on_yield: Some((Gpa::new(0x60_0000), 8)),
-            workload: None,
-            balloon_target_mib: None,
-            mem: Default::default(),
-            watchdog_ms: None,
-            cpu: CpuModel::default(),
-            device_tree: None,
+            ..VmSpec::plain(format!("selftest{i}"), SELFTEST_RAM_BYTES, image)
         })
         .collect();
     let (vms, vcpus) = super::build_vms(&specs)?;

@@ -105,25 +105,14 @@ pub fn sidebyside(_info: &crate::scenario::BootInfo) -> Result<(), String> {
 
     let bare = intervals(&run_bare()?);
 
-    let specs = [VmSpec {
-        name: String::from("sidebyside"),
-        ram_bytes: GUEST_RAM_BYTES,
-        rom: None,
-        devices: Vec::new(),
-        affinity: None,
-        vcpus: 1,
-        image: ImageSource::Flat {
+    let specs = [VmSpec::plain(
+        String::from("sidebyside"),
+        GUEST_RAM_BYTES,
+        ImageSource::Flat {
             bytes: sbs::image(),
             gpa: sbs::LOAD_GPA,
         },
-        swap_on_yield: None,
-        workload: None,
-        balloon_target_mib: None,
-        mem: Default::default(),
-        watchdog_ms: None,
-        cpu: hv_devices::vmconfig::CpuModel::default(),
-        device_tree: None,
-    }];
+    )];
     let (vms, vcpus) = super::build_vms(&specs)?;
     super::run(&vms, vcpus, GUEST_TIMEOUT_TICKS);
     let vm = &vms[0];

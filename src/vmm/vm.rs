@@ -86,6 +86,30 @@ pub struct VmSpec<'a> {
     pub device_tree: Option<LayoutVm>,
 }
 
+impl<'a> VmSpec<'a> {
+    /// A VM of one vCPU running `image` in `ram_bytes` of RAM, with no devices, ROM, services
+    /// settings or device tree: the self-tests and benchmarks, which set what they need on
+    /// top.
+    pub fn plain(name: String, ram_bytes: u64, image: ImageSource<'a>) -> Self {
+        Self {
+            name,
+            ram_bytes,
+            rom: None,
+            devices: Vec::new(),
+            affinity: None,
+            vcpus: 1,
+            image,
+            swap_on_yield: None,
+            workload: None,
+            balloon_target_mib: None,
+            mem: Default::default(),
+            watchdog_ms: None,
+            cpu: CpuModel::default(),
+            device_tree: None,
+        }
+    }
+}
+
 /// A VM's entry in the layout, as the device tree generator reads it.
 pub type LayoutVm = vmconfig::VmSpec;
 
