@@ -76,9 +76,10 @@ fn run_bare() -> Result<[u32; sbs::MARKS], String> {
     let first = block[0].hpa().raw();
     let base_pa = first.div_ceil(BLOCK_ALIGN) * BLOCK_ALIGN;
     let base_va = phys_to_virt(Hpa::new(base_pa));
-    // SAFETY: [base_pa, base_pa + 256 MiB) lies inside `block`, which this function owns
-    // until it frees it below, and is only reached by the bare run; base_pa, hence
-    // base_pa + PT_OFF, is 8 MiB aligned.
+    // [base_pa, base_pa + 256 MiB) lies inside `block`, which this function owns until it
+    // frees it below, and only the bare run reaches it; base_pa, hence base_pa + PT_OFF, is
+    // 8 MiB aligned.
+    // SAFETY: run_bare's contract (an owned, unused, aligned block) holds, as above.
     let counts = unsafe { sbs::run_bare(base_va, base_pa) };
     let mut allocator = FRAMES.lock();
     for frame in block {

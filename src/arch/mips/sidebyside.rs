@@ -76,10 +76,11 @@ pub fn image() -> &'static [u8] {
 
 /// Whether the bare run's refill vectors (TLB and XTLB) hold the very bytes of the guest's.
 pub fn refill_handlers_match() -> bool {
-    // SAFETY: sbs_bare_vectors starts a 4 KiB page of code in the image (sidebyside.s),
-    // never written; both handlers lie inside it.
-    let bare =
-        unsafe { core::slice::from_raw_parts(&raw const sbs_bare_vectors, 0x80 + REFILL_BYTES) };
+    // sbs_bare_vectors starts a 4 KiB page of code in the image (sidebyside.s), never
+    // written; both handlers lie inside it.
+    let vectors = &raw const sbs_bare_vectors;
+    // SAFETY: the range is image code that lives and stays unchanged for the whole run.
+    let bare = unsafe { core::slice::from_raw_parts(vectors, 0x80 + REFILL_BYTES) };
     let guest = &image()[GUEST_VECTORS_OFF..GUEST_VECTORS_OFF + REFILL_BYTES];
     bare[..REFILL_BYTES] == *guest && bare[0x80..] == *guest
 }
@@ -94,10 +95,11 @@ pub unsafe fn run_bare(base_va: u64, base_pa: u64) -> [u32; MARKS] {
     let mut counts = [0u32; MARKS];
     {
         let _irq = IrqGuard::new();
-        // SAFETY: interrupts are off, so nothing runs in between on this CPU; the workloads
-        // write only the block (caller contract) and the TLB, whose non-wired entries are
-        // dropped below; sbs_bare_enter restores every CP0 register it changes (EBase,
-        // Context, PageMask, EntryHi) and follows the C ABI otherwise.
+        // Interrupts are off, so nothing runs in between on this CPU; the workloads write only
+        // the block (caller contract) and the TLB, whose non-wired entries are dropped below;
+        // sbs_bare_enter restores every CP0 register it changes (EBase, Context, PageMask,
+        // EntryHi).
+        // SAFETY: the caller's block contract holds, and sbs_bare_enter follows the C ABI.
         unsafe { sbs_bare_enter(base_va, base_pa, counts.as_mut_ptr()) };
         // The run's entries map user addresses of the firmware's current ASID.
         tlb::flush_unwired();
